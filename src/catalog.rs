@@ -1,0 +1,142 @@
+//! Catalog: the backups that exist, read from manifests only. An object without a manifest is
+//! not a backup; a manifest that cannot be read, or whose object is gone, is reported as a
+//! problem naming its key instead of failing the whole listing.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::manifest::{self, Manifest, MANIFEST_SUFFIX};
+use crate::storage::{Storage, StorageError};
+
+/// One backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub manifest_key: String,
+    #[serde(flatten)]
+    pub manifest: Manifest,
+}
+
+/// The backups under a prefix, newest first, and what could not be read.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+    pub problems: Vec<String>,
+}
+
+/// Reads every manifest under `base` (or only those of `database`).
+pub async fn load(
+    storage: &Storage,
+    base: &str,
+    database: Option<&str>,
+) -> Result<Catalog, StorageError> {
+    let prefix = match database {
+        Some(db) => manifest::database_prefix(base, db),
+        None if base.is_empty() => String::new(),
+        None => format!("{base}/"),
+    };
+    let objects = storage.list(&prefix).await?;
+    let mut catalog = Catalog::default();
+    for object in objects.iter().filter(|o| o.key.ends_with(MANIFEST_SUFFIX)) {
+        let bytes = match storage.get_bytes(&object.key).await {
+            Ok(b) => b,
+            Err(e) => {
+                catalog.problems.push(e.to_string());
+                continue;
+            }
+        };
+        match Manifest::parse(&object.key, &bytes) {
+            Ok(m) => {
+                let missing: Vec<&str> = m
+                    .objects
+                    .iter()
+                    .filter(|p| !objects.iter().any(|o| o.key == p.key))
+                    .map(|p| p.key.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    catalog.problems.push(format!(
+                        "manifest `{}` refers to missing object(s) {}; it is not listed as a backup",
+                        object.key,
+                        missing.join(", ")
+                    ));
+                    continue;
+                }
+                catalog.entries.push(Entry {
+                    manifest_key: object.key.clone(),
+                    manifest: m,
+                });
+            }
+            Err(e) => catalog.problems.push(e.to_string()),
+        }
+    }
+    catalog
+        .entries
+        .sort_by_key(|e| std::cmp::Reverse(e.manifest.started_at));
+    Ok(catalog)
+}
+
+fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+fn human_age(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The table `list` prints, newest first; `now` is passed in so the ages are testable.
+pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
+    let header = [
+        "STARTED (UTC)",
+        "AGE",
+        "DATABASE",
+        "STORED",
+        "RAW",
+        "DURATION",
+        "KEY",
+    ];
+    let rows: Vec<[String; 7]> = entries
+        .iter()
+        .map(|e| {
+            let m = &e.manifest;
+            [
+                m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                human_age(now - m.started_at),
+                m.database.clone(),
+                human_bytes(m.stored_bytes),
+                human_bytes(m.raw_bytes),
+                format!("{:.1}s", m.duration_ms as f64 / 1000.0),
+                m.key.clone(),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = *w));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(no backups)\n");
+    }
+    out
+}

@@ -1,0 +1,1041 @@
+//! Configuration: figment layers (built-in defaults < TOML file < `PGSIDECAR_*` environment)
+//! are deserialized into [`RawConfig`], then validated into [`Config`], whose fields are ready
+//! to use (URLs parsed, secrets loaded from their files, libpq's variables applied).
+//!
+//! Invariant: a bad value never gets past [`load`]; its error names the key and where the value
+//! came from (file, environment variable), and never echoes a secret.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Prefix of every environment variable that sets a configuration key.
+pub const ENV_PREFIX: &str = "PGSIDECAR_";
+/// Separator of nested keys in environment variable names (`PGSIDECAR_STORAGE__URL`).
+pub const ENV_SPLIT: &str = "__";
+/// Environment variable naming the TOML file, when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "PGSIDECAR_CONFIG";
+
+/// Errors found while loading or validating configuration. All are permanent: retrying
+/// cannot fix them, so the binary exits with the usage/config code.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// One or more values could not be parsed; each line names a key and its source.
+    #[error("invalid configuration:\n{}", .0.join("\n"))]
+    Parse(Vec<String>),
+    /// A value parsed but is not acceptable.
+    #[error("invalid configuration: `{key}`{}: {message}", source_suffix(.source_name))]
+    Invalid {
+        key: String,
+        source_name: Option<String>,
+        message: String,
+    },
+    /// The configuration file named by `--config` or `PGSIDECAR_CONFIG` does not exist.
+    #[error("configuration file `{}` cannot be read: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn source_suffix(source: &Option<String>) -> String {
+    source
+        .as_ref()
+        .map(|s| format!(" (from {s})"))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            source_name: None,
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw configuration: what the layers contain, before validation.
+
+/// The configuration as written, every key optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Name of the job (used in logs, manifests and notifications).
+    pub job: Option<String>,
+    pub database: RawDatabase,
+    pub storage: RawStorage,
+    pub compression: RawCompression,
+    pub tools: RawTools,
+    pub log: RawLog,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDatabase {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub url_file: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub user: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub dbname: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub sslmode: Option<String>,
+    pub passfile: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub url: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub endpoint: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub storage_class: Option<String>,
+    pub part_size: Option<bytesize::ByteSize>,
+    pub max_parts: Option<u32>,
+    pub parts_in_flight: Option<usize>,
+    pub part_attempts: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub part_timeout: Option<Duration>,
+}
+
+/// `[compression]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCompression {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub algorithm: Option<String>,
+    pub level: Option<i32>,
+}
+
+/// `[tools]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTools {
+    #[serde(deserialize_with = "lenient::opt_path_list")]
+    pub bin_dirs: Option<Vec<PathBuf>>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub format: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub level: Option<String>,
+}
+
+/// Environment variables set numbers and booleans as text, and figment guesses their type:
+/// a password `12345` arrives as a number. These accept any scalar where a string is meant.
+mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use std::path::PathBuf;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        S(String),
+        I(i128),
+        F(f64),
+        B(bool),
+    }
+
+    impl Scalar {
+        fn into_string(self) -> String {
+            match self {
+                Scalar::S(s) => s,
+                Scalar::I(i) => i.to_string(),
+                Scalar::F(f) => f.to_string(),
+                Scalar::B(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
+    }
+
+    /// A list of paths, or one string of paths separated by `:` as in `PATH`.
+    pub fn opt_path_list<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<PathBuf>>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+            OneOrMany::One(s) => s
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            OneOrMany::Many(v) => v.into_iter().map(PathBuf::from).collect(),
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated configuration.
+
+/// The configuration every other module receives: complete and checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub job: String,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub compression: Compression,
+    pub tools: ToolsConfig,
+    pub log: LogConfig,
+}
+
+/// How to reach the PostgreSQL server (always over TCP).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<Secret>,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// libpq `sslmode` values the sidecar supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+}
+
+impl SslMode {
+    /// The value libpq and pg_dump understand.
+    pub fn as_libpq(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+        }
+    }
+}
+
+/// Where backups go.
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageConfig {
+    pub url: String,
+    #[serde(skip)]
+    pub location: StorageLocation,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub storage_class: Option<String>,
+    /// Fixed part size; `None` chooses one per upload from the database size.
+    pub part_size: Option<u64>,
+    pub max_parts: u32,
+    pub parts_in_flight: usize,
+    pub part_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub part_timeout: Duration,
+}
+
+/// A parsed storage URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageLocation {
+    /// `s3://bucket/prefix`
+    S3 { bucket: String, prefix: String },
+    /// `file:///path`
+    Local { root: PathBuf },
+}
+
+/// How the dump is compressed before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+pub enum Compression {
+    Zstd { level: i32 },
+    Gzip { level: i32 },
+    None,
+}
+
+impl Compression {
+    /// Object-key suffix after `.dump`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => ".zst",
+            Compression::Gzip { .. } => ".gz",
+            Compression::None => "",
+        }
+    }
+}
+
+/// Where PostgreSQL client tools are looked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolsConfig {
+    /// Directories holding `pg_dump` and friends; empty means "search the usual places".
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Default zstd level: measured as the best size-for-time trade-off in bench/ (see README).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+const DEFAULT_GZIP_LEVEL: i32 = 6;
+/// S3 allows at most 10,000 parts per multipart upload.
+pub const S3_MAX_PARTS: u32 = 10_000;
+/// S3's smallest part (all but the last).
+pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// S3's largest part.
+pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Where a value came from, for `load`'s callers and tests.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The TOML file, if any.
+    pub file: Option<PathBuf>,
+    /// The process environment (`PGSIDECAR_*` and libpq's `PG*`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The file from `--config`, else `PGSIDECAR_CONFIG`; and the real environment.
+    pub fn from_process(config_file: Option<PathBuf>) -> Self {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let file = config_file.or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == CONFIG_FILE_ENV)
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        Sources { file, env }
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Loads and validates the configuration from its layers.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let raw = load_raw(sources)?;
+    validate(raw, sources)
+}
+
+/// Merges the layers, lowest first, and deserializes them.
+pub fn load_raw(sources: &Sources) -> Result<RawConfig, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = &sources.file {
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(ConfigError::File {
+                path: path.clone(),
+                source,
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    // The environment must come after the file, or the file would silently win.
+    let env = PrefixedEnv(
+        sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_FILE_ENV)
+            .cloned()
+            .collect(),
+    );
+    figment = figment.merge(env);
+    figment
+        .extract::<RawConfig>()
+        .map_err(|e| ConfigError::Parse(e.into_iter().map(describe_figment_error).collect()))
+}
+
+/// `PGSIDECAR_SECTION__KEY=value` pairs as a figment provider. Like figment's own `Env`, but
+/// over the pairs it is given rather than the process environment, so tests can set them.
+struct PrefixedEnv(Vec<(String, String)>);
+
+impl figment::Provider for PrefixedEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)"))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, value) in &self.0 {
+            let key = name[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace(ENV_SPLIT, ".");
+            if key.is_empty() {
+                continue;
+            }
+            let value: figment::value::Value =
+                value.parse().expect("parsing a value is infallible");
+            let nested = figment::util::nest(&key, value)
+                .into_dict()
+                .expect("a non-empty key nests into a dict");
+            dict = merge_dicts(dict, nested);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dicts(mut a: figment::value::Dict, b: figment::value::Dict) -> figment::value::Dict {
+    use figment::value::Value;
+    for (k, v) in b {
+        let merged = match (a.remove(&k), v) {
+            (Some(Value::Dict(_, x)), Value::Dict(tag, y)) => Value::Dict(tag, merge_dicts(x, y)),
+            (_, v) => v,
+        };
+        a.insert(k, merged);
+    }
+    a
+}
+
+/// One line per bad value: the key, where it came from, and what is wrong with it.
+fn describe_figment_error(e: figment::Error) -> String {
+    use figment::error::Kind;
+    let mut path = e.path.clone();
+    let message = match &e.kind {
+        Kind::UnknownField(field, _) => {
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            "unknown key".to_string()
+        }
+        Kind::InvalidType(actual, expected) => {
+            // The actual value is not echoed: it may be a secret put under the wrong key.
+            format!("expected {expected}, found {}", kind_of(actual))
+        }
+        Kind::Message(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let key = path.join(".");
+    let source = match &e.metadata {
+        Some(md) if md.name.contains(ENV_PREFIX) => {
+            let parts: Vec<String> = path.iter().map(|p| p.to_ascii_uppercase()).collect();
+            format!("environment variable {ENV_PREFIX}{}", parts.join(ENV_SPLIT))
+        }
+        Some(md) => match &md.source {
+            Some(figment::Source::File(p)) => format!("file {}", p.display()),
+            _ => md.name.to_string(),
+        },
+        None => "configuration".to_string(),
+    };
+    if key.is_empty() {
+        format!("  {source}: {message}")
+    } else {
+        format!("  `{key}` (from {source}): {message}")
+    }
+}
+
+fn kind_of(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Seq => "a list",
+        Actual::Map => "a table",
+        _ => "another type",
+    }
+}
+
+/// Reads a secret from a `<key>_file`, trimming the trailing newline editors and `echo` add.
+fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::invalid(
+            &format!("{key}_file"),
+            format!("cannot read `{}`: {e}", path.display()),
+        )
+    })?;
+    Ok(Secret::new(text.trim_end_matches(['\n', '\r'])))
+}
+
+fn secret_value(
+    key: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            key,
+            format!("set either `{key}` or `{key}_file`, not both"),
+        )),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(p)) => read_secret_file(key, p).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Turns the raw layers into a checked [`Config`].
+pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
+    let job = raw.job.unwrap_or_else(|| "default".to_string());
+    if job.is_empty()
+        || !job
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        return Err(ConfigError::invalid(
+            "job",
+            format!("`{job}` must be letters, digits, `-` or `_`"),
+        ));
+    }
+    Ok(Config {
+        job,
+        database: validate_database(raw.database, sources)?,
+        storage: validate_storage(raw.storage)?,
+        compression: validate_compression(raw.compression)?,
+        tools: ToolsConfig {
+            bin_dirs: raw.tools.bin_dirs.unwrap_or_default(),
+        },
+        log: validate_log(raw.log)?,
+    })
+}
+
+fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
+    // Precedence: explicit `database.*` keys, then `database.url`, then libpq's variables.
+    let url = secret_value(
+        "database.url",
+        raw.url,
+        raw.url_file.as_deref().map(Path::new),
+    )?;
+    let from_url = match &url {
+        Some(u) => Some(parse_database_url(u)?),
+        None => None,
+    };
+    let from_url = from_url.unwrap_or_default();
+
+    let host = raw
+        .host
+        .or(from_url.host)
+        .or_else(|| sources.var("PGHOST").map(str::to_string))
+        .unwrap_or_else(|| "localhost".to_string());
+    if host.starts_with('/') {
+        return Err(ConfigError::invalid(
+            "database.host",
+            format!("`{host}` is a Unix socket directory; pgsidecar connects over TCP: give a host name"),
+        ));
+    }
+    let port = match raw.port.or(from_url.port) {
+        Some(p) => p,
+        None => match sources.var("PGPORT") {
+            Some(p) => p.parse().map_err(|_| ConfigError::Invalid {
+                key: "database.port".into(),
+                source_name: Some("environment variable PGPORT".into()),
+                message: format!("`{p}` is not a port number"),
+            })?,
+            None => 5432,
+        },
+    };
+    let user = raw
+        .user
+        .or(from_url.user)
+        .or_else(|| sources.var("PGUSER").map(str::to_string))
+        .unwrap_or_else(|| "postgres".to_string());
+    let dbname = raw
+        .dbname
+        .or(from_url.dbname)
+        .or_else(|| sources.var("PGDATABASE").map(str::to_string))
+        .unwrap_or_else(|| user.clone());
+    let sslmode_text = raw
+        .sslmode
+        .or(from_url.sslmode)
+        .or_else(|| sources.var("PGSSLMODE").map(str::to_string))
+        .unwrap_or_else(|| "prefer".to_string());
+    let sslmode = match sslmode_text.as_str() {
+        "disable" => SslMode::Disable,
+        "prefer" | "allow" => SslMode::Prefer,
+        "require" | "verify-ca" | "verify-full" => {
+            return Err(ConfigError::invalid(
+                "database.sslmode",
+                format!(
+                    "`{sslmode_text}` is not supported by this version: use `disable` or `prefer`"
+                ),
+            ))
+        }
+        other => {
+            return Err(ConfigError::invalid(
+                "database.sslmode",
+                format!("`{other}` is not an sslmode (disable, allow, prefer)"),
+            ))
+        }
+    };
+    let mut password = secret_value(
+        "database.password",
+        raw.password,
+        raw.password_file.as_deref(),
+    )?
+    .or(from_url.password)
+    .or_else(|| sources.var("PGPASSWORD").map(Secret::new));
+    if password.is_none() {
+        let passfile = raw
+            .passfile
+            .or_else(|| sources.var("PGPASSFILE").map(PathBuf::from))
+            .or_else(|| sources.var("HOME").map(|h| Path::new(h).join(".pgpass")));
+        if let Some(path) = passfile {
+            password = crate::pgpass::lookup(&path, &host, port, &dbname, &user);
+        }
+    }
+    Ok(DatabaseConfig {
+        host,
+        port,
+        user,
+        password,
+        dbname,
+        sslmode,
+        connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(10)),
+    })
+}
+
+#[derive(Default)]
+struct UrlParts {
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<Secret>,
+    dbname: Option<String>,
+    sslmode: Option<String>,
+}
+
+/// Parses `postgres://user:pass@host:port/db?sslmode=…`. Errors never quote the URL: it may
+/// hold a password.
+fn parse_database_url(url: &Secret) -> Result<UrlParts, ConfigError> {
+    let parsed = url::Url::parse(url.expose())
+        .map_err(|e| ConfigError::invalid("database.url", format!("not a valid URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError::invalid(
+            "database.url",
+            format!(
+                "scheme `{}` is not supported: use postgres://user:password@host:port/database",
+                parsed.scheme()
+            ),
+        ));
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut parts = UrlParts {
+        host: parsed.host_str().filter(|h| !h.is_empty()).map(decode),
+        port: parsed.port(),
+        user: Some(parsed.username())
+            .filter(|u| !u.is_empty())
+            .map(decode),
+        password: parsed.password().map(|p| Secret::new(decode(p))),
+        dbname: Some(parsed.path().trim_start_matches('/'))
+            .filter(|d| !d.is_empty())
+            .map(decode),
+        sslmode: None,
+    };
+    for (k, v) in parsed.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => parts.sslmode = Some(v.into_owned()),
+            "host" => parts.host = Some(v.into_owned()),
+            "port" => {
+                parts.port = Some(v.parse().map_err(|_| {
+                    ConfigError::invalid("database.url", format!("port `{v}` is not a number"))
+                })?)
+            }
+            "user" => parts.user = Some(v.into_owned()),
+            "dbname" => parts.dbname = Some(v.into_owned()),
+            "application_name" | "connect_timeout" => {}
+            other => {
+                return Err(ConfigError::invalid(
+                    "database.url",
+                    format!("parameter `{other}` is not supported"),
+                ))
+            }
+        }
+    }
+    Ok(parts)
+}
+
+fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+    let url = raw.url.ok_or_else(|| {
+        ConfigError::invalid(
+            "storage.url",
+            "is required: set PGSIDECAR_STORAGE__URL=s3://bucket/prefix (or file:///path)",
+        )
+    })?;
+    let location = parse_storage_url(&url)?;
+    if let Some(endpoint) = &raw.endpoint {
+        let parsed = url::Url::parse(endpoint).map_err(|e| {
+            ConfigError::invalid(
+                "storage.endpoint",
+                format!("`{endpoint}` is not a URL ({e})"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(ConfigError::invalid(
+                "storage.endpoint",
+                format!("`{endpoint}` must be an http:// or https:// URL"),
+            ));
+        }
+    }
+    let part_size = raw.part_size.map(|s| s.as_u64());
+    if let Some(size) = part_size {
+        if !(S3_MIN_PART_SIZE..=S3_MAX_PART_SIZE).contains(&size) {
+            return Err(ConfigError::invalid(
+                "storage.part_size",
+                format!("{size} bytes is outside S3's limits of 5 MiB to 5 GiB"),
+            ));
+        }
+    }
+    let max_parts = raw.max_parts.unwrap_or(S3_MAX_PARTS);
+    if !(1..=S3_MAX_PARTS).contains(&max_parts) {
+        return Err(ConfigError::invalid(
+            "storage.max_parts",
+            format!("{max_parts} is outside 1 to {S3_MAX_PARTS}"),
+        ));
+    }
+    let parts_in_flight = raw.parts_in_flight.unwrap_or(2);
+    if !(1..=64).contains(&parts_in_flight) {
+        return Err(ConfigError::invalid(
+            "storage.parts_in_flight",
+            format!("{parts_in_flight} is outside 1 to 64"),
+        ));
+    }
+    let part_attempts = raw.part_attempts.unwrap_or(5);
+    if part_attempts == 0 {
+        return Err(ConfigError::invalid(
+            "storage.part_attempts",
+            "must be at least 1",
+        ));
+    }
+    let part_timeout = raw.part_timeout.unwrap_or(Duration::from_secs(120));
+    if part_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "storage.part_timeout",
+            "must be above zero",
+        ));
+    }
+    Ok(StorageConfig {
+        url,
+        location,
+        endpoint: raw.endpoint,
+        region: raw.region,
+        path_style: raw.path_style,
+        storage_class: raw.storage_class,
+        part_size,
+        max_parts,
+        parts_in_flight,
+        part_attempts,
+        part_timeout,
+    })
+}
+
+/// Parses `s3://bucket/prefix` or `file:///path`.
+pub fn parse_storage_url(text: &str) -> Result<StorageLocation, ConfigError> {
+    let bad = |m: String| ConfigError::invalid("storage.url", m);
+    let parsed = url::Url::parse(text).map_err(|e| bad(format!("`{text}` is not a URL ({e})")))?;
+    match parsed.scheme() {
+        "s3" => {
+            let bucket = parsed.host_str().unwrap_or_default().to_string();
+            if !valid_bucket_name(&bucket) {
+                return Err(bad(format!(
+                    "`{bucket}` is not a valid bucket name (3-63 characters: lower-case letters, digits, `.` and `-`)"
+                )));
+            }
+            let prefix = parsed.path().trim_matches('/').to_string();
+            Ok(StorageLocation::S3 { bucket, prefix })
+        }
+        "file" => {
+            let root = parsed
+                .to_file_path()
+                .map_err(|_| bad(format!("`{text}` is not an absolute file path")))?;
+            Ok(StorageLocation::Local { root })
+        }
+        other => Err(bad(format!(
+            "scheme `{other}` is not supported: use s3://bucket/prefix or file:///path"
+        ))),
+    }
+}
+
+fn valid_bucket_name(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn validate_compression(raw: RawCompression) -> Result<Compression, ConfigError> {
+    let algorithm = raw.algorithm.unwrap_or_else(|| "zstd".to_string());
+    let check = |range: std::ops::RangeInclusive<i32>, default: i32| {
+        let level = raw.level.unwrap_or(default);
+        if range.contains(&level) {
+            Ok(level)
+        } else {
+            Err(ConfigError::invalid(
+                "compression.level",
+                format!(
+                    "{level} is outside {}..={} for {algorithm}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    };
+    match algorithm.as_str() {
+        "zstd" => Ok(Compression::Zstd {
+            level: check(1..=19, DEFAULT_ZSTD_LEVEL)?,
+        }),
+        "gzip" => Ok(Compression::Gzip {
+            level: check(1..=9, DEFAULT_GZIP_LEVEL)?,
+        }),
+        "none" => Ok(Compression::None),
+        other => Err(ConfigError::invalid(
+            "compression.algorithm",
+            format!("`{other}` is not one of zstd, gzip, none"),
+        )),
+    }
+}
+
+fn validate_log(raw: RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match raw.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("`{other}` is not one of text, json"),
+            ))
+        }
+    };
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("`{level}` is not a level (error, warn, info, debug, trace) or filter"),
+        ));
+    }
+    Ok(LogConfig { format, level })
+}
+
+impl Config {
+    /// The effective configuration as TOML, every secret replaced by a placeholder.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    const URL: (&str, &str) = ("PGSIDECAR_STORAGE__URL", "s3://bucket-a/prod");
+
+    #[test]
+    fn libpq_variables_are_defaults_and_keys_override_them() {
+        let c = load(&env(&[
+            URL,
+            ("PGHOST", "db"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "app"),
+            ("PGPASSWORD", "pw"),
+            ("PGDATABASE", "app_prod"),
+            ("PGSIDECAR_DATABASE__HOST", "other"),
+        ]))
+        .unwrap();
+        assert_eq!(c.database.host, "other");
+        assert_eq!(c.database.port, 6543);
+        assert_eq!(c.database.user, "app");
+        assert_eq!(c.database.dbname, "app_prod");
+        assert_eq!(c.database.password.unwrap().expose(), "pw");
+        assert_eq!(
+            c.storage.location,
+            StorageLocation::S3 {
+                bucket: "bucket-a".into(),
+                prefix: "prod".into()
+            }
+        );
+    }
+
+    #[test]
+    fn numeric_password_from_env_stays_a_string() {
+        let c = load(&env(&[URL, ("PGSIDECAR_DATABASE__PASSWORD", "12345")])).unwrap();
+        assert_eq!(c.database.password.unwrap().expose(), "12345");
+    }
+
+    #[test]
+    fn url_with_escaped_password_is_decoded() {
+        let c = load(&env(&[
+            URL,
+            (
+                "PGSIDECAR_DATABASE__URL",
+                "postgres://u:p%3A%40%2F%3F%23%25@h:7777/d%20b?sslmode=disable",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(c.database.password.unwrap().expose(), "p:@/?#%");
+        assert_eq!(c.database.dbname, "d b");
+        assert_eq!(c.database.port, 7777);
+        assert_eq!(c.database.sslmode, SslMode::Disable);
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_env_var() {
+        let err = load(&env(&[URL, ("PGSIDECAR_DATABASE__PORT", "abc")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`database.port`"), "{text}");
+        assert!(text.contains("PGSIDECAR_DATABASE__PORT"), "{text}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected_by_name() {
+        let err = load(&env(&[URL, ("PGSIDECAR_STORAGE__URLL", "x")])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`storage.urll`"), "{text}");
+        assert!(text.contains("unknown key"), "{text}");
+    }
+
+    #[test]
+    fn unknown_file_key_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[storage]\nurl = \"s3://bucket-a/x\"\nbogus = 1\n").unwrap();
+        let err = load(&Sources {
+            file: Some(path.clone()),
+            env: vec![],
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`storage.bogus`"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[storage]\nurl = \"s3://from-file/x\"\n").unwrap();
+        let c = load(&Sources {
+            file: Some(path),
+            env: vec![("PGSIDECAR_STORAGE__URL".into(), "s3://from-env/y".into())],
+        })
+        .unwrap();
+        assert_eq!(c.storage.url, "s3://from-env/y");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_DATABASE__PASSWORD_FILE", path.to_str().unwrap()),
+        ]))
+        .unwrap();
+        assert_eq!(c.database.password.unwrap().expose(), "s3cret");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (k, v, key) in [
+            ("PGSIDECAR_STORAGE__URL", "ftp://x/y", "storage.url"),
+            ("PGSIDECAR_STORAGE__URL", "s3://UPPER/y", "storage.url"),
+            ("PGSIDECAR_COMPRESSION__LEVEL", "40", "compression.level"),
+            (
+                "PGSIDECAR_COMPRESSION__ALGORITHM",
+                "lz5",
+                "compression.algorithm",
+            ),
+            ("PGSIDECAR_STORAGE__PART_SIZE", "1MiB", "storage.part_size"),
+            (
+                "PGSIDECAR_STORAGE__ENDPOINT",
+                "not a url",
+                "storage.endpoint",
+            ),
+            ("PGSIDECAR_DATABASE__URL", "mysql://x", "database.url"),
+            ("PGSIDECAR_LOG__FORMAT", "xml", "log.format"),
+            ("PGSIDECAR_DATABASE__SSLMODE", "maybe", "database.sslmode"),
+        ] {
+            let mut e = vec![URL];
+            e.retain(|(name, _)| *name != k);
+            e.push((k, v));
+            let err = load(&env(&e)).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_storage_url_says_how_to_set_it() {
+        let err = load(&env(&[])).unwrap_err().to_string();
+        assert!(err.contains("PGSIDECAR_STORAGE__URL"), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_hides_password() {
+        let c = load(&env(&[URL, ("PGPASSWORD", "topsecret")])).unwrap();
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("topsecret"), "{out}");
+        assert!(out.contains(crate::secret::REDACTED), "{out}");
+    }
+
+    #[test]
+    fn bad_url_error_does_not_echo_password() {
+        let err = load(&env(&[
+            URL,
+            (
+                "PGSIDECAR_DATABASE__URL",
+                "postgres://u:hunter2@h:notaport/db",
+            ),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("database.url"), "{err}");
+    }
+}

@@ -1,0 +1,366 @@
+//! Dump source: checks the server over TCP, then runs `pg_dump --format=custom` against it and
+//! exposes its stdout as a stream.
+//!
+//! Invariant: reaching the end of the stream is not success. [`DumpReader`] awaits pg_dump at
+//! EOF and turns a non-zero exit or a signal into a read error carrying pg_dump's last stderr
+//! lines, so no sink can ever complete a failed dump. The password reaches pg_dump through its
+//! environment, never its command line.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tokio::process::{ChildStdout, Command};
+
+use crate::config::DatabaseConfig;
+use crate::pgtools::ClientTool;
+
+/// How many of pg_dump's last stderr lines an error carries.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// Errors from the database side of a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error(
+        "cannot connect to PostgreSQL at `{endpoint}` as `{user}` (database `{dbname}`): {cause}"
+    )]
+    Connect {
+        endpoint: String,
+        user: String,
+        dbname: String,
+        cause: String,
+        permanent: bool,
+    },
+    #[error("cannot query PostgreSQL at `{endpoint}`: {cause}")]
+    Query { endpoint: String, cause: String },
+    #[error("cannot start `{}`: {source}", .path.display())]
+    Spawn {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+    #[error("pg_dump {status}{}", stderr_suffix(.stderr))]
+    Failed { status: String, stderr: Vec<String> },
+    #[error("pg_dump produced no output{}", stderr_suffix(.stderr))]
+    Empty { stderr: Vec<String> },
+    #[error("pg_dump output does not start with the custom-format signature `PGDMP`")]
+    NotAnArchive,
+    #[error("cannot wait for pg_dump: {0}")]
+    Wait(io::Error),
+}
+
+fn stderr_suffix(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", lines.join(" | "))
+    }
+}
+
+impl DumpError {
+    /// Whether retrying the same backup cannot help (bad password, missing database).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DumpError::Connect {
+                permanent: true,
+                ..
+            } | DumpError::Spawn { .. }
+        )
+    }
+
+    /// pg_dump's last stderr lines, when it failed.
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            DumpError::Failed { stderr, .. } | DumpError::Empty { stderr } => stderr,
+            _ => &[],
+        }
+    }
+}
+
+/// What the preflight learned about the server and database.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version`, e.g. `17.2 (Debian 17.2-1.pgdg120+1)` trimmed to `17.2`.
+    pub version: String,
+    pub major: u32,
+    /// `pg_database_size` of the database to dump, in bytes.
+    pub database_size: u64,
+}
+
+fn endpoint(db: &DatabaseConfig) -> String {
+    format!("{}:{}", db.host, db.port)
+}
+
+/// A tokio-postgres configuration for `db`, connecting to `dbname`.
+pub fn pg_config(db: &DatabaseConfig, dbname: &str) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&db.host)
+        .port(db.port)
+        .user(&db.user)
+        .dbname(dbname)
+        .application_name("pgsidecar")
+        .connect_timeout(db.connect_timeout)
+        .ssl_mode(match db.sslmode {
+            crate::config::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            crate::config::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        });
+    if let Some(pw) = &db.password {
+        cfg.password(pw.expose());
+    }
+    cfg
+}
+
+/// Connects to `dbname`; the connection task ends when the client is dropped.
+pub async fn connect(
+    db: &DatabaseConfig,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, DumpError> {
+    let (client, connection) = pg_config(db, dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            let permanent = e.as_db_error().is_some_and(|d| {
+                use tokio_postgres::error::SqlState;
+                let c = d.code();
+                *c == SqlState::INVALID_PASSWORD
+                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    || *c == SqlState::INVALID_CATALOG_NAME
+            });
+            DumpError::Connect {
+                endpoint: endpoint(db),
+                user: db.user.clone(),
+                dbname: dbname.to_string(),
+                cause: pg_error_text(&e),
+                permanent,
+            }
+        })?;
+    tokio::spawn(async move {
+        // Errors surface on the client's next query; nothing to do with them here.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// tokio-postgres prints server errors as "db error"; the server's own message is the useful part.
+pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Connects, reads the server version and database size.
+pub async fn preflight(db: &DatabaseConfig) -> Result<ServerInfo, DumpError> {
+    let client = connect(db, &db.dbname).await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), \
+                    current_setting('server_version_num')::int, \
+                    pg_database_size(current_database())",
+            &[],
+        )
+        .await
+        .map_err(|e| DumpError::Query {
+            endpoint: endpoint(db),
+            cause: pg_error_text(&e),
+        })?;
+    let version: String = row.get(0);
+    let num: i32 = row.get(1);
+    let size: i64 = row.get(2);
+    Ok(ServerInfo {
+        version: version
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        major: (num / 10000) as u32,
+        database_size: size.max(0) as u64,
+    })
+}
+
+/// Variables passed through to client tools; everything else (including the sidecar's own
+/// secrets in `PGSIDECAR_*` and `AWS_*`) is withheld from the child.
+const PASSTHROUGH_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "LD_LIBRARY_PATH",
+    "HOME",
+];
+
+/// A command for a PostgreSQL client tool connected to `dbname` through libpq's variables.
+pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> Command {
+    let mut cmd = Command::new(&tool.path);
+    cmd.env_clear();
+    for name in PASSTHROUGH_ENV {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd.env("PGHOST", &db.host)
+        .env("PGPORT", db.port.to_string())
+        .env("PGUSER", &db.user)
+        .env("PGDATABASE", dbname)
+        .env("PGSSLMODE", db.sslmode.as_libpq())
+        .env("PGAPPNAME", "pgsidecar")
+        .env(
+            "PGCONNECT_TIMEOUT",
+            db.connect_timeout.as_secs().max(1).to_string(),
+        );
+    if let Some(pw) = &db.password {
+        cmd.env("PGPASSWORD", pw.expose());
+    }
+    cmd
+}
+
+/// Starts `pg_dump --format=custom --compress=0` (the sidecar compresses) for `db.dbname`.
+pub fn spawn(tool: &ClientTool, db: &DatabaseConfig) -> Result<DumpReader, DumpError> {
+    let mut cmd = client_command(tool, db, &db.dbname);
+    cmd.args(["--format=custom", "--compress=0", "--no-password"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| DumpError::Spawn {
+        path: tool.path.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_task = tokio::spawn(async move {
+        let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(target: "pg_dump", "{line}");
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail)
+    });
+    let exit = async move {
+        let status = child.wait().await.map_err(DumpError::Wait)?;
+        let stderr = stderr_task.await.unwrap_or_default();
+        if status.success() {
+            Ok(stderr)
+        } else {
+            Err(DumpError::Failed {
+                status: describe_status(status),
+                stderr,
+            })
+        }
+    };
+    Ok(DumpReader {
+        stdout,
+        exit: Some(Box::pin(exit)),
+        state: State::Streaming,
+        pid,
+        total: 0,
+    })
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended abnormally".to_string(),
+    }
+}
+
+type ExitFuture = Pin<Box<dyn Future<Output = Result<Vec<String>, DumpError>> + Send>>;
+
+enum State {
+    Streaming,
+    Done,
+    Failed,
+}
+
+/// pg_dump's stdout. Its EOF is reported only after pg_dump exited 0 with output that starts
+/// with `PGDMP`; otherwise the final read fails with the [`DumpError`].
+pub struct DumpReader {
+    stdout: ChildStdout,
+    exit: Option<ExitFuture>,
+    state: State,
+    pid: Option<u32>,
+    total: u64,
+}
+
+impl DumpReader {
+    /// pg_dump's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    fn fail(&mut self, e: DumpError) -> Poll<io::Result<()>> {
+        self.state = State::Failed;
+        Poll::Ready(Err(io::Error::other(e)))
+    }
+}
+
+impl AsyncRead for DumpReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.state {
+            State::Done => return Poll::Ready(Ok(())),
+            State::Failed => return Poll::Ready(Err(io::Error::other("pg_dump failed"))),
+            State::Streaming => {}
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stdout).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            // The signature is checked on the first bytes; pg_dump writes it in one piece.
+            if this.total == 0 && !buf.filled()[before..].starts_with(&b"PGDMP"[..n.min(5)]) {
+                return this.fail(DumpError::NotAnArchive);
+            }
+            this.total += n as u64;
+            return Poll::Ready(Ok(()));
+        }
+        let exit = this
+            .exit
+            .as_mut()
+            .expect("exit future is present while streaming");
+        let result = ready!(exit.as_mut().poll(cx));
+        this.exit = None;
+        this.pid = None;
+        match result {
+            Ok(stderr) if this.total == 0 => this.fail(DumpError::Empty { stderr }),
+            Ok(_) => {
+                this.state = State::Done;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => this.fail(e),
+        }
+    }
+}
+
+/// Finds the [`DumpError`] inside an I/O error raised by a [`DumpReader`], through any
+/// transforms that wrapped it.
+pub fn as_dump_error(e: &io::Error) -> Option<&DumpError> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<DumpError>())
+}

@@ -1,0 +1,214 @@
+//! Job: the one place that knows the order of a backup's stages —
+//! preflight → dump source → transforms (count, compress, hash) → storage sink → manifest.
+//!
+//! Invariant: a backup is reported complete only when pg_dump exited 0, the upload completed
+//! and was checked, and the manifest (sizes, sha256, versions) is written. On any failure or
+//! cancellation nothing is left that `list` or `restore` would take for a backup.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::dump::{self, DumpError};
+use crate::manifest::{self, Manifest};
+use crate::pgtools::{self, ToolError};
+use crate::storage::{Storage, StorageError};
+use crate::transform::{self, Counted, Hashed};
+
+/// Why a backup failed. Each message names the database and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("backup of database `{database}` failed: {source}")]
+    Database {
+        database: String,
+        #[source]
+        source: DumpError,
+    },
+    #[error("backup of database `{database}` failed: {source}")]
+    Tool {
+        database: String,
+        #[source]
+        source: ToolError,
+    },
+    #[error("backup of database `{database}` to `{key}` failed: {source}")]
+    Storage {
+        database: String,
+        key: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("backup of database `{database}` was cancelled; nothing was stored")]
+    Cancelled { database: String },
+}
+
+impl BackupError {
+    /// Whether another attempt cannot succeed without a change of configuration.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BackupError::Database { source, .. } => source.is_permanent(),
+            BackupError::Tool { .. } => true,
+            BackupError::Storage { source, .. } => source.is_permanent(),
+            BackupError::Cancelled { .. } => true,
+        }
+    }
+
+    /// pg_dump's last stderr lines, when pg_dump failed.
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            BackupError::Database { source, .. } => source.stderr_tail(),
+            _ => &[],
+        }
+    }
+}
+
+/// A completed backup: its manifest and where the manifest is stored.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub manifest: Manifest,
+    pub manifest_key: String,
+}
+
+/// Takes one backup of `database` and stores it with its manifest.
+pub async fn backup_database(
+    config: &Config,
+    storage: &Storage,
+    database: &str,
+    started: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> Result<Completed, BackupError> {
+    let span = tracing::info_span!("backup", job = %config.job, database = %database);
+    tokio::select! {
+        r = run(config, storage, database, started, cancel).instrument(span) => r,
+        _ = cancel.cancelled() => Err(BackupError::Cancelled { database: database.to_string() }),
+    }
+}
+
+async fn run(
+    config: &Config,
+    storage: &Storage,
+    database: &str,
+    started: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> Result<Completed, BackupError> {
+    let clock = Instant::now();
+    let db_err = |source| BackupError::Database {
+        database: database.to_string(),
+        source,
+    };
+    let mut db = config.database.clone();
+    db.dbname = database.to_string();
+
+    let server = dump::preflight(&db).await.map_err(db_err)?;
+    let tool = pgtools::for_server("pg_dump", &config.tools.bin_dirs, server.major)
+        .await
+        .map_err(|source| BackupError::Tool {
+            database: database.to_string(),
+            source,
+        })?;
+
+    let base = Storage::base_prefix(&config.storage);
+    let key = manifest::dump_key(&base, database, started, config.compression);
+    let manifest_key = manifest::manifest_key(&key);
+    let storage_err = |source| BackupError::Storage {
+        database: database.to_string(),
+        key: key.clone(),
+        source,
+    };
+    if storage.exists(&manifest_key).await.map_err(storage_err)? {
+        return Err(storage_err(StorageError::AlreadyExists {
+            key: manifest_key.clone(),
+        }));
+    }
+    let stale = storage
+        .abort_stale_uploads(&manifest::database_prefix(&base, database))
+        .await
+        .map_err(storage_err)?;
+    if stale > 0 {
+        tracing::info!(
+            count = stale,
+            "aborted unfinished uploads from an earlier run"
+        );
+    }
+
+    tracing::info!(
+        server = %server.version,
+        pg_dump = %tool.version,
+        size = server.database_size,
+        key = %key,
+        "starting backup"
+    );
+    let source = dump::spawn(&tool, &db).map_err(db_err)?;
+    let (counted, raw_bytes) = Counted::new(source);
+    let mut stored = Hashed::new(transform::compress(counted, config.compression));
+
+    let pieces = match storage
+        .put_stream(&key, &mut stored, server.database_size, cancel)
+        .await
+    {
+        Ok(p) => p,
+        Err(StorageError::Source { source, .. }) if dump::as_dump_error(&source).is_some() => {
+            let inner = source.into_inner().expect("checked above");
+            let dump_error = *inner.downcast::<DumpError>().expect("checked above");
+            return Err(db_err(dump_error));
+        }
+        Err(StorageError::Cancelled) => {
+            return Err(BackupError::Cancelled {
+                database: database.to_string(),
+            })
+        }
+        Err(e) => return Err(storage_err(e)),
+    };
+    let digest = stored.finish();
+
+    let finished = Utc::now();
+    let manifest = Manifest {
+        format: manifest::FORMAT.to_string(),
+        format_version: manifest::FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        job: config.job.clone(),
+        database: database.to_string(),
+        host: db.host.clone(),
+        port: db.port,
+        server_version: server.version.clone(),
+        server_major: server.major,
+        pg_dump_version: tool.version.clone(),
+        pg_dump_major: tool.major,
+        dump_format: "custom".to_string(),
+        started_at: started,
+        finished_at: finished,
+        duration_ms: clock.elapsed().as_millis() as u64,
+        database_size_bytes: server.database_size,
+        raw_bytes: raw_bytes.load(Ordering::Relaxed),
+        stored_bytes: digest.bytes,
+        compression: config.compression,
+        sha256: digest.sha256,
+        key: key.clone(),
+        objects: pieces,
+    };
+    if let Err(e) = storage
+        .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))
+        .await
+    {
+        // Without its manifest the dump is no backup; do not leave it to look like one.
+        for piece in &manifest.objects {
+            let _ = storage.delete(&piece.key).await;
+        }
+        return Err(storage_err(e));
+    }
+    tracing::info!(
+        key = %key,
+        raw_bytes = manifest.raw_bytes,
+        stored_bytes = manifest.stored_bytes,
+        elapsed_ms = manifest.duration_ms,
+        "backup complete"
+    );
+    Ok(Completed {
+        manifest,
+        manifest_key,
+    })
+}

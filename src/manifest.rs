@@ -1,0 +1,189 @@
+//! Manifest: the record that makes a stored dump a backup. Written only after the dump object
+//! is complete and checked; `list`, `restore` and retention read manifests only, so an object
+//! without one (a crash mid-upload) is never mistaken for a backup.
+//!
+//! Also the one place that names keys: `<prefix>/<database>/<UTC timestamp>.dump.zst` and the
+//! manifest `<prefix>/<database>/<UTC timestamp>.manifest.json` beside it.
+
+use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Compression;
+use crate::storage::StoredPiece;
+
+/// Value of the `format` field; anything else under the prefix is not ours.
+pub const FORMAT: &str = "pgsidecar-manifest";
+/// Bumped when a field changes meaning; readers refuse versions they do not know.
+pub const FORMAT_VERSION: u32 = 1;
+/// Suffix of manifest keys.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
+
+/// Errors reading a manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest `{key}` is not valid JSON: {cause}")]
+    Json { key: String, cause: String },
+    #[error("`{key}` is not a pgsidecar manifest (format `{format}`)")]
+    Foreign { key: String, format: String },
+    #[error("manifest `{key}` has format version {version}; this pgsidecar reads version {FORMAT_VERSION}: upgrade pgsidecar")]
+    Version { key: String, version: u32 },
+}
+
+/// Everything known about one complete backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    /// pgsidecar's version that took the backup.
+    pub tool_version: String,
+    pub job: String,
+    pub database: String,
+    /// Server host and port (never credentials).
+    pub host: String,
+    pub port: u16,
+    pub server_version: String,
+    pub server_major: u32,
+    pub pg_dump_version: String,
+    pub pg_dump_major: u32,
+    /// pg_dump's archive format: always `custom`.
+    pub dump_format: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    /// `pg_database_size` when the backup started.
+    pub database_size_bytes: u64,
+    /// Bytes pg_dump wrote.
+    pub raw_bytes: u64,
+    /// Bytes stored (after compression), over all pieces.
+    pub stored_bytes: u64,
+    pub compression: Compression,
+    /// sha256 of the stored bytes, all pieces concatenated in order.
+    pub sha256: String,
+    /// Key of the first (usually only) piece.
+    pub key: String,
+    /// Every stored object, in order.
+    pub objects: Vec<StoredPiece>,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest read from `key`.
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        #[derive(Deserialize)]
+        struct Header {
+            format: Option<String>,
+            format_version: Option<u32>,
+        }
+        let json = |e: serde_json::Error| ManifestError::Json {
+            key: key.into(),
+            cause: e.to_string(),
+        };
+        let header: Header = serde_json::from_slice(bytes).map_err(json)?;
+        let format = header.format.unwrap_or_default();
+        if format != FORMAT {
+            return Err(ManifestError::Foreign {
+                key: key.into(),
+                format,
+            });
+        }
+        match header.format_version {
+            Some(FORMAT_VERSION) => serde_json::from_slice(bytes).map_err(json),
+            v => Err(ManifestError::Version {
+                key: key.into(),
+                version: v.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// The manifest as stored: pretty JSON, so an operator can read it with `aws s3 cp … -`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serializes")
+    }
+}
+
+/// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
+/// names with `/`, spaces, quotes or unicode make one safe path segment.
+const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+/// `<prefix>/<database>/`: every object of one database's backups.
+pub fn database_prefix(base: &str, database: &str) -> String {
+    let segment = utf8_percent_encode(database, KEY_SAFE).to_string();
+    // `.` and `..` would be path tricks on a file system.
+    let segment = match segment.as_str() {
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => segment,
+    };
+    if base.is_empty() {
+        format!("{segment}/")
+    } else {
+        format!("{base}/{segment}/")
+    }
+}
+
+/// The key of a dump of `database` started at `started`.
+pub fn dump_key(
+    base: &str,
+    database: &str,
+    started: DateTime<Utc>,
+    compression: Compression,
+) -> String {
+    format!(
+        "{}{}.dump{}",
+        database_prefix(base, database),
+        started.format(TIMESTAMP_FORMAT),
+        compression.suffix()
+    )
+}
+
+/// The manifest key belonging to a dump key.
+pub fn manifest_key(dump_key: &str) -> String {
+    let stem = dump_key
+        .find(".dump")
+        .map(|i| &dump_key[..i])
+        .unwrap_or(dump_key);
+    format!("{stem}{MANIFEST_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sortable_and_safe() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
+            .unwrap()
+            .to_utc();
+        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 });
+        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst");
+        assert_eq!(
+            manifest_key(&k),
+            "prod/app/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            dump_key("", "we/ird 'db'ü", t, Compression::None),
+            "we%2Fird%20%27db%27%C3%BC/2026-11-24T020000Z.dump"
+        );
+        assert_eq!(database_prefix("p", ".."), "p/%2E%2E/");
+    }
+
+    #[test]
+    fn rejects_foreign_and_broken_manifests() {
+        assert!(matches!(
+            Manifest::parse("k", b"not json"),
+            Err(ManifestError::Json { .. })
+        ));
+        assert!(matches!(
+            Manifest::parse("k", br#"{"format":"other"}"#),
+            Err(ManifestError::Foreign { .. })
+        ));
+        assert!(matches!(
+            Manifest::parse(
+                "k",
+                br#"{"format":"pgsidecar-manifest","format_version":99}"#
+            ),
+            Err(ManifestError::Version { version: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,209 @@
+//! PostgreSQL client tools (`pg_dump`, later `pg_restore`): finding them and choosing the one
+//! that fits a server. pg_dump refuses servers of a newer major, so the check happens before a
+//! dump starts, with a message that says which client to install, never at 2 AM mid-dump.
+
+use std::path::{Path, PathBuf};
+
+/// Errors finding a usable client tool. All are permanent for a given server.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("no `{tool}` found in {searched}: install the PostgreSQL {server_major} client tools or set tools.bin_dirs (PGSIDECAR_TOOLS__BIN_DIRS)")]
+    NotFound {
+        tool: String,
+        searched: String,
+        server_major: u32,
+    },
+    #[error("`{tool}` {found} is older than the server (PostgreSQL {server_major}) and cannot dump it: install the PostgreSQL {server_major} client tools (or newer) and point tools.bin_dirs (PGSIDECAR_TOOLS__BIN_DIRS) at them, or use the image built for PostgreSQL {server_major}")]
+    TooOld {
+        tool: String,
+        found: String,
+        server_major: u32,
+    },
+    #[error("cannot run `{}` --version: {source}", .path.display())]
+    Run {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the version of `{}` from {output:?}", .path.display())]
+    Version { path: PathBuf, output: String },
+}
+
+/// One installed client tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTool {
+    pub path: PathBuf,
+    /// As printed, e.g. `17.2`.
+    pub version: String,
+    pub major: u32,
+}
+
+/// Directories searched when `tools.bin_dirs` is empty: Debian's versioned client directories,
+/// newest first, then `PATH`.
+pub fn default_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs
+}
+
+/// Parses `pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)` into (`17.2`, 17).
+pub fn parse_version(output: &str) -> Option<(String, u32)> {
+    let version = output
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let version = version.trim_end_matches(|c: char| !c.is_ascii_digit());
+    let major: u32 = version.split(['.', 'b', 'r', 'd']).next()?.parse().ok()?;
+    Some((version.to_string(), major))
+}
+
+async fn probe(path: &Path) -> Result<ClientTool, ToolError> {
+    let out = tokio::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|source| ToolError::Run {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (version, major) = parse_version(&text).ok_or_else(|| ToolError::Version {
+        path: path.to_path_buf(),
+        output: text.clone(),
+    })?;
+    Ok(ClientTool {
+        path: path.to_path_buf(),
+        version,
+        major,
+    })
+}
+
+/// Every installed copy of `tool` in `dirs` (or the default places), with its version.
+pub async fn discover(tool: &str, dirs: &[PathBuf]) -> Result<Vec<ClientTool>, ToolError> {
+    let dirs = if dirs.is_empty() {
+        default_dirs()
+    } else {
+        dirs.to_vec()
+    };
+    let mut found: Vec<ClientTool> = Vec::new();
+    for dir in &dirs {
+        let candidate = dir.join(tool);
+        if !candidate.is_file() {
+            continue;
+        }
+        let t = probe(&candidate).await?;
+        if !found.iter().any(|f| f.major == t.major) {
+            found.push(t);
+        }
+    }
+    if found.is_empty() {
+        return Err(ToolError::NotFound {
+            tool: tool.to_string(),
+            searched: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            server_major: 0,
+        });
+    }
+    Ok(found)
+}
+
+/// The tool for a server of `server_major`: the same major if installed (its output is what
+/// that server's own tools produce), else the newest one newer than the server.
+pub fn choose(
+    tool: &str,
+    found: &[ClientTool],
+    server_major: u32,
+) -> Result<ClientTool, ToolError> {
+    if let Some(t) = found.iter().find(|t| t.major == server_major) {
+        return Ok(t.clone());
+    }
+    if let Some(t) = found
+        .iter()
+        .filter(|t| t.major > server_major)
+        .max_by_key(|t| t.major)
+    {
+        return Ok(t.clone());
+    }
+    let newest = found
+        .iter()
+        .max_by_key(|t| t.major)
+        .map(|t| format!("{} ({})", t.version, t.path.display()))
+        .unwrap_or_default();
+    Err(ToolError::TooOld {
+        tool: tool.to_string(),
+        found: newest,
+        server_major,
+    })
+}
+
+/// Finds and chooses `tool` for a server of `server_major`.
+pub async fn for_server(
+    tool: &str,
+    dirs: &[PathBuf],
+    server_major: u32,
+) -> Result<ClientTool, ToolError> {
+    let found = discover(tool, dirs).await.map_err(|e| match e {
+        ToolError::NotFound { tool, searched, .. } => ToolError::NotFound {
+            tool,
+            searched,
+            server_major,
+        },
+        other => other,
+    })?;
+    choose(tool, &found, server_major)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)"),
+            Some(("17.2".into(), 17))
+        );
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 18.6"),
+            Some(("18.6".into(), 18))
+        );
+        assert_eq!(
+            parse_version("pg_dump (PostgreSQL) 18beta1"),
+            Some(("18beta1".into(), 18))
+        );
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    fn tool(major: u32) -> ClientTool {
+        ClientTool {
+            path: PathBuf::from(format!("/pg/{major}/pg_dump")),
+            version: format!("{major}.1"),
+            major,
+        }
+    }
+
+    #[test]
+    fn chooses_matching_then_newest() {
+        let found = [tool(15), tool(17), tool(18)];
+        assert_eq!(choose("pg_dump", &found, 17).unwrap().major, 17);
+        assert_eq!(choose("pg_dump", &found, 16).unwrap().major, 18);
+        assert_eq!(choose("pg_dump", &found, 13).unwrap().major, 18);
+        let err = choose("pg_dump", &[tool(15)], 17).unwrap_err().to_string();
+        assert!(
+            err.contains("older than the server (PostgreSQL 17)"),
+            "{err}"
+        );
+        assert!(err.contains("PostgreSQL 17 client tools"), "{err}");
+    }
+}

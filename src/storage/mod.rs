@@ -1,0 +1,266 @@
+//! Storage sink: where dumps and manifests are kept. One trait, one implementation per
+//! backend (S3, local directory), dispatched through the closed [`Storage`] enum.
+//!
+//! Invariant: `put_stream` either stores the whole stream and returns its pieces, or leaves
+//! nothing behind: partial uploads are aborted and partial files removed, on every error path
+//! and on cancellation.
+
+pub mod local;
+pub mod s3;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{StorageConfig, StorageLocation};
+use crate::transform::BoxRead;
+
+/// Errors from a storage backend. Messages name the bucket or path and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("bucket `{bucket}` does not exist (or is not visible with these credentials)")]
+    NoSuchBucket { bucket: String },
+    #[error("access denied to bucket `{bucket}` while trying to {op} ({code}): check the credentials and the bucket policy")]
+    AccessDenied {
+        bucket: String,
+        op: &'static str,
+        code: String,
+    },
+    #[error("object `{key}` not found")]
+    NotFound { key: String },
+    #[error("cannot reach the S3 endpoint while trying to {op} `{key}`: {cause}")]
+    Unreachable {
+        op: &'static str,
+        key: String,
+        cause: String,
+    },
+    #[error("timed out after {secs}s while trying to {op} `{key}`")]
+    Timeout {
+        op: &'static str,
+        key: String,
+        secs: u64,
+    },
+    #[error("S3 refused to {op} `{key}`: HTTP {status} {code}: {message}")]
+    Service {
+        op: &'static str,
+        key: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("upload of `{key}` did not complete: {reason}")]
+    Incomplete { key: String, reason: String },
+    #[error("reading the backup stream for `{key}` failed: {source}")]
+    Source {
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op} `{}` failed: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("object `{key}` already exists; refusing to overwrite a stored backup")]
+    AlreadyExists { key: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StorageError {
+    /// Whether trying again cannot help: wrong bucket, denied access, bad request.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StorageError::NoSuchBucket { .. }
+            | StorageError::AccessDenied { .. }
+            | StorageError::NotFound { .. }
+            | StorageError::AlreadyExists { .. }
+            | StorageError::Cancelled => true,
+            StorageError::Service { status, .. } => {
+                (400..500).contains(status) && !matches!(status, 408 | 409 | 429)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A stored object, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// One object holding part of a stream. A stream larger than one object can hold (10,000
+/// parts) continues in further pieces, concatenated in order on restore.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPiece {
+    pub key: String,
+    pub size: u64,
+}
+
+/// What every backend provides. Keys are full object keys (the prefix included).
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// Stores `body` under `key` (and `key.002`, … if it outgrows one object). `expected_size`
+    /// is a hint for sizing upload parts.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+        expected_size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<StoredPiece>, StorageError>;
+    /// Stores a small object in one request, replacing nothing: `key` must be new.
+    async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError>;
+    /// Streams an object.
+    async fn get(&self, key: &str) -> Result<BoxRead, StorageError>;
+    /// Reads a small object whole.
+    async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError>;
+    /// Every object whose key starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+    /// Whether `key` exists.
+    async fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// Removes `key`; removing a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Aborts unfinished uploads of dumps under `prefix` left by an earlier crash; returns how many.
+    async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError>;
+    /// Unfinished uploads under `prefix` (for checks and tests).
+    async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+}
+
+/// The configured backend.
+pub enum Storage {
+    S3(s3::S3Storage),
+    Local(local::LocalStorage),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {
+        match $self {
+            Storage::S3($b) => $call,
+            Storage::Local($b) => $call,
+        }
+    };
+}
+
+impl Storage {
+    /// Builds the backend named by the storage URL.
+    pub async fn from_config(cfg: &StorageConfig) -> Storage {
+        match &cfg.location {
+            StorageLocation::S3 { bucket, .. } => {
+                Storage::S3(s3::S3Storage::new(cfg, bucket).await)
+            }
+            StorageLocation::Local { root } => Storage::Local(local::LocalStorage::new(root)),
+        }
+    }
+
+    /// The key prefix every object of this configuration lives under (may be empty).
+    pub fn base_prefix(cfg: &StorageConfig) -> String {
+        match &cfg.location {
+            StorageLocation::S3 { prefix, .. } => prefix.clone(),
+            StorageLocation::Local { .. } => String::new(),
+        }
+    }
+
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Unpin + Send),
+        expected_size: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<StoredPiece>, StorageError> {
+        dispatch!(self, b => b.put_stream(key, body, expected_size, cancel).await)
+    }
+    pub async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        dispatch!(self, b => b.put_bytes(key, bytes).await)
+    }
+    pub async fn get(&self, key: &str) -> Result<BoxRead, StorageError> {
+        dispatch!(self, b => b.get(key).await)
+    }
+    pub async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
+        dispatch!(self, b => b.get_bytes(key).await)
+    }
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        dispatch!(self, b => b.list(prefix).await)
+    }
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        dispatch!(self, b => b.exists(key).await)
+    }
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        dispatch!(self, b => b.delete(key).await)
+    }
+    pub async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+        dispatch!(self, b => b.abort_stale_uploads(prefix).await)
+    }
+    pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        dispatch!(self, b => b.pending_uploads(prefix).await)
+    }
+}
+
+/// Part size for an upload expected to store about `expected` bytes: large enough that
+/// `max_parts` parts hold twice the expectation (a dump is usually smaller than the database
+/// on disk, compressed smaller still), rounded up to whole MiB, never under 8 MiB. Memory
+/// use is this size times (parts in flight + 1), whatever the database size.
+pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    const FLOOR: u64 = 8 * MIB;
+    let wanted = expected.saturating_mul(2).div_ceil(max_parts as u64);
+    wanted
+        .div_ceil(MIB)
+        .saturating_mul(MIB)
+        .clamp(FLOOR, crate::config::S3_MAX_PART_SIZE)
+}
+
+/// Whether `key` is a dump object (or a continuation piece) that pgsidecar writes.
+pub fn is_dump_key(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let base = match name.rsplit_once('.') {
+        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
+        _ => name,
+    };
+    base.ends_with(".dump") || base.ends_with(".dump.zst") || base.ends_with(".dump.gz")
+}
+
+/// The key of piece `n` (1-based) of a stream stored under `key`.
+pub fn piece_key(key: &str, n: u32) -> String {
+    if n == 1 {
+        key.to_string()
+    } else {
+        format!("{key}.{n:03}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_covers_twice_the_database() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(choose_part_size(0, 10_000), 8 * MIB);
+        assert_eq!(choose_part_size(1 << 30, 10_000), 8 * MIB);
+        let big = 500u64 << 30;
+        let p = choose_part_size(big, 10_000);
+        assert!(p * 10_000 >= 2 * big && p % MIB == 0, "{p}");
+        assert_eq!(
+            choose_part_size(u64::MAX, 10_000),
+            crate::config::S3_MAX_PART_SIZE
+        );
+    }
+
+    #[test]
+    fn dump_keys() {
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.002"));
+        assert!(is_dump_key("db/x.dump"));
+        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json"));
+        assert!(!is_dump_key("p/other.tar"));
+        assert_eq!(piece_key("a.dump.zst", 1), "a.dump.zst");
+        assert_eq!(piece_key("a.dump.zst", 12), "a.dump.zst.012");
+    }
+}

@@ -1,0 +1,226 @@
+use crate::harness::{self, pg, s3, Pg, Sidecar};
+use serde_json::Value;
+
+/// A schema touching the types and objects a dump must carry.
+const SCHEMA: &str = r#"
+CREATE SCHEMA billing;
+CREATE TYPE mood AS ENUM ('ok', 'happy');
+CREATE TABLE public."MixedCase Table" (
+  id bigserial PRIMARY KEY,
+  "Label" text NOT NULL,
+  note text,
+  blob bytea,
+  doc jsonb,
+  amount numeric(20,6),
+  tags text[],
+  seen timestamptz,
+  m mood
+);
+INSERT INTO public."MixedCase Table" ("Label", note, blob, doc, amount, tags, seen, m)
+SELECT 'row ' || g, 'ünïcødé ✓ 日本語 ' || g, decode(md5(g::text), 'hex'),
+       jsonb_build_object('n', g, 'nested', jsonb_build_array(g, 'x')),
+       g * 1.234567, ARRAY['a' || g, 'b'], '2026-03-29 01:30:00+01'::timestamptz + g * interval '1 hour',
+       (CASE WHEN g % 2 = 0 THEN 'ok' ELSE 'happy' END)::mood
+FROM generate_series(1, 500) g;
+CREATE TABLE billing.invoices (id int PRIMARY KEY, total numeric, customer text);
+INSERT INTO billing.invoices SELECT g, g * 10, 'c' || g FROM generate_series(1, 100) g;
+CREATE SEQUENCE billing.invoice_no START 1000;
+SELECT setval('billing.invoice_no', 1234);
+CREATE VIEW billing.big_invoices AS SELECT * FROM billing.invoices WHERE total > 500;
+CREATE FUNCTION billing.touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.customer := upper(NEW.customer); RETURN NEW; END $$;
+CREATE TRIGGER invoices_touch BEFORE INSERT ON billing.invoices
+  FOR EACH ROW EXECUTE FUNCTION billing.touch();
+COMMENT ON TABLE billing.invoices IS 'Invoices — commented';
+COMMENT ON COLUMN public."MixedCase Table"."Label" IS 'a label';
+SELECT lo_from_bytea(0, convert_to('large object payload', 'UTF8'));
+"#;
+
+fn manifests(bucket: &str, prefix: &str) -> Vec<String> {
+    s3().keys(bucket, prefix)
+        .into_iter()
+        .filter(|k| k.ends_with(".manifest.json"))
+        .collect()
+}
+
+/// Backs up a loaded database on `pg`, downloads and restores the object by hand, and checks
+/// that `pg_dump` of the original and the restored copy are identical.
+fn round_trip(pg: &Pg) {
+    let db = pg.create_db("rt");
+    pg.psql(&db, SCHEMA);
+    let bucket = s3().bucket("rt");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "prod")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    let key = run.stdout.trim().to_string();
+    assert!(
+        key.starts_with(&format!("prod/{db}/")) && key.ends_with(".dump.zst"),
+        "{key}"
+    );
+
+    let manifest_keys = manifests(&bucket, "prod/");
+    assert_eq!(manifest_keys.len(), 1, "{manifest_keys:?}");
+    let manifest: Value = serde_json::from_slice(&s3().get(&bucket, &manifest_keys[0])).unwrap();
+    let stored = s3().get(&bucket, &key);
+    assert_eq!(manifest["key"], key.as_str());
+    assert_eq!(manifest["database"], db.as_str());
+    assert_eq!(manifest["server_major"], pg.major);
+    assert_eq!(manifest["stored_bytes"], stored.len() as u64);
+    assert_eq!(manifest["compression"]["algorithm"], "zstd");
+    use sha2::Digest;
+    assert_eq!(
+        manifest["sha256"],
+        hex::encode(sha2::Sha256::digest(&stored)).as_str()
+    );
+    let raw = harness::unzstd(&stored);
+    assert_eq!(manifest["raw_bytes"], raw.len() as u64);
+    assert!(raw.starts_with(b"PGDMP"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.dump");
+    std::fs::write(&archive, &raw).unwrap();
+    let copy = pg.create_db("rt_copy");
+    harness::pg_restore(pg, &archive, &copy);
+    assert_eq!(pg.dump_sql(&db), pg.dump_sql(&copy));
+    assert_eq!(
+        pg.psql(
+            &copy,
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
+        ),
+        "large object payload"
+    );
+}
+
+#[test]
+fn round_trip_postgres_15() {
+    round_trip(pg(15));
+}
+
+#[test]
+fn round_trip_postgres_17() {
+    round_trip(pg(17));
+}
+
+#[test]
+fn round_trip_postgres_18() {
+    round_trip(pg(18));
+}
+
+#[test]
+fn list_shows_backups_newest_first_and_skips_foreign_objects() {
+    let pg = pg(15);
+    let db = pg.create_db("list");
+    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let bucket = s3().bucket("list");
+    let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
+    let first = sidecar().args(&["backup"]).run().expect_code(0).stdout;
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = sidecar().args(&["backup"]).run().expect_code(0).stdout;
+    // Things in the prefix that are not backups must not be listed or break the listing.
+    s3().put(&bucket, &format!("p/{db}/notes.txt"), b"hello");
+    s3().put(
+        &bucket,
+        &format!("p/{db}/broken.manifest.json"),
+        b"{not json",
+    );
+    s3().put(&bucket, &format!("p/{db}/orphan.dump.zst"), b"partial");
+
+    let table = sidecar().args(&["list"]).run().expect_code(0);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("STARTED (UTC)"), "{}", table.stdout);
+    assert_eq!(lines.len(), 3, "{}", table.stdout);
+    assert!(lines[1].ends_with(second.trim()), "{}", table.stdout);
+    assert!(lines[2].ends_with(first.trim()), "{}", table.stdout);
+    assert!(
+        table.stderr.contains("broken.manifest.json"),
+        "{}",
+        table.stderr
+    );
+
+    let json = sidecar().args(&["list", "--json"]).run().expect_code(0);
+    let v: Value = serde_json::from_str(&json.stdout).unwrap();
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, vec![second.trim(), first.trim()]);
+}
+
+#[test]
+fn local_directory_storage_round_trip() {
+    let pg = pg(15);
+    let db = pg.create_db("local");
+    pg.psql(
+        &db,
+        "CREATE TABLE t(x text); INSERT INTO t SELECT md5(g::text) FROM generate_series(1,1000) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), "unused", "x")
+        .env("PGSIDECAR_STORAGE__URL", &url)
+        .env("PGSIDECAR_COMPRESSION__ALGORITHM", "gzip")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    let key = run.stdout.trim();
+    assert!(key.ends_with(".dump.gz"), "{key}");
+    let stored = std::fs::read(dir.path().join(key)).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&stored[..]), &mut raw).unwrap();
+    assert!(raw.starts_with(b"PGDMP"));
+    let listed = Sidecar::new(pg, &db, &s3().endpoint(), "unused", "x")
+        .env("PGSIDECAR_STORAGE__URL", &url)
+        .args(&["list", "--json"])
+        .run()
+        .expect_code(0);
+    assert!(listed.stdout.contains(key), "{}", listed.stdout);
+    // No temp files left beside the backup.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join(&db))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// A dump larger than `max_parts` parts continues in further objects, listed in order.
+#[test]
+fn dump_outgrowing_one_upload_continues_in_pieces() {
+    let pg = pg(18);
+    let db = pg.create_db("pieces");
+    // ~14 MB of incompressible data: three 5 MiB parts.
+    pg.psql(
+        &db,
+        "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
+         FROM generate_series(1, 14 * 65536) g GROUP BY g % 14",
+    );
+    let bucket = s3().bucket("pieces");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .env("PGSIDECAR_STORAGE__MAX_PARTS", "1")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    let key = run.stdout.trim().to_string();
+    let mkey = manifests(&bucket, "p/")[0].clone();
+    let manifest: Value = serde_json::from_slice(&s3().get(&bucket, &mkey)).unwrap();
+    let objects = manifest["objects"].as_array().unwrap();
+    assert!(objects.len() >= 3, "{manifest}");
+    assert_eq!(objects[0]["key"], key.as_str());
+    assert_eq!(objects[1]["key"], format!("{key}.002").as_str());
+    let mut all = Vec::new();
+    for o in objects {
+        all.extend(s3().get(&bucket, o["key"].as_str().unwrap()));
+    }
+    assert_eq!(manifest["stored_bytes"], all.len() as u64);
+    let raw = harness::unzstd(&all);
+    assert_eq!(manifest["raw_bytes"], raw.len() as u64);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), &raw).unwrap();
+    let copy = pg.create_db("pieces_copy");
+    harness::pg_restore(pg, &dir.path().join("a"), &copy);
+    assert_eq!(pg.dump_sql(&db), pg.dump_sql(&copy));
+    assert!(s3().open_uploads(&bucket).is_empty());
+}

@@ -1,0 +1,195 @@
+use crate::harness::{self, pg, s3, Proxy, Sidecar, S3};
+
+/// Nothing under the bucket: no object, no manifest, no open multipart upload.
+fn assert_nothing_stored(s3: &S3, bucket: &str) {
+    assert_eq!(
+        s3.keys(bucket, ""),
+        Vec::<String>::new(),
+        "objects left behind"
+    );
+    assert_eq!(
+        s3.open_uploads(bucket),
+        Vec::<String>::new(),
+        "multipart uploads left open"
+    );
+}
+
+#[test]
+fn wrong_password_fails_cleanly_without_echoing_it() {
+    let pg = pg(15);
+    let db = pg.create_db("badpw");
+    let bucket = s3().bucket("badpw");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .env("PGPASSWORD", "Wrong-Secret-4711")
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("password authentication failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!("database `{db}`")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Wrong-Secret-4711") && !run.stdout.contains("Wrong-Secret-4711"));
+    assert_nothing_stored(s3(), &bucket);
+}
+
+#[test]
+fn missing_database_is_named() {
+    let pg = pg(15);
+    let bucket = s3().bucket("nodb");
+    let run = Sidecar::new(pg, "no_such_db", &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("\"no_such_db\" does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert_nothing_stored(s3(), &bucket);
+}
+
+#[test]
+fn missing_bucket_is_named() {
+    let pg = pg(15);
+    let db = pg.create_db("nobucket");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), "no-such-bucket-here", "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr
+            .contains("bucket `no-such-bucket-here` does not exist"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn older_pg_dump_than_server_fails_before_dumping() {
+    let pg = pg(18);
+    let db = pg.create_db("oldtools");
+    let bucket = s3().bucket("oldtools");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .env("PGSIDECAR_TOOLS__BIN_DIRS", harness::pg15_bin())
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("older than the server (PostgreSQL 18)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("install the PostgreSQL 18 client tools"),
+        "{}",
+        run.stderr
+    );
+    assert_nothing_stored(s3(), &bucket);
+}
+
+/// A database of about `mb` MB that does not compress, so uploads take a while through a
+/// throttled proxy.
+fn incompressible_db(pg: &harness::Pg, hint: &str, mb: u32) -> String {
+    let db = pg.create_db(hint);
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
+             FROM generate_series(1, {}) g GROUP BY g % {mb}",
+            mb * 65536
+        ),
+    );
+    db
+}
+
+#[test]
+fn pg_dump_killed_mid_stream_leaves_nothing_and_never_saw_the_password() {
+    let pg = pg(15);
+    let db = incompressible_db(pg, "killed", 12);
+    let bucket = s3().bucket("killed");
+    let proxy = Proxy::start(s3().port);
+    proxy.throttle(2 * 1024 * 1024);
+    let child = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .args(&["backup"])
+        .spawn();
+    let mut dump_pid = None;
+    assert!(
+        harness::wait_until(60, || {
+            dump_pid = harness::children_named(child.id(), "pg_dump")
+                .first()
+                .copied();
+            dump_pid.is_some() && !s3().open_uploads(&bucket).is_empty()
+        }),
+        "the upload never started"
+    );
+    let dump_pid = dump_pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{dump_pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !cmdline.contains(harness::PG_PASSWORD),
+        "password in argv: {cmdline}"
+    );
+    std::process::Command::new("kill")
+        .args(["-9", &dump_pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pg_dump was killed by signal 9"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(harness::PG_PASSWORD));
+    proxy.throttle(0);
+    assert_nothing_stored(s3(), &bucket);
+    assert!(harness::children_named(std::process::id(), "pg_dump").is_empty());
+}
+
+#[test]
+fn s3_gone_mid_upload_fails_then_next_backup_cleans_up_and_succeeds() {
+    let pg = pg(15);
+    let db = incompressible_db(pg, "s3gone", 12);
+    let s3 = S3::start();
+    let bucket = s3.bucket("s3gone");
+    let proxy = Proxy::start(s3.port);
+    proxy.throttle(2 * 1024 * 1024);
+    let sidecar = || {
+        Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+            .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "2")
+            .args(&["backup"])
+    };
+    let child = sidecar().spawn();
+    assert!(
+        harness::wait_until(60, || !s3.open_uploads(&bucket).is_empty()),
+        "the upload never started"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    proxy.cut();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("backup of database"), "{stderr}");
+    assert!(s3.keys(&bucket, "").is_empty(), "no object may be visible");
+
+    proxy.restore();
+    proxy.throttle(0);
+    let run = sidecar().run().expect_code(0);
+    assert!(
+        s3.open_uploads(&bucket).is_empty(),
+        "stale upload not aborted"
+    );
+    let keys = s3.keys(&bucket, "");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&run.stdout.trim().to_string()));
+    s3.stop();
+}

@@ -1,0 +1,668 @@
+//! Test harness: real PostgreSQL clusters (15, 17, 18) and a real S3 server (moto), started on
+//! free ports the first time a test needs them and shared by every test in this process (each
+//! test uses its own database, bucket or prefix). Each service is watched by a small process
+//! that stops it when this test process ends, however it ends.
+//!
+//! Where the binaries are comes from `scripts/test-deps.sh` (`PGSC_TEST_*` variables).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const PG_PASSWORD: &str = "harness-superuser-pw";
+
+fn env_path(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/test.sh (see README)")
+    }))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs `cleanup` (a shell command) once this test process has exited.
+fn on_exit(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {cleanup}",
+        std::process::id()
+    );
+    // `setsid -f` detaches the watcher and returns at once.
+    Command::new("setsid")
+        .args(["-f", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn cleanup watcher");
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    // initdb refuses root, so as root the clusters run as `postgres`.
+    let me = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+        return None;
+    }
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a `postgres` user exists")
+    };
+    Some((id("-u"), id("-g")))
+}
+
+/// A running PostgreSQL cluster.
+pub struct Pg {
+    pub major: u32,
+    pub port: u16,
+    server_bin: PathBuf,
+    lib: Option<PathBuf>,
+    /// Client tools whose major matches the server, or the newest when the server's own
+    /// package ships none (PostgreSQL 17 from npm).
+    pub client_bin: PathBuf,
+    dir: PathBuf,
+}
+
+static PG15: OnceLock<Pg> = OnceLock::new();
+static PG17: OnceLock<Pg> = OnceLock::new();
+static PG18: OnceLock<Pg> = OnceLock::new();
+
+/// The shared cluster of `major` (15, 17 or 18).
+pub fn pg(major: u32) -> &'static Pg {
+    let cell = match major {
+        15 => &PG15,
+        17 => &PG17,
+        18 => &PG18,
+        _ => panic!("no PostgreSQL {major} in the harness"),
+    };
+    cell.get_or_init(|| Pg::start(major))
+}
+
+/// Directory of the PostgreSQL 15 client tools.
+pub fn pg15_bin() -> PathBuf {
+    env_path("PGSC_TEST_PG15_BIN")
+}
+
+/// Directory of the PostgreSQL 18 client tools.
+pub fn pg18_bin() -> PathBuf {
+    env_path("PGSC_TEST_PG18_BIN")
+}
+
+impl Pg {
+    fn start(major: u32) -> Pg {
+        let (server_bin, lib, client_bin) = match major {
+            15 => (pg15_bin(), None, pg15_bin()),
+            17 => (
+                env_path("PGSC_TEST_PG17_BIN"),
+                Some(env_path("PGSC_TEST_PG17_LIB")),
+                pg18_bin(),
+            ),
+            18 => (pg18_bin(), None, pg18_bin()),
+            _ => unreachable!(),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgsc-pg{major}-"))
+            .tempdir()
+            .unwrap()
+            .keep();
+        let data = dir.join("data");
+        std::fs::write(dir.join("pw"), PG_PASSWORD).unwrap();
+        let ids = postgres_ids();
+        if ids.is_some() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+        }
+        let port = free_port();
+        let run = |bin: &str, args: &[&str]| {
+            let mut cmd = Command::new(server_bin.join(bin));
+            cmd.args(args);
+            if let Some(lib) = &lib {
+                cmd.env("LD_LIBRARY_PATH", lib);
+            }
+            if let Some((uid, gid)) = ids {
+                std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+                std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+            }
+            cmd.current_dir(&dir);
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{bin} {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let data_s = data.to_str().unwrap();
+        run(
+            "initdb",
+            &[
+                "-D",
+                data_s,
+                "-U",
+                "postgres",
+                "--pwfile",
+                dir.join("pw").to_str().unwrap(),
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+            dir.display()
+        );
+        run(
+            "pg_ctl",
+            &[
+                "-D",
+                data_s,
+                "-o",
+                &opts,
+                "-l",
+                dir.join("log").to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        let mut stop = format!(
+            "{} -D {} stop -m immediate; rm -rf {}",
+            server_bin.join("pg_ctl").display(),
+            data.display(),
+            dir.display()
+        );
+        if let Some(lib) = &lib {
+            stop = format!("LD_LIBRARY_PATH={} {stop}", lib.display());
+        }
+        if ids.is_some() {
+            stop = format!("su postgres -s /bin/sh -c '{stop}'");
+        }
+        on_exit(&stop);
+        wait_for_port(port, "PostgreSQL");
+        Pg {
+            major,
+            port,
+            server_bin,
+            lib,
+            client_bin,
+            dir,
+        }
+    }
+
+    /// A client tool command connected as the superuser over TCP.
+    pub fn client(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(self.client_bin.join(tool));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PGPASSWORD", PG_PASSWORD);
+        cmd
+    }
+
+    /// Runs SQL in `db` with psql; panics with psql's output on failure. Returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self
+            .client("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql failed on {db}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Creates a fresh database with a name unique to this process.
+    pub fn create_db(&self, hint: &str) -> String {
+        let name = unique(hint);
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+        name
+    }
+
+    /// `pg_dump` of `db` as plain SQL, without the lines that differ between two runs.
+    pub fn dump_sql(&self, db: &str) -> String {
+        let out = self
+            .client("pg_dump")
+            .args(["--no-owner", "-d", db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The server's log so far (for diagnosing a failed test).
+    #[allow(dead_code)]
+    pub fn log(&self) -> String {
+        let _ = (&self.server_bin, &self.lib);
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test process: `<hint>_<n>`.
+pub fn unique(hint: &str) -> String {
+    format!("{hint}_{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A moto S3 server.
+pub struct S3 {
+    pub port: u16,
+    child: Mutex<std::process::Child>,
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+}
+
+static SHARED_S3: OnceLock<S3> = OnceLock::new();
+
+/// The S3 server shared by the tests.
+pub fn s3() -> &'static S3 {
+    SHARED_S3.get_or_init(S3::start)
+}
+
+impl S3 {
+    /// Starts a moto server of its own (for tests that stop it).
+    pub fn start() -> S3 {
+        let port = free_port();
+        let child = Command::new(env_path("PGSC_TEST_MOTO"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        on_exit(&format!("kill {} 2>/dev/null", child.id()));
+        wait_for_port(port, "moto S3 server");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "harness",
+            ))
+            .build();
+        S3 {
+            port,
+            child: Mutex::new(child),
+            rt,
+            client: aws_sdk_s3::Client::from_conf(conf),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Creates a bucket with a unique name and returns it.
+    pub fn bucket(&self, hint: &str) -> String {
+        let name = unique(hint).replace('_', "-");
+        self.rt
+            .block_on(self.client.create_bucket().bucket(&name).send())
+            .unwrap();
+        name
+    }
+
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(
+                self.client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .send(),
+            )
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect()
+    }
+
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.rt.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            out.body.collect().await.unwrap().into_bytes().to_vec()
+        })
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        self.rt
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(body.to_vec().into())
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// Keys of multipart uploads not yet completed or aborted.
+    pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .rt
+            .block_on(self.client.list_multipart_uploads().bucket(bucket).send())
+            .unwrap();
+        out.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect()
+    }
+}
+
+/// A TCP proxy the test controls: it can slow traffic towards the server or cut it.
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    /// Bytes per second allowed towards the server; 0 means unlimited.
+    rate: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let rate = Arc::new(AtomicU64::new(0));
+        let (c, r) = (cut.clone(), rate.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], target)))
+                else {
+                    continue;
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    c.clone(),
+                    r.clone(),
+                );
+                pump(server, client, c.clone(), Arc::new(AtomicU64::new(0)));
+            }
+        });
+        Proxy { port, cut, rate }
+    }
+
+    /// Drops every connection and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Limits traffic towards the server to `bytes_per_sec` (0: unlimited).
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, rate: Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        from.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            if cut.load(Ordering::SeqCst) {
+                break;
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            let r = rate.load(Ordering::SeqCst);
+            if r > 0 {
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// Output of one sidecar run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// The pgsidecar binary with a clean environment pointing at a test database and bucket.
+#[must_use = "a Sidecar does nothing until .run() or .spawn()"]
+pub struct Sidecar {
+    cmd: Command,
+}
+
+impl Sidecar {
+    /// Configured from environment variables only, as a container would be.
+    pub fn new(pg: &Pg, db: &str, s3_endpoint: &str, bucket: &str, prefix: &str) -> Sidecar {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", "/nonexistent")
+            .env("RUST_LOG", "info")
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", pg.port.to_string())
+            .env("PGUSER", "postgres")
+            .env("PGPASSWORD", PG_PASSWORD)
+            .env("PGDATABASE", db)
+            .env("PGSIDECAR_STORAGE__URL", format!("s3://{bucket}/{prefix}"))
+            .env("PGSIDECAR_TOOLS__BIN_DIRS", &pg.client_bin)
+            .env("AWS_ENDPOINT_URL", s3_endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        Sidecar { cmd }
+    }
+
+    /// The bare binary with an empty environment.
+    pub fn bare() -> Sidecar {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        Sidecar { cmd }
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Sidecar {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> Sidecar {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Sidecar {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn run(mut self) -> Run {
+        Run::from(self.cmd.output().unwrap())
+    }
+
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// Children of `parent` whose command name is `name`, from /proc.
+pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // comm is in parentheses and may contain spaces; ppid follows the closing one.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid: u32 = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if comm == name && ppid == parent {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits up to `secs` for `cond`.
+pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Decompresses a zstd object.
+pub fn unzstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::decode_all(data).expect("valid zstd")
+}
+
+/// Restores a custom-format archive into a fresh database of `pg` with its client tools.
+pub fn pg_restore(pg: &Pg, archive: &Path, db: &str) {
+    let out = pg
+        .client("pg_restore")
+        .args(["--exit-on-error", "--no-owner", "-d", db])
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

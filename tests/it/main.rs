@@ -1,0 +1,10 @@
+//! Integration tests: the real binary against real PostgreSQL servers and a real S3 server.
+
+mod harness;
+
+/// Backups that succeed: round trips on each server major, listing, local storage, pieces.
+mod backup;
+/// Configuration errors and `config` output, from the command line.
+mod config_cli;
+/// Backups that fail: each leaves no object, no manifest and no open upload.
+mod failures;
