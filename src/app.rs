@@ -7,7 +7,7 @@ use crate::catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Sources};
 use crate::exit::ExitCode;
-use crate::job;
+use crate::job::{self, WhenBusy};
 use crate::storage::Storage;
 
 /// Runs `cli` to completion.
@@ -31,37 +31,68 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command, config)) {
-        Ok(()) => ExitCode::Success,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::Failure
+            if e.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::Usage
+            } else {
+                ExitCode::Failure
+            }
         }
     }
 }
 
-async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Config => {
             print!("{}", config.to_redacted_toml());
-            Ok(())
+            Ok(ExitCode::Success)
         }
-        Command::Backup => {
+        Command::Health => {
+            let status = crate::status::Status::read(&config.health.status_file)?;
+            let mut problems = status.problems(chrono::Utc::now());
+            if !crate::status::pid_alive(status.pid) {
+                problems.insert(0, format!("the daemon (pid {}) is not running", status.pid));
+            }
+            if problems.is_empty() {
+                println!("healthy");
+                Ok(ExitCode::Success)
+            } else {
+                for p in problems {
+                    println!("unhealthy: {p}");
+                }
+                Ok(ExitCode::Failure)
+            }
+        }
+        Command::Run => {
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
-            let done = job::backup_database(
-                &config,
-                &storage,
-                &config.database.dbname,
-                chrono::Utc::now(),
-                &cancel,
-            )
-            .await?;
-            println!("{}", done.manifest.key);
-            Ok(())
+            let ok = crate::daemon::run(config, storage, cancel).await;
+            Ok(if ok {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
         }
-        Command::List { json, db } => {
+        Command::Backup { job } => {
+            let job = config.job(job.as_deref())?;
+            let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
-            let base = Storage::base_prefix(&config.storage);
+            for db in &job.databases {
+                let done =
+                    job::backup_database(job, &config.tools, &storage, db, WhenBusy::Wait, &cancel)
+                        .await?;
+                println!("{}", done.manifest.key);
+            }
+            Ok(ExitCode::Success)
+        }
+        Command::List { json, job, db } => {
+            let storage = Storage::from_config(&config.storage).await;
+            let base = match job {
+                Some(name) => config.job(Some(&name))?.prefix.clone(),
+                None => Storage::base_prefix(&config.storage),
+            };
             let catalog = catalog::load(&storage, &base, db.as_deref()).await?;
             for problem in &catalog.problems {
                 tracing::warn!("{problem}");
@@ -77,7 +108,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<()> {
                     catalog::render_table(&catalog.entries, chrono::Utc::now())
                 )?;
             }
-            Ok(())
+            Ok(ExitCode::Success)
         }
     }
 }

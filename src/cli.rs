@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Streams PostgreSQL backups to S3 and restores them.
+/// Streams PostgreSQL backups to S3 on a schedule and restores them.
 #[derive(Debug, Parser)]
 #[command(name = "pgsidecar", version, about, propagate_version = true)]
 pub struct Cli {
@@ -20,17 +20,29 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take a backup now and store it with its manifest.
-    Backup,
+    /// Run the daemon: back up on schedule until SIGTERM (without a schedule: once, then exit).
+    Run,
+    /// Take a backup now (waits if a scheduled backup of the database is running).
+    Backup {
+        /// The job to back up (needed when several are configured).
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+    },
     /// List complete backups, newest first.
     List {
         /// Print JSON (one array of manifests) instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only backups of this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
         /// Only backups of this database.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
     },
+    /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
+    /// otherwise print why and exit 1.
+    Health,
     /// Print the effective configuration, secrets redacted.
     Config,
 }

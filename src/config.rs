@@ -67,13 +67,128 @@ impl ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
-    /// Name of the job (used in logs, manifests and notifications).
+    /// Name of the single job configured by the top-level keys.
+    #[serde(deserialize_with = "lenient::opt_string")]
     pub job: Option<String>,
+    /// Schedule of the single job (`PGSIDECAR_SCHEDULE`).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub schedule: Option<String>,
+    /// IANA time zone schedules are evaluated in (default: `TZ`, else UTC).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub timezone: Option<String>,
+    /// Run at start when the newest backup is older than the last scheduled firing.
+    pub catch_up: Option<bool>,
+    /// Time a running backup gets to finish after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+    pub jobs: Option<Vec<RawJob>>,
     pub database: RawDatabase,
     pub storage: RawStorage,
     pub compression: RawCompression,
+    pub retry: RawRetry,
+    pub notify: RawNotify,
+    pub health: RawHealth,
+    pub http: RawHttp,
     pub tools: RawTools,
     pub log: RawLog,
+}
+
+/// `[[jobs]]`: one backup job; unset keys inherit the top-level sections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawJob {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub name: Option<String>,
+    pub databases: Option<Vec<String>>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub schedule: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub timezone: Option<String>,
+    /// Sub-prefix under the storage URL (default: the job name).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub prefix: Option<String>,
+    pub catch_up: Option<bool>,
+    pub database: Option<RawDatabase>,
+    pub compression: Option<RawCompression>,
+    pub retry: Option<RawRetry>,
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub backoff: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Option<Duration>,
+    pub jitter: Option<bool>,
+}
+
+/// `[notify]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNotify {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub events: Option<String>,
+    pub each_attempt: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub slack: RawSlack,
+    pub webhook: RawWebhook,
+    pub ping: RawPing,
+}
+
+/// `[notify.slack]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSlack {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub webhook_url: Option<String>,
+    pub webhook_url_file: Option<PathBuf>,
+}
+
+/// `[notify.webhook]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWebhook {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+}
+
+/// `[notify.ping]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPing {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub start_url: Option<String>,
+    pub start_url_file: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub success_url: Option<String>,
+    pub success_url_file: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub failure_url: Option<String>,
+    pub failure_url_file: Option<PathBuf>,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub status_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub listen: Option<String>,
 }
 
 /// `[database]`
@@ -206,12 +321,88 @@ mod lenient {
 /// The configuration every other module receives: complete and checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
-    pub job: String,
-    pub database: DatabaseConfig,
+    pub jobs: Vec<Job>,
     pub storage: StorageConfig,
-    pub compression: Compression,
+    pub notify: NotifyConfig,
+    pub health: HealthConfig,
+    /// Address of the optional `/healthz` and `/metrics` listener.
+    pub http_listen: Option<std::net::SocketAddr>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub tools: ToolsConfig,
     pub log: LogConfig,
+}
+
+/// One backup job: what to dump, when, where, and how hard to try.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub name: String,
+    pub databases: Vec<String>,
+    /// Connection settings (its `dbname` is replaced by each of `databases`).
+    pub database: DatabaseConfig,
+    #[serde(serialize_with = "ser_schedule")]
+    pub schedule: Option<crate::schedule::Schedule>,
+    pub timezone: String,
+    /// Key prefix of this job's backups (storage URL prefix plus the job's sub-prefix).
+    pub prefix: String,
+    pub catch_up: bool,
+    pub compression: Compression,
+    pub retry: RetryPolicy,
+}
+
+fn ser_schedule<S: serde::Serializer>(
+    s: &Option<crate::schedule::Schedule>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_str(s.expr()),
+        None => ser.serialize_str("(none: one backup, then exit)"),
+    }
+}
+
+/// How a failed backup is retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub exponential: bool,
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    pub jitter: bool,
+}
+
+/// Which outcomes are notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvents {
+    All,
+    Failures,
+    FailuresAndRecoveries,
+}
+
+/// Notification targets and policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyConfig {
+    pub events: NotifyEvents,
+    pub each_attempt: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub slack_webhook_url: Option<Secret>,
+    pub webhook_url: Option<Secret>,
+    pub ping_start_url: Option<Secret>,
+    pub ping_success_url: Option<Secret>,
+    pub ping_failure_url: Option<Secret>,
+}
+
+/// What `health` checks against.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    pub status_file: PathBuf,
+    /// Extra age allowed beyond a schedule's period (default: the retry window plus 30 minutes).
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
 }
 
 /// How to reach the PostgreSQL server (always over TCP).
@@ -509,27 +700,332 @@ fn secret_value(
 
 /// Turns the raw layers into a checked [`Config`].
 pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
-    let job = raw.job.unwrap_or_else(|| "default".to_string());
-    if job.is_empty()
-        || !job
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-    {
-        return Err(ConfigError::invalid(
-            "job",
-            format!("`{job}` must be letters, digits, `-` or `_`"),
-        ));
+    let storage = validate_storage(raw.storage)?;
+    let base_prefix = match &storage.location {
+        StorageLocation::S3 { prefix, .. } => prefix.clone(),
+        StorageLocation::Local { .. } => String::new(),
+    };
+    let default_tz = raw
+        .timezone
+        .clone()
+        .or_else(|| {
+            sources
+                .var("TZ")
+                .map(|t| t.trim_start_matches(':').to_string())
+        })
+        .unwrap_or_else(|| "UTC".to_string());
+    let jobs_given = raw.jobs.is_some();
+    let raw_jobs = match raw.jobs {
+        Some(jobs) => {
+            if raw.schedule.is_some() || raw.job.is_some() {
+                return Err(ConfigError::invalid(
+                    "jobs",
+                    "set either [[jobs]] or the single-job keys `job`/`schedule`, not both",
+                ));
+            }
+            if jobs.is_empty() {
+                return Err(ConfigError::invalid("jobs", "is empty"));
+            }
+            jobs
+        }
+        None => vec![RawJob {
+            name: raw.job.clone(),
+            schedule: raw.schedule.clone(),
+            prefix: Some(String::new()),
+            ..RawJob::default()
+        }],
+    };
+    let mut jobs = Vec::new();
+    for (i, rj) in raw_jobs.into_iter().enumerate() {
+        let key = |k: &str| {
+            if jobs_given {
+                format!("jobs[{i}].{k}")
+            } else {
+                k.to_string()
+            }
+        };
+        let name = match rj.name {
+            Some(n) => n,
+            None if jobs_given => return Err(ConfigError::invalid(&key("name"), "is required")),
+            None => "default".to_string(),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Err(ConfigError::invalid(
+                &key("name"),
+                format!("`{name}` must be letters, digits, `-` or `_`"),
+            ));
+        }
+        if jobs.iter().any(|j: &Job| j.name == name) {
+            return Err(ConfigError::invalid(
+                &key("name"),
+                format!("`{name}` is used twice"),
+            ));
+        }
+        let database = validate_database(
+            merge_database(raw.database.clone(), rj.database.unwrap_or_default()),
+            sources,
+        )
+        .map_err(|e| prefix_key(e, jobs_given, i))?;
+        let databases = rj
+            .databases
+            .unwrap_or_else(|| vec![database.dbname.clone()]);
+        if databases.is_empty() || databases.iter().any(|d| d.is_empty()) {
+            return Err(ConfigError::invalid(
+                &key("databases"),
+                "needs at least one database name",
+            ));
+        }
+        let tz_name = rj.timezone.unwrap_or_else(|| default_tz.clone());
+        let tz = crate::schedule::parse_tz(&tz_name)
+            .map_err(|e| ConfigError::invalid(&key("timezone"), e.to_string()))?;
+        let schedule = match rj.schedule.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(expr) => Some(
+                crate::schedule::Schedule::parse(expr, tz)
+                    .map_err(|e| ConfigError::invalid(&key("schedule"), e.to_string()))?,
+            ),
+        };
+        let sub = rj.prefix.unwrap_or_else(|| name.clone());
+        let sub = sub.trim_matches('/');
+        let prefix = match (base_prefix.is_empty(), sub.is_empty()) {
+            (_, true) => base_prefix.clone(),
+            (true, false) => sub.to_string(),
+            (false, false) => format!("{base_prefix}/{sub}"),
+        };
+        let compression = validate_compression(merge_compression(
+            raw.compression.clone(),
+            rj.compression.unwrap_or_default(),
+        ))
+        .map_err(|e| prefix_key(e, jobs_given, i))?;
+        let retry = validate_retry(merge_retry(raw.retry.clone(), rj.retry.unwrap_or_default()))
+            .map_err(|e| prefix_key(e, jobs_given, i))?;
+        jobs.push(Job {
+            name,
+            databases,
+            database,
+            schedule,
+            timezone: tz_name,
+            prefix,
+            catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
+            compression,
+            retry,
+        });
     }
+    let http_listen = match raw.http.listen {
+        None => None,
+        Some(l) if l.is_empty() => None,
+        Some(l) => Some(l.parse().map_err(|_| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("`{l}` is not an address such as 0.0.0.0:9187"),
+            )
+        })?),
+    };
     Ok(Config {
-        job,
-        database: validate_database(raw.database, sources)?,
-        storage: validate_storage(raw.storage)?,
-        compression: validate_compression(raw.compression)?,
+        jobs,
+        storage,
+        notify: validate_notify(raw.notify)?,
+        health: HealthConfig {
+            status_file: raw
+                .health
+                .status_file
+                .unwrap_or_else(|| std::env::temp_dir().join("pgsidecar-status.json")),
+            grace: raw.health.grace,
+        },
+        http_listen,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
         tools: ToolsConfig {
             bin_dirs: raw.tools.bin_dirs.unwrap_or_default(),
         },
         log: validate_log(raw.log)?,
     })
+}
+
+/// Names a job's key as `jobs[i].section.key` in errors from a shared validator.
+fn prefix_key(e: ConfigError, jobs_given: bool, i: usize) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            source_name,
+            message,
+        } if jobs_given => ConfigError::Invalid {
+            key: format!("jobs[{i}].{key} (or {key})"),
+            source_name,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Field-wise override: `Some` in `over` wins.
+macro_rules! merge_fields {
+    ($base:expr, $over:expr, $($f:ident),+) => {{
+        let (mut b, o) = ($base, $over);
+        $( if o.$f.is_some() { b.$f = o.$f; } )+
+        b
+    }};
+}
+
+fn merge_database(base: RawDatabase, over: RawDatabase) -> RawDatabase {
+    merge_fields!(
+        base,
+        over,
+        url,
+        url_file,
+        host,
+        port,
+        user,
+        password,
+        password_file,
+        dbname,
+        sslmode,
+        passfile,
+        connect_timeout
+    )
+}
+
+fn merge_compression(base: RawCompression, over: RawCompression) -> RawCompression {
+    merge_fields!(base, over, algorithm, level)
+}
+
+fn merge_retry(base: RawRetry, over: RawRetry) -> RawRetry {
+    merge_fields!(
+        base,
+        over,
+        attempts,
+        interval,
+        backoff,
+        max_interval,
+        jitter
+    )
+}
+
+fn validate_retry(raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
+    let attempts = raw.attempts.unwrap_or(10);
+    if !(1..=1000).contains(&attempts) {
+        return Err(ConfigError::invalid(
+            "retry.attempts",
+            format!("{attempts} is outside 1 to 1000"),
+        ));
+    }
+    let interval = raw.interval.unwrap_or(Duration::from_secs(600));
+    let exponential = match raw.backoff.as_deref().unwrap_or("fixed") {
+        "fixed" => false,
+        "exponential" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "retry.backoff",
+                format!("`{other}` is not one of fixed, exponential"),
+            ))
+        }
+    };
+    let max_interval = raw
+        .max_interval
+        .unwrap_or(Duration::from_secs(3600))
+        .max(interval);
+    Ok(RetryPolicy {
+        attempts,
+        interval,
+        exponential,
+        max_interval,
+        jitter: raw.jitter.unwrap_or(false),
+    })
+}
+
+fn validate_url_secret(
+    key: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let secret = secret_value(key, value, file)?;
+    if let Some(s) = &secret {
+        match url::Url::parse(s.expose()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            // The value is a secret: say what is wrong without quoting it.
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is not an http:// or https:// URL",
+                ))
+            }
+        }
+    }
+    Ok(secret)
+}
+
+fn validate_notify(raw: RawNotify) -> Result<NotifyConfig, ConfigError> {
+    let events = match raw.events.as_deref().unwrap_or("all") {
+        "all" => NotifyEvents::All,
+        "failures" => NotifyEvents::Failures,
+        "failures_and_recoveries" => NotifyEvents::FailuresAndRecoveries,
+        other => {
+            return Err(ConfigError::invalid(
+                "notify.events",
+                format!("`{other}` is not one of all, failures, failures_and_recoveries"),
+            ))
+        }
+    };
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(10));
+    if timeout.is_zero() {
+        return Err(ConfigError::invalid("notify.timeout", "must be above zero"));
+    }
+    Ok(NotifyConfig {
+        events,
+        each_attempt: raw.each_attempt.unwrap_or(false),
+        timeout,
+        slack_webhook_url: validate_url_secret(
+            "notify.slack.webhook_url",
+            raw.slack.webhook_url,
+            raw.slack.webhook_url_file.as_deref(),
+        )?,
+        webhook_url: validate_url_secret(
+            "notify.webhook.url",
+            raw.webhook.url,
+            raw.webhook.url_file.as_deref(),
+        )?,
+        ping_start_url: validate_url_secret(
+            "notify.ping.start_url",
+            raw.ping.start_url,
+            raw.ping.start_url_file.as_deref(),
+        )?,
+        ping_success_url: validate_url_secret(
+            "notify.ping.success_url",
+            raw.ping.success_url,
+            raw.ping.success_url_file.as_deref(),
+        )?,
+        ping_failure_url: validate_url_secret(
+            "notify.ping.failure_url",
+            raw.ping.failure_url,
+            raw.ping.failure_url_file.as_deref(),
+        )?,
+    })
+}
+
+impl Config {
+    /// The job called `name`, or the only job when `name` is `None`.
+    pub fn job(&self, name: Option<&str>) -> Result<&Job, ConfigError> {
+        let names = || {
+            self.jobs
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match name {
+            Some(n) => self.jobs.iter().find(|j| j.name == n).ok_or_else(|| {
+                ConfigError::invalid("--job", format!("no job `{n}`; jobs are: {}", names()))
+            }),
+            None if self.jobs.len() == 1 => Ok(&self.jobs[0]),
+            None => Err(ConfigError::invalid(
+                "--job",
+                format!("several jobs are configured; choose one of: {}", names()),
+            )),
+        }
+    }
 }
 
 fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
@@ -888,11 +1384,11 @@ mod tests {
             ("PGSIDECAR_DATABASE__HOST", "other"),
         ]))
         .unwrap();
-        assert_eq!(c.database.host, "other");
-        assert_eq!(c.database.port, 6543);
-        assert_eq!(c.database.user, "app");
-        assert_eq!(c.database.dbname, "app_prod");
-        assert_eq!(c.database.password.unwrap().expose(), "pw");
+        assert_eq!(c.jobs[0].database.host, "other");
+        assert_eq!(c.jobs[0].database.port, 6543);
+        assert_eq!(c.jobs[0].database.user, "app");
+        assert_eq!(c.jobs[0].database.dbname, "app_prod");
+        assert_eq!(c.jobs[0].database.password.as_ref().unwrap().expose(), "pw");
         assert_eq!(
             c.storage.location,
             StorageLocation::S3 {
@@ -905,7 +1401,10 @@ mod tests {
     #[test]
     fn numeric_password_from_env_stays_a_string() {
         let c = load(&env(&[URL, ("PGSIDECAR_DATABASE__PASSWORD", "12345")])).unwrap();
-        assert_eq!(c.database.password.unwrap().expose(), "12345");
+        assert_eq!(
+            c.jobs[0].database.password.as_ref().unwrap().expose(),
+            "12345"
+        );
     }
 
     #[test]
@@ -918,10 +1417,13 @@ mod tests {
             ),
         ]))
         .unwrap();
-        assert_eq!(c.database.password.unwrap().expose(), "p:@/?#%");
-        assert_eq!(c.database.dbname, "d b");
-        assert_eq!(c.database.port, 7777);
-        assert_eq!(c.database.sslmode, SslMode::Disable);
+        assert_eq!(
+            c.jobs[0].database.password.as_ref().unwrap().expose(),
+            "p:@/?#%"
+        );
+        assert_eq!(c.jobs[0].database.dbname, "d b");
+        assert_eq!(c.jobs[0].database.port, 7777);
+        assert_eq!(c.jobs[0].database.sslmode, SslMode::Disable);
     }
 
     #[test]
@@ -978,7 +1480,10 @@ mod tests {
             ("PGSIDECAR_DATABASE__PASSWORD_FILE", path.to_str().unwrap()),
         ]))
         .unwrap();
-        assert_eq!(c.database.password.unwrap().expose(), "s3cret");
+        assert_eq!(
+            c.jobs[0].database.password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
     }
 
     #[test]
@@ -1037,5 +1542,114 @@ mod tests {
         .to_string();
         assert!(!err.contains("hunter2"), "{err}");
         assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn two_jobs_from_one_file_inherit_and_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+timezone = "Europe/Berlin"
+[database]
+host = "db"
+user = "app"
+[storage]
+url = "s3://bucket-a/backups"
+[retry]
+attempts = 3
+
+[[jobs]]
+name = "prod"
+databases = ["app_prod"]
+schedule = "0 2 * * *"
+
+[[jobs]]
+name = "staging"
+databases = ["app_staging"]
+schedule = "0 2 * * 0"
+database = { host = "staging-db" }
+retry = { attempts = 1 }
+"#,
+        )
+        .unwrap();
+        let c = load(&Sources {
+            file: Some(path),
+            env: vec![],
+        })
+        .unwrap();
+        let (prod, staging) = (&c.jobs[0], &c.jobs[1]);
+        assert_eq!(prod.prefix, "backups/prod");
+        assert_eq!(staging.prefix, "backups/staging");
+        assert_eq!(prod.database.host, "db");
+        assert_eq!(staging.database.host, "staging-db");
+        assert_eq!(staging.database.user, "app");
+        assert_eq!((prod.retry.attempts, staging.retry.attempts), (3, 1));
+        assert_eq!(
+            prod.schedule.as_ref().unwrap().tz(),
+            chrono_tz::Europe::Berlin
+        );
+        assert_eq!(
+            c.job(Some("staging")).unwrap().databases,
+            vec!["app_staging"]
+        );
+        assert!(c
+            .job(None)
+            .unwrap_err()
+            .to_string()
+            .contains("prod, staging"));
+    }
+
+    #[test]
+    fn single_job_from_env_with_defaults() {
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_SCHEDULE", "0 2 * * *"),
+            ("TZ", "America/New_York"),
+        ]))
+        .unwrap();
+        let j = &c.jobs[0];
+        assert_eq!(j.name, "default");
+        assert_eq!(j.prefix, "prod");
+        assert_eq!(j.timezone, "America/New_York");
+        assert_eq!(j.retry.attempts, 10);
+        assert_eq!(j.retry.interval, Duration::from_secs(600));
+        assert!(j.catch_up);
+    }
+
+    #[test]
+    fn bad_schedule_and_zone_name_the_key_and_field() {
+        let err = load(&env(&[URL, ("PGSIDECAR_SCHEDULE", "0 25 * * *")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`schedule`") && err.contains("the hour field `25`"),
+            "{err}"
+        );
+        let err = load(&env(&[URL, ("PGSIDECAR_TIMEZONE", "Europe/Nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`timezone`") && err.contains("Europe/Nowhere"),
+            "{err}"
+        );
+        let err = load(&env(&[URL, ("PGSIDECAR_RETRY__BACKOFF", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`retry.backoff`"), "{err}");
+        let err = load(&env(&[
+            URL,
+            (
+                "PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL",
+                "hooks.slack.com/secret-part",
+            ),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`notify.slack.webhook_url`") && !err.contains("secret-part"),
+            "{err}"
+        );
     }
 }

@@ -190,6 +190,42 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<ServerInfo, DumpError> {
     })
 }
 
+/// Advisory lock key of pgsidecar backups ("pgsc" in ASCII). Advisory locks are scoped to the
+/// database they are taken in, so one key serves every database.
+const LOCK_KEY: i64 = 0x7067_7363;
+
+/// A session holding the backup lock of one database; dropping it releases the lock.
+pub struct BackupLock {
+    _client: tokio_postgres::Client,
+}
+
+/// Takes the backup lock of `db.dbname`. Without `wait`, returns `None` when another session
+/// holds it; with `wait`, blocks until it is free.
+pub async fn lock(db: &DatabaseConfig, wait: bool) -> Result<Option<BackupLock>, DumpError> {
+    let client = connect(db, &db.dbname).await?;
+    let query_err = |e: tokio_postgres::Error| DumpError::Query {
+        endpoint: endpoint(db),
+        cause: pg_error_text(&e),
+    };
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(query_err)?
+        .get(0);
+    if got {
+        return Ok(Some(BackupLock { _client: client }));
+    }
+    if !wait {
+        return Ok(None);
+    }
+    tracing::info!("another backup of this database is running; waiting for it to finish");
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(query_err)?;
+    Ok(Some(BackupLock { _client: client }))
+}
+
 /// Variables passed through to client tools; everything else (including the sidecar's own
 /// secrets in `PGSIDECAR_*` and `AWS_*`) is withheld from the child.
 const PASSTHROUGH_ENV: &[&str] = &[
@@ -335,6 +371,7 @@ impl AsyncRead for DumpReader {
         if n > 0 {
             // The signature is checked on the first bytes; pg_dump writes it in one piece.
             if this.total == 0 && !buf.filled()[before..].starts_with(&b"PGDMP"[..n.min(5)]) {
+                buf.set_filled(before);
                 return this.fail(DumpError::NotAnArchive);
             }
             this.total += n as u64;
@@ -363,4 +400,100 @@ impl AsyncRead for DumpReader {
 pub fn as_dump_error(e: &io::Error) -> Option<&DumpError> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<DumpError>())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reader's verdicts on what a child process did, using small shell scripts in place
+    //! of pg_dump (the integration tests run the real one).
+    use super::*;
+    use crate::config::SslMode;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    fn script(dir: &std::path::Path, body: &str) -> ClientTool {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake_dump");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ClientTool {
+            path,
+            version: "17.0".into(),
+            major: 17,
+        }
+    }
+
+    fn db() -> DatabaseConfig {
+        DatabaseConfig {
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "u".into(),
+            password: None,
+            dbname: "d".into(),
+            sslmode: SslMode::Disable,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    async fn drain(tool: &ClientTool) -> Result<Vec<u8>, DumpError> {
+        let mut reader = spawn(tool, &db()).unwrap();
+        let mut out = Vec::new();
+        match reader.read_to_end(&mut out).await {
+            Ok(_) => Ok(out),
+            Err(e) => Err(*e.into_inner().unwrap().downcast::<DumpError>().unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn clean_exit_with_archive_is_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = drain(&script(dir.path(), "printf 'PGDMPdata'"))
+            .await
+            .unwrap();
+        assert_eq!(out, b"PGDMPdata");
+    }
+
+    #[tokio::test]
+    async fn failing_exit_after_output_is_an_error_with_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = script(
+            dir.path(),
+            "printf 'PGDMPpartial'; echo 'pg_dump: error: boom' >&2; exit 1",
+        );
+        let err = drain(&tool).await.unwrap_err();
+        assert!(matches!(err, DumpError::Failed { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("exited with status 1: pg_dump: error: boom"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_or_foreign_output_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = drain(&script(dir.path(), "exit 0")).await.unwrap_err();
+        assert!(matches!(err, DumpError::Empty { .. }), "{err}");
+        let err = drain(&script(dir.path(), "printf 'garbage'"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DumpError::NotAnArchive), "{err}");
+    }
+
+    #[tokio::test]
+    async fn child_sees_password_only_in_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = script(dir.path(), "printf 'PGDMP'; printf '%s|%s|%s' \"$PGPASSWORD\" \"$*\" \"${PGSIDECAR_LEAK_PROBE:-unset}\"");
+        // Variables of the sidecar's own (which may hold secrets) must not reach the child.
+        std::env::set_var("PGSIDECAR_LEAK_PROBE", "leaked");
+        let mut cfg = db();
+        cfg.password = Some(crate::secret::Secret::new("pw-in-env"));
+        let mut reader = spawn(&tool, &cfg).unwrap();
+        let mut out = String::new();
+        reader.read_to_string(&mut out).await.unwrap();
+        assert_eq!(
+            out,
+            "PGDMPpw-in-env|--format=custom --compress=0 --no-password|unset"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Job, ToolsConfig};
 use crate::dump::{self, DumpError};
 use crate::manifest::{self, Manifest};
 use crate::pgtools::{self, ToolError};
@@ -44,6 +44,8 @@ pub enum BackupError {
     },
     #[error("backup of database `{database}` was cancelled; nothing was stored")]
     Cancelled { database: String },
+    #[error("another backup of database `{database}` is running (another pgsidecar holds its lock); this one was skipped")]
+    Busy { database: String },
 }
 
 impl BackupError {
@@ -53,7 +55,7 @@ impl BackupError {
             BackupError::Database { source, .. } => source.is_permanent(),
             BackupError::Tool { .. } => true,
             BackupError::Storage { source, .. } => source.is_permanent(),
-            BackupError::Cancelled { .. } => true,
+            BackupError::Cancelled { .. } | BackupError::Busy { .. } => true,
         }
     }
 
@@ -73,26 +75,38 @@ pub struct Completed {
     pub manifest_key: String,
 }
 
-/// Takes one backup of `database` and stores it with its manifest.
+/// What to do when another backup of the same database holds its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenBusy {
+    /// Give up at once (a scheduled firing: the other sidecar is doing the work). With the
+    /// firing's time, also give up when a backup started at or after it already exists: another
+    /// sidecar answered this firing and finished before this one took the lock.
+    Skip(Option<DateTime<Utc>>),
+    /// Wait for the other backup to finish (a backup asked for by hand).
+    Wait,
+}
+
+/// Takes one backup of `database` for `job` and stores it with its manifest.
 pub async fn backup_database(
-    config: &Config,
+    job: &Job,
+    tools: &ToolsConfig,
     storage: &Storage,
     database: &str,
-    started: DateTime<Utc>,
+    when_busy: WhenBusy,
     cancel: &CancellationToken,
 ) -> Result<Completed, BackupError> {
-    let span = tracing::info_span!("backup", job = %config.job, database = %database);
-    tokio::select! {
-        r = run(config, storage, database, started, cancel).instrument(span) => r,
-        _ = cancel.cancelled() => Err(BackupError::Cancelled { database: database.to_string() }),
-    }
+    let span = tracing::info_span!("backup", job = %job.name, database = %database);
+    run(job, tools, storage, database, when_busy, cancel)
+        .instrument(span)
+        .await
 }
 
 async fn run(
-    config: &Config,
+    job: &Job,
+    tools: &ToolsConfig,
     storage: &Storage,
     database: &str,
-    started: DateTime<Utc>,
+    when_busy: WhenBusy,
     cancel: &CancellationToken,
 ) -> Result<Completed, BackupError> {
     let clock = Instant::now();
@@ -100,19 +114,57 @@ async fn run(
         database: database.to_string(),
         source,
     };
-    let mut db = config.database.clone();
+    let mut db = job.database.clone();
     db.dbname = database.to_string();
 
-    let server = dump::preflight(&db).await.map_err(db_err)?;
-    let tool = pgtools::for_server("pg_dump", &config.tools.bin_dirs, server.major)
+    let cancelled = || BackupError::Cancelled {
+        database: database.to_string(),
+    };
+    // Cancelling here is free: nothing has been stored yet. Once the upload runs, the storage
+    // sink watches `cancel` itself, so it can abort the upload before returning.
+    let server = tokio::select! {
+        r = dump::preflight(&db) => r.map_err(db_err)?,
+        _ = cancel.cancelled() => return Err(cancelled()),
+    };
+    // Held until this function returns: two sidecars never dump one database at once.
+    let _lock = tokio::select! {
+        r = dump::lock(&db, when_busy == WhenBusy::Wait) => match r.map_err(db_err)? {
+            Some(lock) => lock,
+            None => return Err(BackupError::Busy { database: database.to_string() }),
+        },
+        _ = cancel.cancelled() => return Err(cancelled()),
+    };
+    if let WhenBusy::Skip(Some(fired_at)) = when_busy {
+        let prefix = manifest::database_prefix(&job.prefix, database);
+        let keys = tokio::select! {
+            r = storage.list(&prefix) => r.map_err(|source| BackupError::Storage {
+                database: database.to_string(),
+                key: prefix.clone(),
+                source,
+            })?,
+            _ = cancel.cancelled() => return Err(cancelled()),
+        };
+        let fired_second = fired_at.timestamp();
+        if keys
+            .iter()
+            .filter_map(|o| manifest::started_from_key(&o.key))
+            .any(|t| t.timestamp() >= fired_second)
+        {
+            return Err(BackupError::Busy {
+                database: database.to_string(),
+            });
+        }
+    }
+    let started = Utc::now();
+    let tool = pgtools::for_server("pg_dump", &tools.bin_dirs, server.major)
         .await
         .map_err(|source| BackupError::Tool {
             database: database.to_string(),
             source,
         })?;
 
-    let base = Storage::base_prefix(&config.storage);
-    let key = manifest::dump_key(&base, database, started, config.compression);
+    let base = &job.prefix;
+    let key = manifest::dump_key(base, database, started, job.compression);
     let manifest_key = manifest::manifest_key(&key);
     let storage_err = |source| BackupError::Storage {
         database: database.to_string(),
@@ -125,7 +177,7 @@ async fn run(
         }));
     }
     let stale = storage
-        .abort_stale_uploads(&manifest::database_prefix(&base, database))
+        .abort_stale_uploads(&manifest::database_prefix(base, database))
         .await
         .map_err(storage_err)?;
     if stale > 0 {
@@ -144,7 +196,7 @@ async fn run(
     );
     let source = dump::spawn(&tool, &db).map_err(db_err)?;
     let (counted, raw_bytes) = Counted::new(source);
-    let mut stored = Hashed::new(transform::compress(counted, config.compression));
+    let mut stored = Hashed::new(transform::compress(counted, job.compression));
 
     let pieces = match storage
         .put_stream(&key, &mut stored, server.database_size, cancel)
@@ -156,11 +208,7 @@ async fn run(
             let dump_error = *inner.downcast::<DumpError>().expect("checked above");
             return Err(db_err(dump_error));
         }
-        Err(StorageError::Cancelled) => {
-            return Err(BackupError::Cancelled {
-                database: database.to_string(),
-            })
-        }
+        Err(StorageError::Cancelled) => return Err(cancelled()),
         Err(e) => return Err(storage_err(e)),
     };
     let digest = stored.finish();
@@ -170,7 +218,7 @@ async fn run(
         format: manifest::FORMAT.to_string(),
         format_version: manifest::FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        job: config.job.clone(),
+        job: job.name.clone(),
         database: database.to_string(),
         host: db.host.clone(),
         port: db.port,
@@ -185,7 +233,7 @@ async fn run(
         database_size_bytes: server.database_size,
         raw_bytes: raw_bytes.load(Ordering::Relaxed),
         stored_bytes: digest.bytes,
-        compression: config.compression,
+        compression: job.compression,
         sha256: digest.sha256,
         key: key.clone(),
         objects: pieces,

@@ -1,20 +1,28 @@
 //! pgsidecar: streams PostgreSQL backups to S3 on a schedule and restores them.
 //!
-//! Data flows one way: job → dump source ([`dump`]) → transforms ([`transform`]) → storage
-//! sink ([`storage`]) → manifest ([`manifest`]); [`catalog`] reads manifests back.
+//! Data flows one way: schedule ([`schedule`], [`daemon`]) → job ([`job`]) → dump source
+//! ([`dump`]) → transforms ([`transform`]) → storage sink ([`storage`]) → manifest
+//! ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back, [`status`] keeps
+//! what `health` and `/metrics` report.
 
 pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dump;
 pub mod exit;
+pub mod http;
 pub mod job;
 pub mod logging;
 pub mod manifest;
+pub mod notify;
 pub mod pgpass;
 pub mod pgtools;
+pub mod retry;
+pub mod schedule;
 pub mod secret;
 pub mod shutdown;
+pub mod status;
 pub mod storage;
 pub mod transform;

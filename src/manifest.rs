@@ -137,6 +137,14 @@ pub fn dump_key(
     )
 }
 
+/// The start time encoded in a manifest key, if `key` is one.
+pub fn started_from_key(key: &str) -> Option<DateTime<Utc>> {
+    let name = key.rsplit('/').next()?.strip_suffix(MANIFEST_SUFFIX)?;
+    chrono::NaiveDateTime::parse_from_str(name, TIMESTAMP_FORMAT)
+        .ok()
+        .map(|n| n.and_utc())
+}
+
 /// The manifest key belonging to a dump key.
 pub fn manifest_key(dump_key: &str) -> String {
     let stem = dump_key

@@ -193,3 +193,38 @@ fn s3_gone_mid_upload_fails_then_next_backup_cleans_up_and_succeeds() {
     assert!(keys.contains(&run.stdout.trim().to_string()));
     s3.stop();
 }
+
+#[test]
+fn sigterm_mid_upload_aborts_and_leaves_nothing() {
+    let pg = pg(15);
+    let db = incompressible_db(pg, "sigterm", 12);
+    let bucket = s3().bucket("sigterm");
+    let proxy = Proxy::start(s3().port);
+    proxy.throttle(2 * 1024 * 1024);
+    let child = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .args(&["backup"])
+        .spawn();
+    assert!(
+        harness::wait_until(60, || !s3().open_uploads(&bucket).is_empty()),
+        "the upload never started"
+    );
+    let pid = child.id();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was cancelled; nothing was stored"),
+        "{stderr}"
+    );
+    proxy.throttle(0);
+    assert_nothing_stored(s3(), &bucket);
+    assert!(
+        harness::children_named(pid, "pg_dump").is_empty(),
+        "pg_dump left running"
+    );
+}

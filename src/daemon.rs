@@ -1,0 +1,397 @@
+//! Daemon (`pgsidecar run`): fires each job on its schedule, retries failed backups, keeps the
+//! status that `health` and `/metrics` report, and notifies every outcome.
+//!
+//! Invariants:
+//! - a job never overlaps itself: its firings are handled one after another by one task, and a
+//!   firing that passed while the previous run was still going is skipped and reported;
+//! - on SIGTERM scheduling stops at once; a running backup gets `shutdown_grace` to finish and
+//!   is then cancelled (pg_dump killed, upload aborted, no manifest); the daemon then exits 0;
+//! - without any schedule, `run` takes one backup of every job and exits (one-shot mode);
+//!   with a schedule it never exits on its own.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog;
+use crate::config::{Config, Job};
+use crate::job::{self, BackupError, WhenBusy};
+use crate::notify::{Dispatcher, Event, EventKind};
+use crate::status::{JobStatus, Status};
+use crate::storage::Storage;
+
+/// Time allowed to deliver queued notifications before the process exits.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(15);
+
+/// Everything a job run needs, built once.
+struct Context {
+    config: Config,
+    storage: Storage,
+    notify: Dispatcher,
+    board: Arc<Mutex<Status>>,
+    /// Cancelled by SIGTERM: stop scheduling and retrying.
+    shutdown: CancellationToken,
+    /// Cancelled `shutdown_grace` after SIGTERM: stop the running backup.
+    abort: CancellationToken,
+    sidecar: String,
+}
+
+/// Runs until `shutdown` (with schedules) or after one backup of every job (without).
+/// Returns whether every backup of a one-shot run succeeded.
+pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) -> bool {
+    let now = Utc::now();
+    let status = Status {
+        pid: std::process::id(),
+        started_at: now,
+        heartbeat_at: now,
+        jobs: config
+            .jobs
+            .iter()
+            .map(|j| JobStatus {
+                name: j.name.clone(),
+                schedule: j.schedule.as_ref().map(|s| s.expr().to_string()),
+                max_age_secs: j
+                    .schedule
+                    .as_ref()
+                    .map(|s| max_age(j, &config, s, now).num_seconds()),
+                next_run: None,
+                databases: Vec::new(),
+            })
+            .collect(),
+    };
+    let abort = CancellationToken::new();
+    let ctx = Arc::new(Context {
+        notify: Dispatcher::from_config(&config.notify),
+        board: Arc::new(Mutex::new(status)),
+        shutdown: shutdown.clone(),
+        abort: abort.clone(),
+        sidecar: hostname(),
+        storage,
+        config,
+    });
+    let grace = ctx.config.shutdown_grace;
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+        if !abort.is_cancelled() {
+            tracing::warn!("shutdown grace of {grace:?} is over; cancelling the running backup");
+            abort.cancel();
+        }
+    });
+    seed_from_storage(&ctx).await;
+    let writer = tokio::spawn(write_status(ctx.clone()));
+    if let Some(addr) = ctx.config.http_listen {
+        let (board, stop) = (ctx.board.clone(), ctx.shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(addr, board, stop).await {
+                tracing::error!(%addr, "cannot serve /healthz and /metrics: {e}");
+            }
+        });
+    }
+
+    let scheduled: Vec<usize> = (0..ctx.config.jobs.len())
+        .filter(|&i| ctx.config.jobs[i].schedule.is_some())
+        .collect();
+    let all_ok = if scheduled.is_empty() {
+        tracing::info!("no schedule configured: taking one backup of each job, then exiting");
+        let mut ok = true;
+        for i in 0..ctx.config.jobs.len() {
+            ok &= run_job(&ctx, i, None).await;
+        }
+        ok
+    } else {
+        for (i, j) in ctx.config.jobs.iter().enumerate() {
+            if !scheduled.contains(&i) {
+                tracing::warn!(job = %j.name, "job has no schedule; `run` ignores it (use `backup --job {}`)", j.name);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in scheduled {
+            tasks.spawn(job_loop(ctx.clone(), i));
+        }
+        while tasks.join_next().await.is_some() {}
+        true
+    };
+    ctx.notify.flush(NOTIFY_FLUSH).await;
+    writer.abort();
+    save_status(&ctx);
+    all_ok
+}
+
+/// How old the newest success may be before `health` fails: the schedule's period plus the
+/// configured grace, or by default the whole retry window plus 30 minutes.
+fn max_age(
+    job: &Job,
+    config: &Config,
+    schedule: &crate::schedule::Schedule,
+    now: DateTime<Utc>,
+) -> TimeDelta {
+    let grace = config.health.grace.unwrap_or_else(|| {
+        job.retry.interval * job.retry.attempts.saturating_sub(1) + Duration::from_secs(1800)
+    });
+    schedule.period(now) + TimeDelta::from_std(grace).unwrap_or(TimeDelta::days(1))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pgsidecar".to_string())
+}
+
+/// Fills each database's last success from the stored manifests, so a restarted sidecar
+/// reports the real age of its backups.
+async fn seed_from_storage(ctx: &Context) {
+    for job in &ctx.config.jobs {
+        for db in &job.databases {
+            match newest_backup(ctx, job, db).await {
+                Ok(newest) => {
+                    let mut board = ctx.board.lock().expect("not poisoned");
+                    let entry = board.db_mut(&job.name, db);
+                    entry.last_success_at = newest;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job.name, database = %db, "cannot read existing backups: {e}")
+                }
+            }
+        }
+    }
+}
+
+async fn newest_backup(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+) -> Result<Option<DateTime<Utc>>, crate::storage::StorageError> {
+    let cat = catalog::load(&ctx.storage, &job.prefix, Some(db)).await?;
+    Ok(cat.entries.first().map(|e| e.manifest.started_at))
+}
+
+async fn write_status(ctx: Arc<Context>) {
+    loop {
+        save_status(&ctx);
+        tokio::time::sleep(crate::status::HEARTBEAT).await;
+    }
+}
+
+fn save_status(ctx: &Context) {
+    let snapshot = {
+        let mut b = ctx.board.lock().expect("not poisoned");
+        b.heartbeat_at = Utc::now();
+        b.clone()
+    };
+    if let Err(e) = snapshot.write(&ctx.config.health.status_file) {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Fires job `index` on its schedule until shutdown.
+async fn job_loop(ctx: Arc<Context>, index: usize) {
+    let job = &ctx.config.jobs[index];
+    let schedule = job.schedule.as_ref().expect("only scheduled jobs loop");
+    tracing::info!(job = %job.name, schedule = schedule.expr(), timezone = %job.timezone, "scheduled");
+    if job.catch_up && missed_firing(&ctx, job, schedule, Utc::now()) {
+        tracing::info!(job = %job.name, "the last scheduled backup is missing (the sidecar was down?); catching up now");
+        run_job(&ctx, index, None).await;
+    }
+    let mut after = Utc::now();
+    loop {
+        let Some(next) = schedule.next_after(after) else {
+            tracing::warn!(job = %job.name, "schedule has no further firings");
+            return;
+        };
+        ctx.board.lock().expect("not poisoned").jobs[index].next_run = Some(next);
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        run_job(&ctx, index, Some(next)).await;
+        if ctx.shutdown.is_cancelled() {
+            return;
+        }
+        // Firings that passed while this run was going are skipped, not queued.
+        let now = Utc::now();
+        let missed = schedule.firings_between(next, now);
+        if !missed.is_empty() {
+            tracing::warn!(job = %job.name, count = missed.len(), "skipped firings while the previous run was still going");
+            for db in &job.databases {
+                ctx.board
+                    .lock()
+                    .expect("not poisoned")
+                    .db_mut(&job.name, db)
+                    .skipped_total += missed.len() as u64;
+                ctx.notify
+                    .dispatch(event(&ctx, job, db, EventKind::Skipped, 0, |e| {
+                        e.error = Some(format!(
+                        "{} firing(s) passed while the previous run was still going (first at {})",
+                        missed.len(),
+                        missed[0].format("%Y-%m-%d %H:%M:%S UTC")
+                    ));
+                    }));
+            }
+        }
+        after = now.max(next);
+    }
+}
+
+/// Whether the newest success of some database of `job` is older than the last firing.
+fn missed_firing(
+    ctx: &Context,
+    job: &Job,
+    schedule: &crate::schedule::Schedule,
+    now: DateTime<Utc>,
+) -> bool {
+    let Some(last_fire) = schedule.prev_at_or_before(now) else {
+        return false;
+    };
+    let mut board = ctx.board.lock().expect("not poisoned");
+    job.databases.iter().any(|db| {
+        board
+            .db_mut(&job.name, db)
+            .last_success_at
+            .is_none_or(|t| t < last_fire)
+    })
+}
+
+fn event(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+    kind: EventKind,
+    attempt: u32,
+    fill: impl FnOnce(&mut Event),
+) -> Event {
+    let now = Utc::now();
+    let mut e = Event {
+        kind,
+        job: job.name.clone(),
+        database: db.to_string(),
+        server: format!("{}:{}", job.database.host, job.database.port),
+        sidecar: ctx.sidecar.clone(),
+        attempt,
+        attempts: job.retry.attempts,
+        at: now,
+        stored_bytes: None,
+        raw_bytes: None,
+        duration_secs: None,
+        key: None,
+        next_run: job.schedule.as_ref().and_then(|s| s.next_after(now)),
+        error: None,
+        stderr_tail: Vec::new(),
+    };
+    fill(&mut e);
+    e
+}
+
+/// One run of a job: every database, each with retries. Returns whether all succeeded.
+/// `fired_at` is the scheduled time this run answers, if any.
+async fn run_job(ctx: &Context, index: usize, fired_at: Option<DateTime<Utc>>) -> bool {
+    let job = &ctx.config.jobs[index];
+    let mut ok = true;
+    for db in &job.databases {
+        if ctx.shutdown.is_cancelled() {
+            return false;
+        }
+        ok &= backup_with_retries(ctx, job, db, fired_at).await;
+    }
+    ok
+}
+
+async fn backup_with_retries(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+    fired_at: Option<DateTime<Utc>>,
+) -> bool {
+    ctx.notify
+        .dispatch(event(ctx, job, db, EventKind::Started, 1, |_| {}));
+    let (result, attempts) = crate::retry::retry(
+        &job.retry,
+        &ctx.shutdown,
+        |e: &BackupError| e.is_permanent(),
+        |attempt, e, wait| {
+            {
+                let mut board = ctx.board.lock().expect("not poisoned");
+                let entry = board.db_mut(&job.name, db);
+                entry.attempts_total += 1;
+                entry.last_attempt_at = Some(Utc::now());
+                entry.last_error = Some(e.to_string());
+            }
+            if matches!(e, BackupError::Busy { .. }) {
+                return;
+            }
+            match wait {
+                Some(w) => {
+                    tracing::warn!(job = %job.name, database = %db, attempt, attempts = job.retry.attempts, "attempt failed, retrying in {}: {e}", humantime::format_duration(w));
+                    ctx.notify.dispatch(event(ctx, job, db, EventKind::AttemptFailed, attempt, |ev| {
+                        ev.error = Some(e.to_string());
+                        ev.stderr_tail = e.stderr_tail().to_vec();
+                    }));
+                }
+                None => tracing::error!(job = %job.name, database = %db, attempt, attempts = job.retry.attempts, "backup failed: {e}"),
+            }
+        },
+        |_| job::backup_database(job, &ctx.config.tools, &ctx.storage, db, WhenBusy::Skip(fired_at), &ctx.abort),
+    )
+    .await;
+    match result {
+        Ok(done) => {
+            let m = &done.manifest;
+            {
+                let mut board = ctx.board.lock().expect("not poisoned");
+                let entry = board.db_mut(&job.name, db);
+                entry.attempts_total += 1;
+                entry.backups_total += 1;
+                entry.last_attempt_at = Some(m.started_at);
+                entry.last_success_at = Some(m.started_at);
+                entry.last_duration_secs = Some(m.duration_ms as f64 / 1000.0);
+                entry.last_stored_bytes = Some(m.stored_bytes);
+                entry.last_raw_bytes = Some(m.raw_bytes);
+                entry.last_key = Some(m.key.clone());
+                entry.last_error = None;
+            }
+            save_status(ctx);
+            let kind = if attempts > 1 {
+                EventKind::SucceededAfterRetries
+            } else {
+                EventKind::Succeeded
+            };
+            ctx.notify
+                .dispatch(event(ctx, job, db, kind, attempts, |e| {
+                    e.stored_bytes = Some(m.stored_bytes);
+                    e.raw_bytes = Some(m.raw_bytes);
+                    e.duration_secs = Some(m.duration_ms as f64 / 1000.0);
+                    e.key = Some(m.key.clone());
+                }));
+            true
+        }
+        Err(BackupError::Busy { .. }) => {
+            tracing::info!(job = %job.name, database = %db, "another sidecar is backing up this database; firing skipped");
+            ctx.board
+                .lock()
+                .expect("not poisoned")
+                .db_mut(&job.name, db)
+                .skipped_total += 1;
+            true
+        }
+        Err(e) => {
+            ctx.board
+                .lock()
+                .expect("not poisoned")
+                .db_mut(&job.name, db)
+                .failures_total += 1;
+            save_status(ctx);
+            ctx.notify
+                .dispatch(event(ctx, job, db, EventKind::Failed, attempts, |ev| {
+                    ev.error = Some(e.to_string());
+                    ev.stderr_tail = e.stderr_tail().to_vec();
+                }));
+            false
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Optional HTTP listener (off unless `http.listen` is set): `/healthz` and Prometheus
+//! `/metrics`, both rendered from the daemon's [`Status`].
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::status::Status;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    job: String,
+    database: String,
+}
+
+type FGauge = Family<Labels, Gauge<f64, AtomicU64>>;
+type FCounter = Family<Labels, Counter>;
+
+/// Prometheus text for `status` at `now` (pure).
+pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
+    let mut registry = Registry::with_prefix("pgsidecar");
+    let gauge = |registry: &mut Registry, name: &str, help: &str| {
+        let f = FGauge::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+    let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let f = FCounter::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+    let last_success = gauge(
+        &mut registry,
+        "last_success_timestamp_seconds",
+        "Start time of the newest successful backup",
+    );
+    let age = gauge(
+        &mut registry,
+        "last_success_age_seconds",
+        "Age of the newest successful backup",
+    );
+    let last_attempt = gauge(
+        &mut registry,
+        "last_attempt_timestamp_seconds",
+        "Time of the last backup attempt",
+    );
+    let duration = gauge(
+        &mut registry,
+        "last_duration_seconds",
+        "Duration of the last successful backup",
+    );
+    let stored = gauge(
+        &mut registry,
+        "last_stored_bytes",
+        "Stored (compressed) size of the last successful backup",
+    );
+    let raw = gauge(
+        &mut registry,
+        "last_raw_bytes",
+        "Raw pg_dump size of the last successful backup",
+    );
+    let backups = counter(&mut registry, "backups", "Successful backups since start");
+    let attempts = counter(&mut registry, "attempts", "Backup attempts since start");
+    let failures = counter(
+        &mut registry,
+        "failures",
+        "Failed backup runs (all attempts failed) since start",
+    );
+    let skipped = counter(&mut registry, "skipped", "Skipped firings since start");
+    for job in &status.jobs {
+        for db in &job.databases {
+            let l = Labels {
+                job: job.name.clone(),
+                database: db.database.clone(),
+            };
+            if let Some(t) = db.last_success_at {
+                last_success.get_or_create(&l).set(t.timestamp() as f64);
+                age.get_or_create(&l).set((now - t).num_seconds() as f64);
+            }
+            if let Some(t) = db.last_attempt_at {
+                last_attempt.get_or_create(&l).set(t.timestamp() as f64);
+            }
+            if let Some(d) = db.last_duration_secs {
+                duration.get_or_create(&l).set(d);
+            }
+            if let Some(b) = db.last_stored_bytes {
+                stored.get_or_create(&l).set(b as f64);
+            }
+            if let Some(b) = db.last_raw_bytes {
+                raw.get_or_create(&l).set(b as f64);
+            }
+            backups.get_or_create(&l).inc_by(db.backups_total);
+            attempts.get_or_create(&l).inc_by(db.attempts_total);
+            failures.get_or_create(&l).inc_by(db.failures_total);
+            skipped.get_or_create(&l).inc_by(db.skipped_total);
+        }
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
+
+/// Serves `/healthz` and `/metrics` on `addr` until `shutdown`.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    board: Arc<Mutex<Status>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let health_board = board.clone();
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let problems = health_board
+                    .lock()
+                    .expect("not poisoned")
+                    .problems(Utc::now());
+                async move {
+                    if problems.is_empty() {
+                        (StatusCode::OK, "ok\n".to_string())
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = render_metrics(&board.lock().expect("not poisoned"), Utc::now());
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /healthz and /metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

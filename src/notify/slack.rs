@@ -1,0 +1,142 @@
+//! Slack incoming webhook: one message per outcome, coloured good / warning / danger.
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::{human_bytes, post_json, Event, EventKind, Notifier, NotifyError};
+use crate::secret::Secret;
+
+/// A Slack incoming webhook.
+pub struct Slack {
+    url: Secret,
+}
+
+impl Slack {
+    pub fn new(url: Secret) -> Self {
+        Slack { url }
+    }
+}
+
+/// The message for `event` (pure, so its text is tested without a network).
+pub fn render(event: &Event) -> Value {
+    let (color, status) = match event.kind {
+        EventKind::Succeeded => ("good", "succeeded".to_string()),
+        EventKind::SucceededAfterRetries => (
+            "warning",
+            format!(
+                "succeeded after {} failed attempt(s)",
+                event.attempt.saturating_sub(1)
+            ),
+        ),
+        EventKind::Failed => ("danger", "FAILED".to_string()),
+        EventKind::AttemptFailed => ("warning", "attempt failed, retrying".to_string()),
+        EventKind::Skipped => ("warning", "skipped".to_string()),
+        EventKind::Started => ("#439FE0", "started".to_string()),
+    };
+    let title = format!("Backup of `{}` ({}) {status}", event.database, event.job);
+    let mut fields = vec![
+        field("Job", &event.job),
+        field("Database", &event.database),
+        field("Server", &event.server),
+        field("Sidecar", &event.sidecar),
+        field(
+            "Attempt",
+            &format!("{} of {}", event.attempt, event.attempts),
+        ),
+    ];
+    if let Some(b) = event.stored_bytes {
+        fields.push(field("Stored size", &human_bytes(b)));
+    }
+    if let Some(b) = event.raw_bytes {
+        fields.push(field("Raw size", &human_bytes(b)));
+    }
+    if let Some(d) = event.duration_secs {
+        fields.push(field("Duration", &format!("{d:.1}s")));
+    }
+    if let Some(k) = &event.key {
+        fields.push(json!({"title": "Key", "value": format!("`{k}`"), "short": false}));
+    }
+    if let Some(n) = event.next_run {
+        fields.push(field(
+            "Next run",
+            &n.format("%Y-%m-%d %H:%M UTC").to_string(),
+        ));
+    }
+    let mut text = String::new();
+    if let Some(e) = &event.error {
+        text.push_str(&format!("*Cause:* {e}"));
+    }
+    if !event.stderr_tail.is_empty() {
+        text.push_str(&format!(
+            "\n*pg_dump said:*\n```{}```",
+            event.stderr_tail.join("\n")
+        ));
+    }
+    json!({
+        "text": title,
+        "attachments": [{
+            "color": color,
+            "title": title,
+            "text": text,
+            "fields": fields,
+            "footer": "pgsidecar",
+            "ts": event.at.timestamp().min(Utc::now().timestamp()),
+        }]
+    })
+}
+
+fn field(title: &str, value: &str) -> Value {
+    json!({"title": title, "value": value, "short": true})
+}
+
+impl Notifier for Slack {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+    fn wants(&self, kind: EventKind) -> bool {
+        kind != EventKind::Started
+    }
+    async fn send(&self, client: &reqwest::Client, event: &Event) -> Result<(), NotifyError> {
+        post_json(client, "Slack webhook", self.url.expose(), &render(event)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::tests::event;
+
+    #[test]
+    fn success_after_retries_is_a_warning_with_the_facts() {
+        let v = render(&event(EventKind::SucceededAfterRetries));
+        let a = &v["attachments"][0];
+        assert_eq!(a["color"], "warning");
+        let text = v.to_string();
+        for needle in [
+            "Attempt",
+            "2 of 10",
+            "123.0 MiB",
+            "456.0 MiB",
+            "83.4s",
+            "prod/app/2026-11-24T020000Z.dump.zst",
+            "2026-11-25 02:00 UTC",
+            "db:5432",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn failure_is_danger_with_cause_and_stderr() {
+        let mut e = event(EventKind::Failed);
+        e.error = Some("pg_dump exited with status 1".into());
+        e.stderr_tail = vec!["pg_dump: error: connection lost".into()];
+        let v = render(&e);
+        assert_eq!(v["attachments"][0]["color"], "danger");
+        let text = v["attachments"][0]["text"].as_str().unwrap();
+        assert!(
+            text.contains("pg_dump exited with status 1") && text.contains("connection lost"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,234 @@
+//! Status: what the daemon knows about each job's backups, shared by the status file (read by
+//! `pgsidecar health`, the container's HEALTHCHECK), `/healthz` and `/metrics`.
+//!
+//! Invariant: health reflects the age of the newest *successful* backup, never of the last
+//! attempt, so a sidecar that keeps failing turns unhealthy even while it is busy retrying.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+/// How often the daemon rewrites the status file.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+/// A status file older than this means the daemon is gone or hung.
+const HEARTBEAT_LIMIT: TimeDelta = TimeDelta::seconds(90);
+
+/// Errors reading the status file.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no status file at `{}` ({source}): is `pgsidecar run` running in this container?", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("status file `{}` is not valid: {cause}", .path.display())]
+    Parse {
+        path: std::path::PathBuf,
+        cause: String,
+    },
+    #[error("cannot write status file `{}`: {source}", .path.display())]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The daemon's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub jobs: Vec<JobStatus>,
+}
+
+/// One job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub schedule: Option<String>,
+    /// Oldest acceptable age of the newest success, in seconds (period plus grace).
+    pub max_age_secs: Option<i64>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub databases: Vec<DbStatus>,
+}
+
+/// One database of a job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DbStatus {
+    pub database: String,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub last_duration_secs: Option<f64>,
+    pub last_stored_bytes: Option<u64>,
+    pub last_raw_bytes: Option<u64>,
+    pub last_key: Option<String>,
+    pub last_error: Option<String>,
+    pub backups_total: u64,
+    pub attempts_total: u64,
+    pub failures_total: u64,
+    pub skipped_total: u64,
+}
+
+impl Status {
+    /// The database entry of `job`/`database`, created if missing.
+    pub fn db_mut(&mut self, job: &str, database: &str) -> &mut DbStatus {
+        let j = self
+            .jobs
+            .iter_mut()
+            .find(|j| j.name == job)
+            .expect("jobs are registered at start");
+        if let Some(i) = j.databases.iter().position(|d| d.database == database) {
+            return &mut j.databases[i];
+        }
+        j.databases.push(DbStatus {
+            database: database.to_string(),
+            ..DbStatus::default()
+        });
+        j.databases.last_mut().expect("just pushed")
+    }
+
+    /// Why the sidecar is unhealthy at `now`, or nothing when it is healthy (pure).
+    pub fn problems(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut out = Vec::new();
+        let beat = now - self.heartbeat_at;
+        if beat > HEARTBEAT_LIMIT {
+            out.push(format!(
+                "the daemon has not updated its status for {}s (pid {})",
+                beat.num_seconds(),
+                self.pid
+            ));
+        }
+        for job in &self.jobs {
+            let Some(max_age) = job.max_age_secs else {
+                continue;
+            };
+            for db in &job.databases {
+                match db.last_success_at {
+                    None => out.push(format!(
+                        "job `{}` database `{}` has no successful backup yet{}",
+                        job.name,
+                        db.database,
+                        error_suffix(&db.last_error)
+                    )),
+                    Some(t) if (now - t).num_seconds() > max_age => out.push(format!(
+                        "job `{}` database `{}`: newest successful backup is {} old, more than the allowed {}{}",
+                        job.name,
+                        db.database,
+                        human(now - t),
+                        human(TimeDelta::seconds(max_age)),
+                        error_suffix(&db.last_error)
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes the file atomically (temp name, then rename), readable by its owner only.
+    pub fn write(&self, path: &Path) -> Result<(), StatusError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| StatusError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&serde_json::to_vec_pretty(self).expect("status serializes"))
+            .map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    /// Reads the file written by the daemon.
+    pub fn read(path: &Path) -> Result<Status, StatusError> {
+        let bytes = std::fs::read(path).map_err(|source| StatusError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| StatusError::Parse {
+            path: path.to_path_buf(),
+            cause: e.to_string(),
+        })
+    }
+}
+
+fn error_suffix(e: &Option<String>) -> String {
+    e.as_ref()
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default()
+}
+
+fn human(d: TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    if s >= 86400 {
+        format!("{}d{}h", s / 86400, (s % 86400) / 3600)
+    } else if s >= 3600 {
+        format!("{}h{}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+/// Whether process `pid` is alive.
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn status(last_success: Option<&str>) -> Status {
+        Status {
+            pid: 1,
+            started_at: t("2026-11-20T00:00:00Z"),
+            heartbeat_at: t("2026-11-25T10:00:00Z"),
+            jobs: vec![JobStatus {
+                name: "prod".into(),
+                schedule: Some("0 2 * * *".into()),
+                max_age_secs: Some(26 * 3600),
+                next_run: None,
+                databases: vec![DbStatus {
+                    database: "app".into(),
+                    last_success_at: last_success.map(t),
+                    last_error: Some("S3 down".into()),
+                    ..DbStatus::default()
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn healthy_until_the_newest_success_is_too_old() {
+        let now = t("2026-11-25T10:00:30Z");
+        assert!(status(Some("2026-11-25T02:00:00Z"))
+            .problems(now)
+            .is_empty());
+        let p = status(Some("2026-11-23T02:00:00Z")).problems(now);
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].contains("2d8h old") && p[0].contains("S3 down"),
+            "{p:?}"
+        );
+        assert!(status(None).problems(now)[0].contains("no successful backup yet"));
+    }
+
+    #[test]
+    fn stale_heartbeat_is_unhealthy() {
+        let p = status(Some("2026-11-25T02:00:00Z")).problems(t("2026-11-25T10:05:00Z"));
+        assert!(p[0].contains("has not updated its status"), "{p:?}");
+    }
+}
