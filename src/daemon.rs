@@ -194,9 +194,9 @@ async fn job_loop(ctx: Arc<Context>, index: usize) {
     let job = &ctx.config.jobs[index];
     let schedule = job.schedule.as_ref().expect("only scheduled jobs loop");
     tracing::info!(job = %job.name, schedule = schedule.expr(), timezone = %job.timezone, "scheduled");
-    if job.catch_up && missed_firing(&ctx, job, schedule, Utc::now()) {
-        tracing::info!(job = %job.name, "the last scheduled backup is missing (the sidecar was down?); catching up now");
-        run_job(&ctx, index, None).await;
+    if let Some(missed) = missed_firing(&ctx, job, schedule, Utc::now()).filter(|_| job.catch_up) {
+        tracing::info!(job = %job.name, missed = %missed, "the last scheduled backup is missing (was the sidecar down?); catching up now");
+        run_job(&ctx, index, Some(missed)).await;
     }
     let mut after = Utc::now();
     loop {
@@ -239,23 +239,24 @@ async fn job_loop(ctx: Arc<Context>, index: usize) {
     }
 }
 
-/// Whether the newest success of some database of `job` is older than the last firing.
+/// The last firing, when some database of `job` has no success since it.
 fn missed_firing(
     ctx: &Context,
     job: &Job,
     schedule: &crate::schedule::Schedule,
     now: DateTime<Utc>,
-) -> bool {
-    let Some(last_fire) = schedule.prev_at_or_before(now) else {
-        return false;
-    };
+) -> Option<DateTime<Utc>> {
+    let last_fire = schedule.prev_at_or_before(now)?;
     let mut board = ctx.board.lock().expect("not poisoned");
-    job.databases.iter().any(|db| {
-        board
-            .db_mut(&job.name, db)
-            .last_success_at
-            .is_none_or(|t| t < last_fire)
-    })
+    job.databases
+        .iter()
+        .any(|db| {
+            board
+                .db_mut(&job.name, db)
+                .last_success_at
+                .is_none_or(|t| t < last_fire)
+        })
+        .then_some(last_fire)
 }
 
 fn event(

@@ -162,17 +162,26 @@ impl Schedule {
         }
     }
 
-    /// Wall-clock candidates from the cron crate, treated as naive local times.
-    fn local_candidates(&self, around: DateTime<Utc>) -> cron::OwnedScheduleIterator<Utc> {
-        let local = around.with_timezone(&self.tz).naive_local();
-        // Start a little early: a DST shift can move a candidate across `around`.
-        let start = Utc.from_utc_datetime(&(local - TimeDelta::hours(3)));
-        self.inner.after_owned(start)
+    /// How far before (or after) `around` candidate wall-clock times must be considered: a
+    /// few hours when a UTC offset change is near, else none. Dense schedules (every second)
+    /// would otherwise walk thousands of candidates per call.
+    fn slack(&self, around: DateTime<Utc>) -> TimeDelta {
+        use chrono::Offset;
+        let window = TimeDelta::hours(3);
+        let offset = |t: DateTime<Utc>| t.with_timezone(&self.tz).offset().fix();
+        if offset(around - window) == offset(around) && offset(around) == offset(around + window) {
+            TimeDelta::seconds(1)
+        } else {
+            window
+        }
     }
 
     /// The first firing strictly after `now`.
     pub fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.local_candidates(now)
+        let local = now.with_timezone(&self.tz).naive_local();
+        let start = Utc.from_utc_datetime(&(local - self.slack(now)));
+        self.inner
+            .after_owned(start)
             .take(100_000)
             .map(|naive| self.resolve(naive.naive_utc()))
             .find(|t| *t > now)
@@ -181,7 +190,7 @@ impl Schedule {
     /// The last firing at or before `now`.
     pub fn prev_at_or_before(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = now.with_timezone(&self.tz).naive_local();
-        let start = Utc.from_utc_datetime(&(local + TimeDelta::hours(3)));
+        let start = Utc.from_utc_datetime(&(local + self.slack(now)));
         self.inner
             .after_owned(start)
             .rev()

@@ -131,3 +131,45 @@ fn special_characters_in_password_and_database_name() {
     assert_eq!(v[0]["database"], db.as_str());
     assert_eq!(v[0]["key"], run.stdout.trim());
 }
+
+/// Every example configuration in the repository loads (its secret files supplied).
+#[test]
+fn example_configs_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/pgsidecar.toml"
+    ))
+    .unwrap();
+    let mut text = example.clone();
+    for secret in ["db_password", "slack_webhook"] {
+        let path = dir.path().join(secret);
+        std::fs::write(&path, "https://hooks.example.com/x\n").unwrap();
+        text = text.replace(&format!("/run/secrets/{secret}"), path.to_str().unwrap());
+    }
+    let path = dir.path().join("pgsidecar.toml");
+    std::fs::write(&path, text).unwrap();
+    let run = Sidecar::bare()
+        .args(&["--config", path.to_str().unwrap(), "config"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("name = \"staging\""), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("schedule = \"0 2 * * 0\""),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("hooks.example.com"), "{}", run.stdout);
+    // The README shows the same file.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let body: String = example
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        readme.contains(body.trim()),
+        "README example differs from examples/pgsidecar.toml"
+    );
+}

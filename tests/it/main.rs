@@ -6,5 +6,7 @@ mod harness;
 mod backup;
 /// Configuration errors and `config` output, from the command line.
 mod config_cli;
+/// The daemon: schedules, retries, notifications, overlap, shutdown, catch-up, health.
+mod daemon;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
 mod failures;
