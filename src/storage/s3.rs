@@ -180,6 +180,9 @@ impl S3Storage {
                 .content_md5(&md5)
                 .body(ByteStream::from(data.clone()))
                 .customize()
+                // Content-MD5 already protects the part; hashing it again with SHA-256 for
+                // the signature would cost a second pass over every byte.
+                .disable_payload_signing()
                 // Retries happen here, with the part's own backoff and timeout.
                 .config_override(
                     aws_sdk_s3::config::Builder::new()

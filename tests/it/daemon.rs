@@ -396,3 +396,57 @@ fn metrics_and_healthz_over_http_and_json_logs() {
     }
     assert!(lines.iter().any(|l| l.contains("backup complete")));
 }
+
+#[test]
+fn manual_backup_waits_for_the_running_scheduled_one() {
+    let pg = pg(15);
+    let db = pg.create_db("manual");
+    pg.psql(
+        &db,
+        "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
+         FROM generate_series(1, 8 * 65536) g GROUP BY g % 8",
+    );
+    let bucket = s3().bucket("manual");
+    let proxy = Proxy::start(s3().port);
+    proxy.throttle(2 * 1024 * 1024);
+    // The daemon's catch-up backup goes through a slow link and holds the lock meanwhile.
+    let mut d = Daemon::start(
+        Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+            .env("PGSIDECAR_SCHEDULE", "0 3 * * *")
+            .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB"),
+    );
+    assert!(
+        harness::wait_until(60, || !s3().open_uploads(&bucket).is_empty()),
+        "{}",
+        d.stderr()
+    );
+    let manual = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert!(
+        manual.stderr.contains("waiting for it to finish"),
+        "{}",
+        manual.stderr
+    );
+    let keys = manifests(&bucket);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let times: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| {
+            let v: serde_json::Value = serde_json::from_slice(&s3().get(&bucket, k)).unwrap();
+            (
+                v["started_at"].as_str().unwrap().to_string(),
+                v["finished_at"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let (first, second) = if times[0].0 < times[1].0 {
+        (&times[0], &times[1])
+    } else {
+        (&times[1], &times[0])
+    };
+    assert!(second.0 >= first.1, "the dumps overlapped: {times:?}");
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(20), Some(0));
+}
