@@ -204,11 +204,11 @@ impl Storage {
 
 /// Part size for an upload expected to store about `expected` bytes: large enough that
 /// `max_parts` parts hold twice the expectation (a dump is usually smaller than the database
-/// on disk, compressed smaller still), rounded up to whole MiB, never under 8 MiB. Memory
-/// use is this size times (parts in flight + 1), whatever the database size.
+/// on disk, compressed smaller still), rounded up to whole MiB, never under S3's 5 MiB
+/// minimum. Memory use is this size times (parts in flight + 1), whatever the database size.
 pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    const FLOOR: u64 = 8 * MIB;
+    const FLOOR: u64 = crate::config::S3_MIN_PART_SIZE;
     let wanted = expected.saturating_mul(2).div_ceil(max_parts as u64);
     wanted
         .div_ceil(MIB)
@@ -242,8 +242,8 @@ mod tests {
     #[test]
     fn part_size_covers_twice_the_database() {
         const MIB: u64 = 1024 * 1024;
-        assert_eq!(choose_part_size(0, 10_000), 8 * MIB);
-        assert_eq!(choose_part_size(1 << 30, 10_000), 8 * MIB);
+        assert_eq!(choose_part_size(0, 10_000), 5 * MIB);
+        assert_eq!(choose_part_size(1 << 30, 10_000), 5 * MIB);
         let big = 500u64 << 30;
         let p = choose_part_size(big, 10_000);
         assert!(p * 10_000 >= 2 * big && p % MIB == 0, "{p}");

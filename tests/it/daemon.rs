@@ -157,6 +157,8 @@ fn two_daemons_on_one_database_dump_once_per_firing() {
         Daemon::start(
             Sidecar::new(pg(15), &db, &s3().endpoint(), &bucket, "p")
                 .env("PGSIDECAR_SCHEDULE", "*/3 * * * * *")
+                // Catch-up runs answer an earlier firing at start; only scheduled firings here.
+                .env("PGSIDECAR_CATCH_UP", "false")
                 .env("PGSIDECAR_RETRY__ATTEMPTS", "1"),
         )
     };
