@@ -11,7 +11,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::{Job, ToolsConfig};
 use crate::dump::{self, DumpError};
@@ -87,21 +86,8 @@ pub enum WhenBusy {
 }
 
 /// Takes one backup of `database` for `job` and stores it with its manifest.
+#[tracing::instrument(name = "backup", skip_all, fields(job = %job.name, database = %database))]
 pub async fn backup_database(
-    job: &Job,
-    tools: &ToolsConfig,
-    storage: &Storage,
-    database: &str,
-    when_busy: WhenBusy,
-    cancel: &CancellationToken,
-) -> Result<Completed, BackupError> {
-    let span = tracing::info_span!("backup", job = %job.name, database = %database);
-    run(job, tools, storage, database, when_busy, cancel)
-        .instrument(span)
-        .await
-}
-
-async fn run(
     job: &Job,
     tools: &ToolsConfig,
     storage: &Storage,

@@ -130,16 +130,19 @@ pub(crate) async fn post_json(
     url: &str,
     body: &serde_json::Value,
 ) -> Result<(), NotifyError> {
-    let resp = client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| NotifyError::Send {
-            target,
-            // reqwest's message may contain the URL, which is a secret.
-            cause: describe_reqwest(&e),
-        })?;
+    deliver(target, client.post(url).json(body)).await
+}
+
+/// Sends a request and maps the outcome: any 2xx is delivered.
+pub(crate) async fn deliver(
+    target: &'static str,
+    request: reqwest::RequestBuilder,
+) -> Result<(), NotifyError> {
+    let resp = request.send().await.map_err(|e| NotifyError::Send {
+        target,
+        // reqwest's message may contain the URL, which is a secret.
+        cause: describe_reqwest(&e),
+    })?;
     if resp.status().is_success() {
         Ok(())
     } else {

@@ -1,7 +1,7 @@
 //! Ping URLs in the healthchecks.io / Uptime Kuma style: a request to a start, success or
 //! failure URL, so an outside dead-man's switch notices when backups (or the sidecar) stop.
 
-use super::{describe_reqwest, Event, EventKind, Notifier, NotifyError};
+use super::{Event, EventKind, Notifier, NotifyError};
 use crate::secret::Secret;
 
 /// The three ping URLs; any may be absent.
@@ -46,22 +46,6 @@ impl Notifier for Ping {
             Some(e) => format!("{} {}: {e}", event.job, event.database),
             None => format!("{} {}: {:?}", event.job, event.database, event.kind),
         };
-        let resp = client
-            .post(url.expose())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| NotifyError::Send {
-                target: "ping URL",
-                cause: describe_reqwest(&e),
-            })?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(NotifyError::Status {
-                target: "ping URL",
-                status: resp.status().as_u16(),
-            })
-        }
+        super::deliver("ping URL", client.post(url.expose()).body(body)).await
     }
 }

@@ -349,6 +349,18 @@ impl S3Storage {
         }
     }
 
+    async fn get_object(&self, key: &str) -> Result<ByteStream, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("read", key, e))?;
+        Ok(out.body)
+    }
+
     async fn abort(&self, key: &str, upload_id: &str) {
         let abort = self
             .client
@@ -488,35 +500,20 @@ impl Backend for S3Storage {
     }
 
     async fn get(&self, key: &str) -> Result<BoxRead, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.map_err("read", key, e))?;
-        Ok(Box::pin(out.body.into_async_read()))
+        Ok(Box::pin(self.get_object(key).await?.into_async_read()))
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.map_err("read", key, e))?;
-        let data = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StorageError::Unreachable {
-                op: "read",
-                key: key.into(),
-                cause: e.to_string(),
-            })?;
+        let data =
+            self.get_object(key)
+                .await?
+                .collect()
+                .await
+                .map_err(|e| StorageError::Unreachable {
+                    op: "read",
+                    key: key.into(),
+                    cause: e.to_string(),
+                })?;
         Ok(data.into_bytes())
     }
 

@@ -189,13 +189,8 @@ fn local_directory_storage_round_trip() {
 #[test]
 fn dump_outgrowing_one_upload_continues_in_pieces() {
     let pg = pg(18);
-    let db = pg.create_db("pieces");
     // ~14 MB of incompressible data: three 5 MiB parts.
-    pg.psql(
-        &db,
-        "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
-         FROM generate_series(1, 14 * 65536) g GROUP BY g % 14",
-    );
+    let db = harness::incompressible_db(pg, "pieces", 14);
     let bucket = s3().bucket("pieces");
     let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
         .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")

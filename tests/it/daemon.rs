@@ -188,12 +188,7 @@ fn two_daemons_on_one_database_dump_once_per_firing() {
 #[test]
 fn sigterm_mid_backup_exits_within_grace_and_leaves_nothing() {
     let pg = pg(15);
-    let db = pg.create_db("dterm");
-    pg.psql(
-        &db,
-        "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
-         FROM generate_series(1, 12 * 65536) g GROUP BY g % 12",
-    );
+    let db = harness::incompressible_db(pg, "dterm", 12);
     let bucket = s3().bucket("dterm");
     let proxy = Proxy::start(s3().port);
     proxy.throttle(1024 * 1024);
@@ -402,12 +397,7 @@ fn metrics_and_healthz_over_http_and_json_logs() {
 #[test]
 fn manual_backup_waits_for_the_running_scheduled_one() {
     let pg = pg(15);
-    let db = pg.create_db("manual");
-    pg.psql(
-        &db,
-        "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
-         FROM generate_series(1, 8 * 65536) g GROUP BY g % 8",
-    );
+    let db = harness::incompressible_db(pg, "manual", 8);
     let bucket = s3().bucket("manual");
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);

@@ -94,25 +94,10 @@ fn older_pg_dump_than_server_fails_before_dumping() {
     assert_nothing_stored(s3(), &bucket);
 }
 
-/// A database of about `mb` MB that does not compress, so uploads take a while through a
-/// throttled proxy.
-fn incompressible_db(pg: &harness::Pg, hint: &str, mb: u32) -> String {
-    let db = pg.create_db(hint);
-    pg.psql(
-        &db,
-        &format!(
-            "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
-             FROM generate_series(1, {}) g GROUP BY g % {mb}",
-            mb * 65536
-        ),
-    );
-    db
-}
-
 #[test]
 fn pg_dump_killed_mid_stream_leaves_nothing_and_never_saw_the_password() {
     let pg = pg(15);
-    let db = incompressible_db(pg, "killed", 12);
+    let db = harness::incompressible_db(pg, "killed", 12);
     let bucket = s3().bucket("killed");
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);
@@ -157,7 +142,7 @@ fn pg_dump_killed_mid_stream_leaves_nothing_and_never_saw_the_password() {
 #[test]
 fn s3_gone_mid_upload_fails_then_next_backup_cleans_up_and_succeeds() {
     let pg = pg(15);
-    let db = incompressible_db(pg, "s3gone", 12);
+    let db = harness::incompressible_db(pg, "s3gone", 12);
     let s3 = S3::start();
     let bucket = s3.bucket("s3gone");
     let proxy = Proxy::start(s3.port);
@@ -197,7 +182,7 @@ fn s3_gone_mid_upload_fails_then_next_backup_cleans_up_and_succeeds() {
 #[test]
 fn sigterm_mid_upload_aborts_and_leaves_nothing() {
     let pg = pg(15);
-    let db = incompressible_db(pg, "sigterm", 12);
+    let db = harness::incompressible_db(pg, "sigterm", 12);
     let bucket = s3().bucket("sigterm");
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);

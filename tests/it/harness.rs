@@ -290,6 +290,21 @@ impl Pg {
     }
 }
 
+/// A fresh database of about `mb` MB that does not compress, so uploads through a throttled
+/// proxy take long enough to interrupt.
+pub fn incompressible_db(pg: &Pg, hint: &str, mb: u32) -> String {
+    let db = pg.create_db(hint);
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE r(b bytea); INSERT INTO r SELECT decode(string_agg(md5(random()::text), ''), 'hex') \
+             FROM generate_series(1, {}) g GROUP BY g % {mb}",
+            mb * 65536
+        ),
+    );
+    db
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A name unique within this test process: `<hint>_<n>`.
