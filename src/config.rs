@@ -527,7 +527,10 @@ pub struct Sources {
 impl Sources {
     /// The file from `--config`, else `PGSIDECAR_CONFIG`; and the real environment.
     pub fn from_process(config_file: Option<PathBuf>) -> Self {
-        let env: Vec<(String, String)> = std::env::vars().collect();
+        // Variables that are not UTF-8 cannot be configuration; skip them rather than panic.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
         let file = config_file.or_else(|| {
             env.iter()
                 .find(|(k, _)| k == CONFIG_FILE_ENV)
@@ -598,14 +601,44 @@ impl figment::Provider for PrefixedEnv {
             if key.is_empty() {
                 continue;
             }
-            let value: figment::value::Value =
-                value.parse().expect("parsing a value is infallible");
-            let nested = figment::util::nest(&key, value)
+            if key.split('.').any(str::is_empty) {
+                return Err(figment::Error::from(format!(
+                    "environment variable {name} does not name a key (use PGSIDECAR_SECTION__KEY)"
+                )));
+            }
+            let nested = figment::util::nest(&key, env_value(value))
                 .into_dict()
-                .expect("a non-empty key nests into a dict");
+                .expect("a key without empty segments nests into a dict");
             dict = merge_dicts(dict, nested);
         }
         Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// An environment value as figment would read it, except that a value whose text would change
+/// (`007` read as 7, quotes or spaces stripped) stays the exact string: passwords must arrive
+/// as typed.
+fn env_value(raw: &str) -> figment::value::Value {
+    use figment::value::Value;
+    let parsed: Value = raw.parse().expect("parsing a value is infallible");
+    let same = match &parsed {
+        Value::String(_, s) => s == raw,
+        Value::Char(_, c) => c.to_string() == raw,
+        Value::Bool(_, b) => b.to_string() == raw,
+        Value::Num(_, n) => [
+            n.to_u128().map(|v| v.to_string()),
+            n.to_i128().map(|v| v.to_string()),
+            n.to_f64().map(|v| v.to_string()),
+        ]
+        .iter()
+        .flatten()
+        .any(|t| t == raw),
+        Value::Dict(..) | Value::Array(..) | Value::Empty(..) => true,
+    };
+    if same {
+        parsed
+    } else {
+        Value::from(raw.to_string())
     }
 }
 
@@ -1405,6 +1438,28 @@ mod tests {
             c.jobs[0].database.password.as_ref().unwrap().expose(),
             "12345"
         );
+    }
+
+    #[test]
+    fn env_secrets_arrive_exactly_as_typed() {
+        for pw in ["007", "1.50", "+5", " padded ", "\"quoted\"", "true"] {
+            let c = load(&env(&[URL, ("PGSIDECAR_DATABASE__PASSWORD", pw)])).unwrap();
+            assert_eq!(c.jobs[0].database.password.as_ref().unwrap().expose(), pw);
+        }
+        let c = load(&env(&[URL, ("PGSIDECAR_DATABASE__PORT", "6432")])).unwrap();
+        assert_eq!(c.jobs[0].database.port, 6432);
+    }
+
+    #[test]
+    fn malformed_variable_names_are_errors_not_panics() {
+        for name in [
+            "PGSIDECAR___X",
+            "PGSIDECAR_STORAGE____URL",
+            "PGSIDECAR_STORAGE__",
+        ] {
+            let err = load(&env(&[URL, (name, "x")])).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog;
 use crate::config::{Config, Job};
 use crate::job::{self, BackupError, WhenBusy};
 use crate::notify::{Dispatcher, Event, EventKind};
@@ -57,7 +56,15 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
                     .as_ref()
                     .map(|s| max_age(j, &config, s, now).num_seconds()),
                 next_run: None,
-                databases: Vec::new(),
+                // Every database is listed from the start: one without a success is unhealthy.
+                databases: j
+                    .databases
+                    .iter()
+                    .map(|d| crate::status::DbStatus {
+                        database: d.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
             })
             .collect(),
     };
@@ -80,6 +87,8 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
             abort.cancel();
         }
     });
+    // The status file first: `health` must see a live daemon while storage is read.
+    save_status(&ctx);
     seed_from_storage(&ctx).await;
     let writer = tokio::spawn(write_status(ctx.clone()));
     if let Some(addr) = ctx.config.http_listen {
@@ -129,7 +138,10 @@ fn max_age(
     now: DateTime<Utc>,
 ) -> TimeDelta {
     let grace = config.health.grace.unwrap_or_else(|| {
-        job.retry.interval * job.retry.attempts.saturating_sub(1) + Duration::from_secs(1800)
+        job.retry
+            .interval
+            .saturating_mul(job.retry.attempts.saturating_sub(1))
+            .saturating_add(Duration::from_secs(1800))
     });
     schedule.period(now) + TimeDelta::from_std(grace).unwrap_or(TimeDelta::days(1))
 }
@@ -162,13 +174,19 @@ async fn seed_from_storage(ctx: &Context) {
     }
 }
 
+/// The start of the newest backup of `db`, read from manifest key names alone, so a bucket
+/// with years of backups does not delay start-up.
 async fn newest_backup(
     ctx: &Context,
     job: &Job,
     db: &str,
 ) -> Result<Option<DateTime<Utc>>, crate::storage::StorageError> {
-    let cat = catalog::load(&ctx.storage, &job.prefix, Some(db)).await?;
-    Ok(cat.entries.first().map(|e| e.manifest.started_at))
+    let prefix = crate::manifest::database_prefix(&job.prefix, db);
+    let objects = ctx.storage.list(&prefix).await?;
+    Ok(objects
+        .iter()
+        .filter_map(|o| crate::manifest::started_from_key(&o.key))
+        .max())
 }
 
 async fn write_status(ctx: Arc<Context>) {

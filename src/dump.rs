@@ -203,6 +203,9 @@ pub struct BackupLock {
 /// holds it; with `wait`, blocks until it is free.
 pub async fn lock(db: &DatabaseConfig, wait: bool) -> Result<Option<BackupLock>, DumpError> {
     let client = connect(db, &db.dbname).await?;
+    // The lock lives as long as this idle session: a server-side idle timeout must not end it
+    // mid-dump. (Servers before 14 do not know the setting; nothing to do there.)
+    let _ = client.batch_execute("SET idle_session_timeout = 0").await;
     let query_err = |e: tokio_postgres::Error| DumpError::Query {
         endpoint: endpoint(db),
         cause: pg_error_text(&e),
@@ -435,8 +438,24 @@ mod tests {
         }
     }
 
+    /// Spawns, retrying "text file busy": a test on another thread may fork while this one's
+    /// freshly written script is still open for writing.
+    fn spawn_script(tool: &ClientTool, cfg: &DatabaseConfig) -> DumpReader {
+        for _ in 0..50 {
+            match spawn(tool, cfg) {
+                Err(DumpError::Spawn { source, .. })
+                    if source.kind() == std::io::ErrorKind::ExecutableFileBusy =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("script stayed busy");
+    }
+
     async fn drain(tool: &ClientTool) -> Result<Vec<u8>, DumpError> {
-        let mut reader = spawn(tool, &db()).unwrap();
+        let mut reader = spawn_script(tool, &db());
         let mut out = Vec::new();
         match reader.read_to_end(&mut out).await {
             Ok(_) => Ok(out),
@@ -488,7 +507,7 @@ mod tests {
         std::env::set_var("PGSIDECAR_LEAK_PROBE", "leaked");
         let mut cfg = db();
         cfg.password = Some(crate::secret::Secret::new("pw-in-env"));
-        let mut reader = spawn(&tool, &cfg).unwrap();
+        let mut reader = spawn_script(&tool, &cfg);
         let mut out = String::new();
         reader.read_to_string(&mut out).await.unwrap();
         assert_eq!(

@@ -67,6 +67,34 @@ impl BackupError {
     }
 }
 
+/// Removes what interrupted backups left under `prefix`: dump objects without a manifest and
+/// unfinished multipart uploads. Only pgsidecar's own dump keys are touched.
+async fn remove_leftovers(
+    storage: &Storage,
+    prefix: &str,
+    objects: &[crate::storage::ObjectInfo],
+) -> Result<(), StorageError> {
+    for o in objects {
+        let orphan = crate::storage::is_dump_key(&o.key)
+            && manifest::started_from_key(&manifest::manifest_key(&o.key)).is_some()
+            && !objects
+                .iter()
+                .any(|m| m.key == manifest::manifest_key(&o.key));
+        if orphan {
+            tracing::info!(key = %o.key, "removing a dump object without manifest left by an interrupted backup");
+            storage.delete(&o.key).await?;
+        }
+    }
+    let stale = storage.abort_stale_uploads(prefix).await?;
+    if stale > 0 {
+        tracing::info!(
+            count = stale,
+            "aborted unfinished uploads from an earlier run"
+        );
+    }
+    Ok(())
+}
+
 /// A completed backup: its manifest and where the manifest is stored.
 #[derive(Debug, Clone)]
 pub struct Completed {
@@ -120,28 +148,6 @@ pub async fn backup_database(
         },
         _ = cancel.cancelled() => return Err(cancelled()),
     };
-    if let WhenBusy::Skip(Some(fired_at)) = when_busy {
-        let prefix = manifest::database_prefix(&job.prefix, database);
-        let keys = tokio::select! {
-            r = storage.list(&prefix) => r.map_err(|source| BackupError::Storage {
-                database: database.to_string(),
-                key: prefix.clone(),
-                source,
-            })?,
-            _ = cancel.cancelled() => return Err(cancelled()),
-        };
-        let fired_second = fired_at.timestamp();
-        if keys
-            .iter()
-            .filter_map(|o| manifest::started_from_key(&o.key))
-            .any(|t| t.timestamp() >= fired_second)
-        {
-            return Err(BackupError::Busy {
-                database: database.to_string(),
-            });
-        }
-    }
-    let started = Utc::now();
     let tool = pgtools::for_server("pg_dump", &tools.bin_dirs, server.major)
         .await
         .map_err(|source| BackupError::Tool {
@@ -149,28 +155,50 @@ pub async fn backup_database(
             source,
         })?;
 
-    let base = &job.prefix;
-    let key = manifest::dump_key(base, database, started, job.compression);
+    // With the lock held, no other backup of this database runs: what is under its prefix
+    // without a manifest is left over from an interrupted one.
+    let prefix = manifest::database_prefix(&job.prefix, database);
+    let prefix_err = |source| BackupError::Storage {
+        database: database.to_string(),
+        key: prefix.clone(),
+        source,
+    };
+    let objects = tokio::select! {
+        r = storage.list(&prefix) => r.map_err(prefix_err)?,
+        _ = cancel.cancelled() => return Err(cancelled()),
+    };
+    if let WhenBusy::Skip(Some(fired_at)) = when_busy {
+        // Another sidecar answered this firing and finished before this one got the lock.
+        if objects
+            .iter()
+            .filter_map(|o| manifest::started_from_key(&o.key))
+            .any(|t| t.timestamp() >= fired_at.timestamp())
+        {
+            return Err(BackupError::Busy {
+                database: database.to_string(),
+            });
+        }
+    }
+    tokio::select! {
+        r = remove_leftovers(storage, &prefix, &objects) => r.map_err(prefix_err)?,
+        _ = cancel.cancelled() => return Err(cancelled()),
+    }
+
+    let started = Utc::now();
+    let key = manifest::dump_key(&job.prefix, database, started, job.compression);
     let manifest_key = manifest::manifest_key(&key);
     let storage_err = |source| BackupError::Storage {
         database: database.to_string(),
         key: key.clone(),
         source,
     };
-    if storage.exists(&manifest_key).await.map_err(storage_err)? {
+    if objects
+        .iter()
+        .any(|o| o.key == manifest_key || o.key == key)
+    {
         return Err(storage_err(StorageError::AlreadyExists {
             key: manifest_key.clone(),
         }));
-    }
-    let stale = storage
-        .abort_stale_uploads(&manifest::database_prefix(base, database))
-        .await
-        .map_err(storage_err)?;
-    if stale > 0 {
-        tracing::info!(
-            count = stale,
-            "aborted unfinished uploads from an earlier run"
-        );
     }
 
     tracing::info!(

@@ -147,11 +147,12 @@ pub fn started_from_key(key: &str) -> Option<DateTime<Utc>> {
 
 /// The manifest key belonging to a dump key.
 pub fn manifest_key(dump_key: &str) -> String {
-    let stem = dump_key
+    // Only the file name is looked at: a prefix such as `pg.dumps/` must not cut the key short.
+    let name_start = dump_key.rfind('/').map_or(0, |i| i + 1);
+    let stem_end = dump_key[name_start..]
         .find(".dump")
-        .map(|i| &dump_key[..i])
-        .unwrap_or(dump_key);
-    format!("{stem}{MANIFEST_SUFFIX}")
+        .map_or(dump_key.len(), |i| name_start + i);
+    format!("{}{MANIFEST_SUFFIX}", &dump_key[..stem_end])
 }
 
 #[cfg(test)]

@@ -99,7 +99,14 @@ pub async fn discover(tool: &str, dirs: &[PathBuf]) -> Result<Vec<ClientTool>, T
         if !candidate.is_file() {
             continue;
         }
-        let t = probe(&candidate).await?;
+        // One broken copy on the search path must not hide a good one elsewhere.
+        let t = match probe(&candidate).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", candidate.display());
+                continue;
+            }
+        };
         if !found.iter().any(|f| f.major == t.major) {
             found.push(t);
         }

@@ -68,7 +68,13 @@ fn chunked_zstd(
             };
             let mut buf = bytes::BytesMut::with_capacity(ZSTD_CHUNK);
             let chunk = loop {
-                match input.read_buf(&mut buf).await {
+                // A read can wait long (pg_dump blocked on a lock); stop as soon as the
+                // consumer is gone, so the source (and pg_dump with it) is dropped at once.
+                let read = tokio::select! {
+                    r = input.read_buf(&mut buf) => r,
+                    _ = raw_tx.closed() => return,
+                };
+                match read {
                     Ok(0) => break Ok(buf.freeze()),
                     Ok(_) if buf.len() == ZSTD_CHUNK => break Ok(buf.freeze()),
                     Ok(_) => {}

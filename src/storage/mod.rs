@@ -79,8 +79,17 @@ impl StorageError {
             | StorageError::NotFound { .. }
             | StorageError::AlreadyExists { .. }
             | StorageError::Cancelled => true,
-            StorageError::Service { status, .. } => {
-                (400..500).contains(status) && !matches!(status, 408 | 409 | 429)
+            StorageError::Service { status, code, .. } => {
+                // These come back as 400 but heal on a retry.
+                let transient_code = matches!(
+                    code.as_str(),
+                    "RequestTimeout"
+                        | "ExpiredToken"
+                        | "BadDigest"
+                        | "RequestTimeTooSkewed"
+                        | "SlowDown"
+                );
+                (400..500).contains(status) && !matches!(status, 408 | 409 | 429) && !transient_code
             }
             _ => false,
         }
@@ -204,17 +213,20 @@ impl Storage {
 
 /// Part size for an upload expected to store about `expected` bytes: large enough that
 /// `max_parts` parts hold twice the expectation (a dump is usually smaller than the database
-/// on disk, compressed smaller still), rounded up to whole MiB, never under S3's 5 MiB
-/// minimum. Memory use is this size times (parts in flight + 1), whatever the database size.
+/// on disk, compressed smaller still), rounded up to whole MiB, between S3's 5 MiB minimum
+/// and [`AUTO_PART_CEILING`]. Memory use is this size times (parts in flight + 1); the ceiling
+/// keeps it bounded for any database (a larger dump continues in further objects).
 pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    const FLOOR: u64 = crate::config::S3_MIN_PART_SIZE;
     let wanted = expected.saturating_mul(2).div_ceil(max_parts as u64);
     wanted
         .div_ceil(MIB)
         .saturating_mul(MIB)
-        .clamp(FLOOR, crate::config::S3_MAX_PART_SIZE)
+        .clamp(crate::config::S3_MIN_PART_SIZE, AUTO_PART_CEILING)
 }
+
+/// Largest part size chosen automatically: 10,000 parts of it hold 640 GiB per object.
+pub const AUTO_PART_CEILING: u64 = 64 * 1024 * 1024;
 
 /// Whether `key` is a dump object (or a continuation piece) that pgsidecar writes.
 pub fn is_dump_key(key: &str) -> bool {
@@ -244,13 +256,11 @@ mod tests {
         const MIB: u64 = 1024 * 1024;
         assert_eq!(choose_part_size(0, 10_000), 5 * MIB);
         assert_eq!(choose_part_size(1 << 30, 10_000), 5 * MIB);
-        let big = 500u64 << 30;
+        let big = 200u64 << 30;
         let p = choose_part_size(big, 10_000);
         assert!(p * 10_000 >= 2 * big && p % MIB == 0, "{p}");
-        assert_eq!(
-            choose_part_size(u64::MAX, 10_000),
-            crate::config::S3_MAX_PART_SIZE
-        );
+        // Memory stays bounded for any database size; larger dumps continue in pieces.
+        assert_eq!(choose_part_size(u64::MAX, 10_000), AUTO_PART_CEILING);
     }
 
     #[test]

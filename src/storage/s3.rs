@@ -64,6 +64,13 @@ impl S3Storage {
         let custom_endpoint =
             sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
         let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+            // A stalled connection must fail, not hang a backup or shutdown.
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(cfg.part_timeout)
+                    .build(),
+            )
             .force_path_style(cfg.path_style.unwrap_or(custom_endpoint))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
@@ -291,61 +298,75 @@ impl S3Storage {
                 reason: "CreateMultipartUpload returned no upload id".into(),
             })?
             .to_string();
-        let work = async {
-            let (parts, sent, eof) = self
-                .send_parts(key, &upload_id, first, body, part_size)
-                .await?;
-            let completed = self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| self.map_err("complete the upload of", key, e))?;
-            // Some stores answer 200 with an error in the body; only an ETag means success.
-            if completed.e_tag().is_none_or(str::is_empty) {
-                return Err(StorageError::Incomplete {
-                    key: key.into(),
-                    reason: "CompleteMultipartUpload was answered without an ETag".into(),
-                });
-            }
-            Ok((sent, eof))
-        };
-        let result = tokio::select! {
-            r = work => r,
+        // Only the streaming of parts races cancellation. Completion is not interrupted: once
+        // sent, S3 may commit it even if the answer never arrives, and an interrupted
+        // completion could leave a whole object that no manifest describes.
+        let sending = tokio::select! {
+            r = self.send_parts(key, &upload_id, first, body, part_size) => r,
             _ = cancel.cancelled() => Err(StorageError::Cancelled),
         };
-        match result {
-            Ok((sent, eof)) => {
-                let head = self
-                    .client
-                    .head_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| self.map_err("check", key, e))?;
-                let stored = head.content_length().unwrap_or(-1);
-                if stored != sent as i64 {
-                    let _ = self.delete(key).await;
-                    return Err(StorageError::Incomplete {
-                        key: key.into(),
-                        reason: format!("stored object has {stored} bytes, {sent} were sent"),
-                    });
-                }
-                Ok((sent, eof))
-            }
+        let (parts, sent, eof) = match sending {
+            Ok(done) => done,
             Err(e) => {
                 self.abort(key, &upload_id).await;
-                Err(e)
+                return Err(e);
             }
+        };
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        let checked = match completed {
+            // Some stores answer 200 with an error in the body; only an ETag means success.
+            Ok(c) if c.e_tag().is_some_and(|t| !t.is_empty()) => self.check_size(key, sent).await,
+            Ok(_) => Err(StorageError::Incomplete {
+                key: key.into(),
+                reason: "CompleteMultipartUpload was answered without an ETag".into(),
+            }),
+            Err(e) => Err(self.map_err("complete the upload of", key, e)),
+        };
+        if let Err(e) = checked {
+            // Whether or not the completion took effect, nothing of this upload may remain.
+            self.abort(key, &upload_id).await;
+            self.delete_quietly(key).await;
+            return Err(e);
+        }
+        Ok((sent, eof))
+    }
+
+    /// Checks that the completed object holds exactly the bytes sent.
+    async fn check_size(&self, key: &str, sent: u64) -> Result<(), StorageError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.map_err("check", key, e))?;
+        let stored = head.content_length().unwrap_or(-1);
+        if stored != sent as i64 {
+            return Err(StorageError::Incomplete {
+                key: key.into(),
+                reason: format!("stored object has {stored} bytes, {sent} were sent"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes `key` on a failure path, where the original error is the one to report.
+    async fn delete_quietly(&self, key: &str) {
+        if let Err(e) = self.delete(key).await {
+            tracing::warn!(key, "could not remove a partial backup object (the next backup of this database removes it): {e}");
         }
     }
 
@@ -476,7 +497,7 @@ impl Backend for S3Storage {
             Err(e) => {
                 // Earlier pieces are complete objects: remove them, a partial stream is no backup.
                 for p in &pieces {
-                    let _ = self.delete(&p.key).await;
+                    self.delete_quietly(&p.key).await;
                 }
                 Err(e)
             }

@@ -213,3 +213,29 @@ fn sigterm_mid_upload_aborts_and_leaves_nothing() {
         "pg_dump left running"
     );
 }
+
+/// Regression: a dump object whose manifest was never written (a crash between upload and
+/// manifest) stayed forever. The next backup of the database removes it, and nothing else.
+#[test]
+fn next_backup_removes_dump_objects_without_manifest_only() {
+    let pg = pg(15);
+    let db = pg.create_db("orphans");
+    let bucket = s3().bucket("orphans");
+    let orphan = format!("p/{db}/2026-01-01T020000Z.dump.zst");
+    let foreign = [format!("p/{db}/notes.txt"), format!("p/{db}/mine.dump.zst")];
+    s3().put(&bucket, &orphan, b"partial");
+    for k in &foreign {
+        s3().put(&bucket, k, b"not ours");
+    }
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    let keys = s3().keys(&bucket, "");
+    assert!(!keys.contains(&orphan), "{keys:?}");
+    for k in &foreign {
+        assert!(keys.contains(k), "foreign object {k} removed: {keys:?}");
+    }
+    assert!(keys.contains(&run.stdout.trim().to_string()));
+    assert!(run.stderr.contains("without manifest"), "{}", run.stderr);
+}
