@@ -94,17 +94,24 @@ fn older_pg_dump_than_server_fails_before_dumping() {
     assert_nothing_stored(s3(), &bucket);
 }
 
-#[test]
-fn pg_dump_killed_mid_stream_leaves_nothing_and_never_saw_the_password() {
+/// A `backup` of a 12 MB incompressible database through a proxy slowed to 2 MB/s, so the
+/// test can interrupt it mid-upload. Returns the bucket, the proxy and the running sidecar.
+fn slow_backup(hint: &str) -> (String, Proxy, std::process::Child) {
     let pg = pg(15);
-    let db = harness::incompressible_db(pg, "killed", 12);
-    let bucket = s3().bucket("killed");
+    let db = harness::incompressible_db(pg, hint, 12);
+    let bucket = s3().bucket(hint);
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);
     let child = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
         .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
         .args(&["backup"])
         .spawn();
+    (bucket, proxy, child)
+}
+
+#[test]
+fn pg_dump_killed_mid_stream_leaves_nothing_and_never_saw_the_password() {
+    let (bucket, proxy, child) = slow_backup("killed");
     let mut dump_pid = None;
     assert!(
         harness::wait_until(60, || {
@@ -181,15 +188,7 @@ fn s3_gone_mid_upload_fails_then_next_backup_cleans_up_and_succeeds() {
 
 #[test]
 fn sigterm_mid_upload_aborts_and_leaves_nothing() {
-    let pg = pg(15);
-    let db = harness::incompressible_db(pg, "sigterm", 12);
-    let bucket = s3().bucket("sigterm");
-    let proxy = Proxy::start(s3().port);
-    proxy.throttle(2 * 1024 * 1024);
-    let child = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
-        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
-        .args(&["backup"])
-        .spawn();
+    let (bucket, proxy, child) = slow_backup("sigterm");
     assert!(
         harness::wait_until(60, || !s3().open_uploads(&bucket).is_empty()),
         "the upload never started"
