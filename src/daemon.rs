@@ -35,6 +35,10 @@ struct Context {
     /// Cancelled `shutdown_grace` after SIGTERM: stop the running backup.
     abort: CancellationToken,
     sidecar: String,
+    /// One per database this daemon backs up: two of its own jobs on the same database take
+    /// turns here instead of skipping each other at the advisory lock, which is for other
+    /// sidecars.
+    db_turns: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Runs until `shutdown` (with schedules) or after one backup of every job (without).
@@ -75,6 +79,7 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
         shutdown: shutdown.clone(),
         abort: abort.clone(),
         sidecar: hostname(),
+        db_turns: Mutex::new(std::collections::HashMap::new()),
         storage,
         config,
     });
@@ -327,6 +332,12 @@ async fn backup_with_retries(
     db: &str,
     fired_at: Option<DateTime<Utc>>,
 ) -> bool {
+    let turn = {
+        let key = format!("{}:{}/{db}", job.database.host, job.database.port);
+        let mut turns = ctx.db_turns.lock().expect("not poisoned");
+        turns.entry(key).or_default().clone()
+    };
+    let _turn = turn.lock().await;
     ctx.notify
         .dispatch(event(ctx, job, db, EventKind::Started, 1, |_| {}));
     let (result, attempts) = crate::retry::retry(

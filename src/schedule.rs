@@ -42,7 +42,9 @@ pub enum ScheduleError {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     expr: String,
-    inner: cron::Schedule,
+    /// One schedule, or two when both day fields are restricted: crontab fires when *either*
+    /// day matches, while the `cron` crate requires both, so each day field gets its own.
+    inner: Vec<cron::Schedule>,
     tz: Tz,
 }
 
@@ -73,7 +75,7 @@ impl Schedule {
                     detail: format!(": use one of {}", known.join(", ")),
                 });
             }
-            trimmed.replace("@annually", "@yearly")
+            vec![trimmed.replace("@annually", "@yearly")]
         } else {
             let mut fields: Vec<String> = trimmed.split_whitespace().map(str::to_string).collect();
             match fields.len() {
@@ -111,10 +113,21 @@ impl Schedule {
                     });
                 }
             }
-            fields.join(" ")
+            let restricted = |f: &str| f != "*" && f != "?";
+            if restricted(&fields[3]) && restricted(&fields[5]) {
+                let mut by_month_day = fields.clone();
+                by_month_day[5] = "*".into();
+                let mut by_week_day = fields.clone();
+                by_week_day[3] = "*".into();
+                vec![by_month_day.join(" "), by_week_day.join(" ")]
+            } else {
+                vec![fields.join(" ")]
+            }
         };
         let inner = cron_expr
-            .parse::<cron::Schedule>()
+            .iter()
+            .map(|e| e.parse::<cron::Schedule>())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ScheduleError::Field {
                 expr: expr.into(),
                 field: "expression",
@@ -181,10 +194,15 @@ impl Schedule {
         let local = now.with_timezone(&self.tz).naive_local();
         let start = Utc.from_utc_datetime(&(local - self.slack(now)));
         self.inner
-            .after_owned(start)
-            .take(100_000)
-            .map(|naive| self.resolve(naive.naive_utc()))
-            .find(|t| *t > now)
+            .iter()
+            .filter_map(|inner| {
+                inner
+                    .after(&start)
+                    .take(100_000)
+                    .map(|naive| self.resolve(naive.naive_utc()))
+                    .find(|t| *t > now)
+            })
+            .min()
     }
 
     /// The last firing at or before `now`.
@@ -192,11 +210,16 @@ impl Schedule {
         let local = now.with_timezone(&self.tz).naive_local();
         let start = Utc.from_utc_datetime(&(local + self.slack(now)));
         self.inner
-            .after_owned(start)
-            .rev()
-            .take(100_000)
-            .map(|naive| self.resolve(naive.naive_utc()))
-            .find(|t| *t <= now)
+            .iter()
+            .filter_map(|inner| {
+                inner
+                    .after(&start)
+                    .rev()
+                    .take(100_000)
+                    .map(|naive| self.resolve(naive.naive_utc()))
+                    .find(|t| *t <= now)
+            })
+            .max()
     }
 
     /// Every firing in `(from, to]`, deduplicated, oldest first.
@@ -382,6 +405,25 @@ mod tests {
         );
         assert_eq!(crontab_weekdays("5-7").unwrap(), "1,6,7");
         assert_eq!(crontab_weekdays("*/2").unwrap(), "1,3,5,7");
+    }
+
+    #[test]
+    fn both_day_fields_restricted_means_either_as_in_crontab() {
+        // The 1st of the month, and every Sunday.
+        let s = sched("0 2 1 * 0", "UTC");
+        let fires = s.firings_between(utc("2026-11-25T00:00:00Z"), utc("2026-12-07T00:00:00Z"));
+        assert_eq!(
+            fires,
+            vec![
+                utc("2026-11-29T02:00:00Z"),
+                utc("2026-12-01T02:00:00Z"),
+                utc("2026-12-06T02:00:00Z")
+            ]
+        );
+        assert_eq!(
+            s.prev_at_or_before(utc("2026-12-02T00:00:00Z")),
+            Some(utc("2026-12-01T02:00:00Z"))
+        );
     }
 
     #[test]
