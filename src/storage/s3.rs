@@ -281,16 +281,19 @@ impl S3Storage {
         part_size: usize,
         cancel: &CancellationToken,
     ) -> Result<(u64, bool), StorageError> {
-        let created = self
+        let create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .content_type("application/octet-stream")
             .set_storage_class(self.storage_class.clone())
-            .send()
-            .await
-            .map_err(|e| self.map_err("start an upload of", key, e))?;
+            .send();
+        // An upload created just before cancellation is aborted by the next backup.
+        let created = tokio::select! {
+            r = create => r.map_err(|e| self.map_err("start an upload of", key, e))?,
+            _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+        };
         let upload_id = created
             .upload_id()
             .ok_or_else(|| StorageError::Incomplete {
