@@ -87,13 +87,24 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::Success)
         }
+        Command::Verify { backup, job, db } => {
+            let storage = Storage::from_config(&config.storage).await;
+            let catalog = load_catalog(&config, &storage, job, db).await?;
+            let entry = crate::verify::select(&catalog.entries, &backup)
+                .ok_or_else(|| crate::verify::VerifyError::NoMatch(backup.clone()))?;
+            let done = crate::verify::verify(&storage, &config.tools, entry).await?;
+            println!(
+                "ok: {} ({} stored, {} raw, {} archive entries, sha256 matches the manifest)",
+                entry.manifest.key,
+                crate::notify::human_bytes(done.stored_bytes),
+                crate::notify::human_bytes(done.raw_bytes),
+                done.toc_entries
+            );
+            Ok(ExitCode::Success)
+        }
         Command::List { json, job, db } => {
             let storage = Storage::from_config(&config.storage).await;
-            let base = match job {
-                Some(name) => config.job(Some(&name))?.prefix.clone(),
-                None => Storage::base_prefix(&config.storage),
-            };
-            let catalog = catalog::load(&storage, &base, db.as_deref()).await?;
+            let catalog = load_catalog(&config, &storage, job, db).await?;
             for problem in &catalog.problems {
                 tracing::warn!("{problem}");
             }
@@ -111,4 +122,18 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::Success)
         }
     }
+}
+
+/// The backups of one job (or all), optionally of one database.
+async fn load_catalog(
+    config: &Config,
+    storage: &Storage,
+    job: Option<String>,
+    db: Option<String>,
+) -> anyhow::Result<catalog::Catalog> {
+    let base = match job {
+        Some(name) => config.job(Some(&name))?.prefix.clone(),
+        None => Storage::base_prefix(&config.storage),
+    };
+    Ok(catalog::load(storage, &base, db.as_deref()).await?)
 }

@@ -40,6 +40,19 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
     },
+    /// Check that a backup can be read back: sha256 and sizes against its manifest,
+    /// decompression, and `pg_restore --list`. Never touches a database.
+    Verify {
+        /// `latest`, a time (the newest backup at or before it), or a key from `list`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Only backups of this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Only backups of this database.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+    },
     /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
     /// otherwise print why and exit 1.
     Health,

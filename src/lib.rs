@@ -26,3 +26,4 @@ pub mod shutdown;
 pub mod status;
 pub mod storage;
 pub mod transform;
+pub mod verify;

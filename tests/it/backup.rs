@@ -219,3 +219,52 @@ fn dump_outgrowing_one_upload_continues_in_pieces() {
     assert_eq!(pg.dump_sql(&db), pg.dump_sql(&copy));
     assert!(s3().open_uploads(&bucket).is_empty());
 }
+
+#[test]
+fn verify_accepts_a_good_backup_and_names_a_damaged_one() {
+    let pg = pg(17);
+    let db = pg.create_db("verify");
+    pg.psql(&db, SCHEMA);
+    let bucket = s3().bucket("verify");
+    let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
+    let key = sidecar()
+        .args(&["backup"])
+        .run()
+        .expect_code(0)
+        .stdout
+        .trim()
+        .to_string();
+
+    let ok = sidecar().args(&["verify", "latest"]).run().expect_code(0);
+    assert!(
+        ok.stdout.starts_with(&format!("ok: {key}")),
+        "{}",
+        ok.stdout
+    );
+    let by_time = sidecar()
+        .args(&["verify", "2999-01-01T00:00:00Z"])
+        .run()
+        .expect_code(0);
+    assert!(by_time.stdout.contains(&key), "{}", by_time.stdout);
+    let none = sidecar()
+        .args(&["verify", "2000-01-01T00:00:00Z"])
+        .run()
+        .expect_code(1);
+    assert!(none.stderr.contains("no backup matches"), "{}", none.stderr);
+
+    // One flipped byte, then a truncated object: both refused, naming the object.
+    let good = s3().get(&bucket, &key);
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    s3().put(&bucket, &key, &flipped);
+    let bad = sidecar().args(&["verify", &key]).run().expect_code(1);
+    assert!(
+        bad.stderr.contains(&format!("`{key}` is damaged")) && bad.stderr.contains("sha256"),
+        "{}",
+        bad.stderr
+    );
+    s3().put(&bucket, &key, &good[..good.len() / 3]);
+    let short = sidecar().args(&["verify"]).run().expect_code(1);
+    assert!(short.stderr.contains("is damaged"), "{}", short.stderr);
+}
