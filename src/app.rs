@@ -133,7 +133,7 @@ async fn load_catalog(
 ) -> anyhow::Result<catalog::Catalog> {
     let base = match job {
         Some(name) => config.job(Some(&name))?.prefix.clone(),
-        None => Storage::base_prefix(&config.storage),
+        None => config.storage.base_prefix(),
     };
     Ok(catalog::load(storage, &base, db.as_deref()).await?)
 }

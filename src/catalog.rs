@@ -74,10 +74,6 @@ pub async fn load(
     Ok(catalog)
 }
 
-fn human_bytes(n: u64) -> String {
-    bytesize::ByteSize::b(n).display().iec().to_string()
-}
-
 fn human_age(d: chrono::TimeDelta) -> String {
     let s = d.num_seconds().max(0);
     match s {
@@ -107,8 +103,8 @@ pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
                 m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 human_age(now - m.started_at),
                 m.database.clone(),
-                human_bytes(m.stored_bytes),
-                human_bytes(m.raw_bytes),
+                crate::notify::human_bytes(m.stored_bytes),
+                crate::notify::human_bytes(m.raw_bytes),
                 format!("{:.1}s", m.duration_ms as f64 / 1000.0),
                 m.key.clone(),
             ]

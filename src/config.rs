@@ -455,6 +455,16 @@ pub struct StorageConfig {
     pub part_timeout: Duration,
 }
 
+impl StorageConfig {
+    /// The key prefix every object of this configuration lives under (may be empty).
+    pub fn base_prefix(&self) -> String {
+        match &self.location {
+            StorageLocation::S3 { prefix, .. } => prefix.clone(),
+            StorageLocation::Local { .. } => String::new(),
+        }
+    }
+}
+
 /// A parsed storage URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageLocation {
@@ -734,10 +744,7 @@ fn secret_value(
 /// Turns the raw layers into a checked [`Config`].
 pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
     let storage = validate_storage(raw.storage)?;
-    let base_prefix = match &storage.location {
-        StorageLocation::S3 { prefix, .. } => prefix.clone(),
-        StorageLocation::Local { .. } => String::new(),
-    };
+    let base_prefix = storage.base_prefix();
     let default_tz = raw
         .timezone
         .clone()

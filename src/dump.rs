@@ -278,7 +278,6 @@ pub fn spawn(tool: &ClientTool, db: &DatabaseConfig) -> Result<DumpReader, DumpE
         path: tool.path.clone(),
         source,
     })?;
-    let pid = child.id();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let stderr_task = tokio::spawn(async move {
@@ -309,7 +308,6 @@ pub fn spawn(tool: &ClientTool, db: &DatabaseConfig) -> Result<DumpReader, DumpE
         stdout,
         exit: Some(Box::pin(exit)),
         state: State::Streaming,
-        pid,
         total: 0,
     })
 }
@@ -337,16 +335,10 @@ pub struct DumpReader {
     stdout: ChildStdout,
     exit: Option<ExitFuture>,
     state: State,
-    pid: Option<u32>,
     total: u64,
 }
 
 impl DumpReader {
-    /// pg_dump's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
-    }
-
     fn fail(&mut self, e: DumpError) -> Poll<io::Result<()>> {
         self.state = State::Failed;
         Poll::Ready(Err(io::Error::other(e)))
@@ -386,7 +378,6 @@ impl AsyncRead for DumpReader {
             .expect("exit future is present while streaming");
         let result = ready!(exit.as_mut().poll(cx));
         this.exit = None;
-        this.pid = None;
         match result {
             Ok(stderr) if this.total == 0 => this.fail(DumpError::Empty { stderr }),
             Ok(_) => {

@@ -95,11 +95,10 @@ async fn remove_leftovers(
     Ok(())
 }
 
-/// A completed backup: its manifest and where the manifest is stored.
+/// A completed backup.
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub manifest: Manifest,
-    pub manifest_key: String,
 }
 
 /// What to do when another backup of the same database holds its lock.
@@ -269,8 +268,5 @@ pub async fn backup_database(
         elapsed_ms = manifest.duration_ms,
         "backup complete"
     );
-    Ok(Completed {
-        manifest,
-        manifest_key,
-    })
+    Ok(Completed { manifest })
 }

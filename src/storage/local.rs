@@ -172,13 +172,6 @@ impl Backend for LocalStorage {
         Ok(out)
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        let path = self.path(key);
-        tokio::fs::try_exists(&path)
-            .await
-            .map_err(Self::io("stat", &path))
-    }
-
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {

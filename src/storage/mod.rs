@@ -132,8 +132,6 @@ pub trait Backend {
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
-    /// Whether `key` exists.
-    async fn exists(&self, key: &str) -> Result<bool, StorageError>;
     /// Removes `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// Aborts unfinished uploads of dumps under `prefix` left by an earlier crash; returns how many.
@@ -168,14 +166,6 @@ impl Storage {
         }
     }
 
-    /// The key prefix every object of this configuration lives under (may be empty).
-    pub fn base_prefix(cfg: &StorageConfig) -> String {
-        match &cfg.location {
-            StorageLocation::S3 { prefix, .. } => prefix.clone(),
-            StorageLocation::Local { .. } => String::new(),
-        }
-    }
-
     pub async fn put_stream(
         &self,
         key: &str,
@@ -196,9 +186,6 @@ impl Storage {
     }
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         dispatch!(self, b => b.list(prefix).await)
-    }
-    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        dispatch!(self, b => b.exists(key).await)
     }
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         dispatch!(self, b => b.delete(key).await)

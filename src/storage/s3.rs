@@ -565,23 +565,6 @@ impl Backend for S3Storage {
         Ok(out)
     }
 
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) => match self.map_err("check", key, e) {
-                StorageError::NotFound { .. } => Ok(false),
-                other => Err(other),
-            },
-        }
-    }
-
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.client
             .delete_object()
