@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Sources};
 use crate::exit::ExitCode;
 use crate::job::{self, WhenBusy};
+use crate::restore::{self, Mode, RestoreError};
 use crate::storage::Storage;
 
 /// Runs `cli` to completion.
@@ -34,7 +35,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            if e.downcast_ref::<config::ConfigError>().is_some() {
+            let usage = e.downcast_ref::<config::ConfigError>().is_some()
+                || e.downcast_ref::<RestoreError>()
+                    .is_some_and(RestoreError::is_usage);
+            if usage {
                 ExitCode::Usage
             } else {
                 ExitCode::Failure
@@ -87,11 +91,108 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::Success)
         }
+        Command::Restore {
+            backup,
+            job,
+            db,
+            target_db,
+            replace_target,
+            full,
+            drop_old,
+            yes,
+            no_owner,
+            jobs,
+        } => {
+            let job = config.job(job.as_deref())?;
+            let storage = Storage::from_config(&config.storage).await;
+            let catalog = load_catalog(&config, &storage, Some(job.name.clone()), db).await?;
+            let entry = select(&catalog, &backup)?;
+            if drop_old && !full && !replace_target {
+                return Err(RestoreError::Refused(
+                    "--drop-old needs --full or --replace-target".into(),
+                )
+                .into());
+            }
+            let mode = match (full, target_db) {
+                (_, Some(name)) => Mode::NewDatabase {
+                    name,
+                    replace: replace_target,
+                    drop_old,
+                },
+                (true, None) => Mode::NewDatabase {
+                    name: entry.manifest.database.clone(),
+                    replace: true,
+                    drop_old,
+                },
+                (false, None) => Mode::InPlace,
+            };
+            let options = restore::Options {
+                no_owner,
+                jobs,
+                progress: true,
+            };
+            let mut server = job.database.clone();
+            server.dbname = entry.manifest.database.clone();
+            let plan = restore::plan(entry, &server, &config.tools, mode, options).await?;
+            plan.confirm(yes)?;
+            let cancel = crate::shutdown::on_signal();
+            let done = restore::execute(&plan, &storage, &cancel).await?;
+            println!(
+                "restored {} into `{}` in {:.1}s: {} tables, {} rows{}",
+                entry.manifest.key,
+                done.database,
+                done.duration.as_secs_f64(),
+                done.tables.len(),
+                done.rows(),
+                match &done.kept_old {
+                    Some(old) => format!("; the previous database is kept as `{old}` (drop it when no longer needed)"),
+                    None => String::new(),
+                }
+            );
+            Ok(ExitCode::Success)
+        }
+        Command::Drill { job, db } => {
+            let storage = Storage::from_config(&config.storage).await;
+            let cancel = crate::shutdown::on_signal();
+            let jobs: Vec<&crate::config::Job> = match &job {
+                Some(name) => vec![config.job(Some(name))?],
+                None => config.jobs.iter().collect(),
+            };
+            let mut failed = 0;
+            for job in jobs {
+                for database in job
+                    .databases
+                    .iter()
+                    .filter(|d| db.as_ref().is_none_or(|x| x == *d))
+                {
+                    match crate::drill::drill(
+                        job,
+                        &job.drill_server,
+                        &config.tools,
+                        &storage,
+                        database,
+                        &cancel,
+                    )
+                    .await
+                    {
+                        Ok(report) => println!("ok: {} {}", report.key, report.summary()),
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("error: {e}");
+                        }
+                    }
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
+        }
         Command::Verify { backup, job, db } => {
             let storage = Storage::from_config(&config.storage).await;
             let catalog = load_catalog(&config, &storage, job, db).await?;
-            let entry = crate::verify::select(&catalog.entries, &backup)
-                .ok_or_else(|| crate::verify::VerifyError::NoMatch(backup.clone()))?;
+            let entry = select(&catalog, &backup)?;
             let done = crate::verify::verify(&storage, &config.tools, entry).await?;
             println!(
                 "ok: {} ({} stored, {} raw, {} archive entries, sha256 matches the manifest)",
@@ -122,6 +223,32 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::Success)
         }
     }
+}
+
+/// The backup `selector` names. `latest` and times are ambiguous when the catalog holds
+/// several databases: then `--db` is required.
+fn select<'a>(catalog: &'a catalog::Catalog, selector: &str) -> anyhow::Result<&'a catalog::Entry> {
+    for problem in &catalog.problems {
+        tracing::warn!("{problem}");
+    }
+    let entry = crate::verify::select(&catalog.entries, selector)
+        .ok_or_else(|| crate::verify::VerifyError::NoMatch(selector.to_string()))?;
+    let mut databases: Vec<&str> = catalog
+        .entries
+        .iter()
+        .map(|e| e.manifest.database.as_str())
+        .collect();
+    databases.sort_unstable();
+    databases.dedup();
+    let by_key = entry.manifest.key == selector || entry.manifest_key == selector;
+    if databases.len() > 1 && !by_key {
+        return Err(RestoreError::Refused(format!(
+            "backups of several databases match `{selector}` ({}): choose one with --db NAME",
+            databases.join(", ")
+        ))
+        .into());
+    }
+    Ok(entry)
 }
 
 /// The backups of one job (or all), optionally of one database.

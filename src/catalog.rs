@@ -74,7 +74,8 @@ pub async fn load(
     Ok(catalog)
 }
 
-fn human_age(d: chrono::TimeDelta) -> String {
+/// A short age such as `3h05m`.
+pub fn human_age(d: chrono::TimeDelta) -> String {
     let s = d.num_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),

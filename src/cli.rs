@@ -17,6 +17,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Names under which the binary runs one command directly (`restore latest` is
+/// `pgsidecar restore latest`), so that `docker exec sidecar restore latest` works.
+pub const MULTI_CALL: &[&str] = &["backup", "restore", "list", "verify", "drill"];
+
+impl Cli {
+    /// Parses the process's arguments, dispatching on the name the binary was invoked by.
+    pub fn from_args() -> Cli {
+        Cli::parse_from(multi_call(std::env::args_os().collect()))
+    }
+}
+
+/// Inserts the command when the program's name is one of [`MULTI_CALL`].
+pub fn multi_call(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let invoked = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .map(str::to_string);
+    if let Some(name) = invoked.filter(|n| MULTI_CALL.contains(&n.as_str())) {
+        args[0] = "pgsidecar".into();
+        args.insert(1, name.into());
+    }
+    args
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -53,9 +78,83 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
     },
+    /// Restore a backup. Shows what will happen and asks first (without a terminal: --yes).
+    /// By default restores into the backup's own database in one transaction: on any error
+    /// nothing changes.
+    Restore {
+        /// `latest`, a time (the newest backup at or before it), or a key from `list`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// The job whose backups to use (needed when several are configured).
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// The database whose backups to use (needed when the job backs up several).
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+        /// Restore into a new database NAME instead; the original is untouched.
+        #[arg(long, value_name = "NAME", conflicts_with = "full")]
+        target_db: Option<String>,
+        /// With --target-db: replace NAME if it exists (it is kept as NAME__pre_restore_<time>).
+        #[arg(long, requires = "target_db")]
+        replace_target: bool,
+        /// Replace the database: restore into a new one, check it, then swap names. The old
+        /// database is kept as <db>__pre_restore_<time>.
+        #[arg(long)]
+        full: bool,
+        /// Drop the replaced database after a successful swap instead of keeping it.
+        #[arg(long)]
+        drop_old: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Do not restore ownership and privileges (for servers without the original roles).
+        #[arg(long)]
+        no_owner: bool,
+        /// Parallel pg_restore jobs (with --full or --target-db; needs a local temp copy).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+        jobs: Option<u32>,
+    },
+    /// Restore drill: restore the newest backup into a scratch database, compare its tables
+    /// and row counts with the manifest, time it, drop it, and notify.
+    Drill {
+        /// Only this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Only this database.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+    },
     /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
     /// otherwise print why and exit 1.
     Health,
     /// Print the effective configuration, secrets redacted.
     Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(multi_call(args.iter().map(Into::into).collect()))
+    }
+
+    #[test]
+    fn invoked_names_dispatch() {
+        let cli = parse(&["/usr/local/bin/restore", "latest", "--yes"]).unwrap();
+        assert!(matches!(cli.command, Command::Restore { yes: true, .. }));
+        let cli = parse(&["verify"]).unwrap();
+        assert!(matches!(cli.command, Command::Verify { ref backup, .. } if backup == "latest"));
+        assert!(matches!(
+            parse(&["pgsidecar", "list"]).unwrap().command,
+            Command::List { .. }
+        ));
+    }
+
+    #[test]
+    fn restore_flags_are_checked() {
+        assert!(parse(&["restore", "--full", "--target-db", "x"]).is_err());
+        assert!(parse(&["restore", "--replace-target"]).is_err());
+        assert!(parse(&["restore", "--jobs", "0"]).is_err());
+    }
 }

@@ -91,6 +91,7 @@ pub struct RawConfig {
     pub http: RawHttp,
     pub tools: RawTools,
     pub log: RawLog,
+    pub drill: RawDrill,
 }
 
 /// `[[jobs]]`: one backup job; unset keys inherit the top-level sections.
@@ -172,6 +173,18 @@ pub struct RawPing {
     #[serde(deserialize_with = "lenient::opt_string")]
     pub failure_url: Option<String>,
     pub failure_url_file: Option<PathBuf>,
+}
+
+/// `[drill]`: scheduled restore drills.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDrill {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub schedule: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub timezone: Option<String>,
+    /// Server to restore drills into, over the job's connection settings (default: the job's).
+    pub database: Option<RawDatabase>,
 }
 
 /// `[health]`
@@ -331,6 +344,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub tools: ToolsConfig,
     pub log: LogConfig,
+    /// When restore drills run (they also run by hand with `pgsidecar drill`).
+    #[serde(serialize_with = "ser_schedule")]
+    pub drill_schedule: Option<crate::schedule::Schedule>,
 }
 
 /// One backup job: what to dump, when, where, and how hard to try.
@@ -348,6 +364,8 @@ pub struct Job {
     pub catch_up: bool,
     pub compression: Compression,
     pub retry: RetryPolicy,
+    /// Where this job's restore drills restore into.
+    pub drill_server: DatabaseConfig,
 }
 
 fn ser_schedule<S: serde::Serializer>(
@@ -805,11 +823,26 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
                 format!("`{name}` is used twice"),
             ));
         }
-        let database = validate_database(
-            merge_database(raw.database.clone(), rj.database.unwrap_or_default()),
+        let job_db = merge_database(raw.database.clone(), rj.database.unwrap_or_default());
+        // The job's own settings are checked first, so their errors name their own keys.
+        let database =
+            validate_database(job_db.clone(), sources).map_err(|e| prefix_key(e, jobs_given, i))?;
+        let drill_server = validate_database(
+            merge_database(job_db, raw.drill.database.clone().unwrap_or_default()),
             sources,
         )
-        .map_err(|e| prefix_key(e, jobs_given, i))?;
+        .map_err(|e| match e {
+            ConfigError::Invalid {
+                key,
+                source_name,
+                message,
+            } => ConfigError::Invalid {
+                key: format!("drill.{key}"),
+                source_name,
+                message,
+            },
+            other => other,
+        })?;
         let databases = rj
             .databases
             .unwrap_or_else(|| vec![database.dbname.clone()]);
@@ -853,8 +886,21 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
             compression,
             retry,
+            drill_server,
         });
     }
+    let drill_schedule = match raw.drill.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(expr) => {
+            let tz_name = raw.drill.timezone.clone().unwrap_or(default_tz.clone());
+            let tz = crate::schedule::parse_tz(&tz_name)
+                .map_err(|e| ConfigError::invalid("drill.timezone", e.to_string()))?;
+            Some(
+                crate::schedule::Schedule::parse(expr, tz)
+                    .map_err(|e| ConfigError::invalid("drill.schedule", e.to_string()))?,
+            )
+        }
+    };
     let http_listen = match raw.http.listen {
         None => None,
         Some(l) if l.is_empty() => None,
@@ -882,6 +928,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             bin_dirs: raw.tools.bin_dirs.unwrap_or_default(),
         },
         log: validate_log(raw.log)?,
+        drill_schedule,
     })
 }
 

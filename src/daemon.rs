@@ -125,6 +125,9 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
         for i in scheduled {
             tasks.spawn(job_loop(ctx.clone(), i));
         }
+        if ctx.config.drill_schedule.is_some() {
+            tasks.spawn(drill_loop(ctx.clone()));
+        }
         while tasks.join_next().await.is_some() {}
         true
     };
@@ -262,6 +265,87 @@ async fn job_loop(ctx: Arc<Context>, index: usize) {
     }
 }
 
+/// Runs the restore drills on their schedule until shutdown.
+async fn drill_loop(ctx: Arc<Context>) {
+    let schedule = ctx
+        .config
+        .drill_schedule
+        .as_ref()
+        .expect("only a scheduled drill loops");
+    tracing::info!(schedule = schedule.expr(), "restore drills scheduled");
+    let mut after = Utc::now();
+    loop {
+        let Some(next) = schedule.next_after(after) else {
+            return;
+        };
+        let wait = (next - Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        for job in &ctx.config.jobs {
+            for db in &job.databases {
+                if ctx.shutdown.is_cancelled() {
+                    return;
+                }
+                drill_one(&ctx, job, db).await;
+            }
+        }
+        after = Utc::now().max(next);
+    }
+}
+
+/// One drill of one database, recorded and notified like a backup.
+async fn drill_one(ctx: &Context, job: &Job, db: &str) {
+    // A drill waits for a backup of the same database to finish: it restores the newest one.
+    let turn = db_turn(ctx, job, db);
+    let _turn = turn.lock().await;
+    let result = crate::drill::drill(
+        job,
+        &job.drill_server,
+        &ctx.config.tools,
+        &ctx.storage,
+        db,
+        &ctx.abort,
+    )
+    .await;
+    {
+        let mut board = ctx.board.lock().expect("not poisoned");
+        let entry = board.db_mut(&job.name, db);
+        entry.last_drill_at = Some(Utc::now());
+        entry.last_drill_passed = Some(result.is_ok());
+        match &result {
+            Ok(r) => entry.last_drill_restore_secs = Some(r.restore_time.as_secs_f64()),
+            Err(_) => entry.drill_failures_total += 1,
+        }
+    }
+    save_status(ctx);
+    let e = match result {
+        Ok(r) => event(ctx, job, db, EventKind::DrillPassed, 1, |e| {
+            e.key = Some(r.key.clone());
+            e.stored_bytes = Some(r.stored_bytes);
+            e.duration_secs = Some(r.restore_time.as_secs_f64());
+            e.summary = Some(r.summary());
+            e.next_run = None;
+        }),
+        Err(err) => {
+            tracing::error!(job = %job.name, database = %db, "{err}");
+            event(ctx, job, db, EventKind::DrillFailed, 1, |e| {
+                e.error = Some(err.to_string());
+                e.next_run = None;
+            })
+        }
+    };
+    ctx.notify.dispatch(e);
+}
+
+/// The turn of one database: backups and drills of it run one at a time in this daemon.
+fn db_turn(ctx: &Context, job: &Job, db: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let key = format!("{}:{}/{db}", job.database.host, job.database.port);
+    let mut turns = ctx.db_turns.lock().expect("not poisoned");
+    turns.entry(key).or_default().clone()
+}
+
 /// The last firing, when some database of `job` has no success since it.
 fn missed_firing(
     ctx: &Context,
@@ -307,6 +391,7 @@ fn event(
         next_run: job.schedule.as_ref().and_then(|s| s.next_after(now)),
         error: None,
         stderr_tail: Vec::new(),
+        summary: None,
     };
     fill(&mut e);
     e
@@ -332,11 +417,7 @@ async fn backup_with_retries(
     db: &str,
     fired_at: Option<DateTime<Utc>>,
 ) -> bool {
-    let turn = {
-        let key = format!("{}:{}/{db}", job.database.host, job.database.port);
-        let mut turns = ctx.db_turns.lock().expect("not poisoned");
-        turns.entry(key).or_default().clone()
-    };
+    let turn = db_turn(ctx, job, db);
     let _turn = turn.lock().await;
     ctx.notify
         .dispatch(event(ctx, job, db, EventKind::Started, 1, |_| {}));

@@ -229,6 +229,82 @@ pub async fn lock(db: &DatabaseConfig, wait: bool) -> Result<Option<BackupLock>,
     Ok(Some(BackupLock { _client: client }))
 }
 
+/// A session whose open transaction holds the snapshot pg_dump dumps; dropping it ends the
+/// transaction (and cancels a row count still running in it).
+pub struct Snapshot {
+    client: tokio_postgres::Client,
+    id: String,
+    counting: std::sync::atomic::AtomicBool,
+}
+
+/// Opens a session in `db.dbname`, starts a repeatable-read transaction and exports its
+/// snapshot for `pg_dump --snapshot`. Fails where snapshots cannot be exported (some standbys
+/// and poolers); the dump can then go on without one.
+pub async fn export_snapshot(db: &DatabaseConfig) -> Result<Snapshot, DumpError> {
+    let client = connect(db, &db.dbname).await?;
+    let query_err = |e: tokio_postgres::Error| DumpError::Query {
+        endpoint: endpoint(db),
+        cause: pg_error_text(&e),
+    };
+    // The transaction idles while pg_dump runs, and pg_dump can import the snapshot only while
+    // it is open: a server-side idle timeout must not end it. The count reads what pg_dump
+    // reads, so it runs as pg_dump does: no statement timeout, no row security (where that
+    // would hide rows, pg_dump fails rather than dump fewer).
+    client
+        .batch_execute(
+            "SET idle_in_transaction_session_timeout = 0; \
+             SET statement_timeout = 0; \
+             SET row_security = off; \
+             BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        )
+        .await
+        .map_err(query_err)?;
+    let id: String = client
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .await
+        .map_err(query_err)?
+        .get(0);
+    Ok(Snapshot {
+        client,
+        id,
+        counting: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+impl Snapshot {
+    /// The id to pass as `pg_dump --snapshot`.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Row counts of every table, in the exported snapshot (see
+    /// [`crate::tables::count_in_transaction`]).
+    pub async fn count_tables(
+        &self,
+    ) -> Result<Vec<crate::tables::TableRows>, tokio_postgres::Error> {
+        use std::sync::atomic::Ordering;
+        self.counting.store(true, Ordering::SeqCst);
+        let result = crate::tables::count_in_transaction(&self.client).await;
+        self.counting.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // Closing the connection does not stop a query the server is running: a count over a
+        // large database would go on scanning it after the backup failed or was cancelled.
+        if self.counting.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let token = self.client.cancel_token();
+                rt.spawn(async move {
+                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                });
+            }
+        }
+    }
+}
+
 /// Variables passed through to client tools; everything else (including the sidecar's own
 /// secrets in `PGSIDECAR_*` and `AWS_*`) is withheld from the child.
 const PASSTHROUGH_ENV: &[&str] = &[
@@ -266,11 +342,19 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
     cmd
 }
 
-/// Starts `pg_dump --format=custom --compress=0` (the sidecar compresses) for `db.dbname`.
-pub fn spawn(tool: &ClientTool, db: &DatabaseConfig) -> Result<DumpReader, DumpError> {
+/// Starts `pg_dump --format=custom --compress=0` (the sidecar compresses) for `db.dbname`,
+/// dumping in `snapshot` (an id from [`export_snapshot`]) when given.
+pub fn spawn(
+    tool: &ClientTool,
+    db: &DatabaseConfig,
+    snapshot: Option<&str>,
+) -> Result<DumpReader, DumpError> {
     let mut cmd = client_command(tool, db, &db.dbname);
-    cmd.args(["--format=custom", "--compress=0", "--no-password"])
-        .stdin(Stdio::null())
+    cmd.args(["--format=custom", "--compress=0", "--no-password"]);
+    if let Some(id) = snapshot {
+        cmd.arg(format!("--snapshot={id}"));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -431,9 +515,9 @@ mod tests {
 
     /// Spawns, retrying "text file busy": a test on another thread may fork while this one's
     /// freshly written script is still open for writing.
-    fn spawn_script(tool: &ClientTool, cfg: &DatabaseConfig) -> DumpReader {
+    fn spawn_script(tool: &ClientTool, cfg: &DatabaseConfig, snapshot: Option<&str>) -> DumpReader {
         for _ in 0..50 {
-            match spawn(tool, cfg) {
+            match spawn(tool, cfg, snapshot) {
                 Err(DumpError::Spawn { source, .. })
                     if source.kind() == std::io::ErrorKind::ExecutableFileBusy =>
                 {
@@ -446,7 +530,7 @@ mod tests {
     }
 
     async fn drain(tool: &ClientTool) -> Result<Vec<u8>, DumpError> {
-        let mut reader = spawn_script(tool, &db());
+        let mut reader = spawn_script(tool, &db(), None);
         let mut out = Vec::new();
         match reader.read_to_end(&mut out).await {
             Ok(_) => Ok(out),
@@ -498,12 +582,25 @@ mod tests {
         std::env::set_var("PGSIDECAR_LEAK_PROBE", "leaked");
         let mut cfg = db();
         cfg.password = Some(crate::secret::Secret::new("pw-in-env"));
-        let mut reader = spawn_script(&tool, &cfg);
+        let mut reader = spawn_script(&tool, &cfg, None);
         let mut out = String::new();
         reader.read_to_string(&mut out).await.unwrap();
         assert_eq!(
             out,
             "PGDMPpw-in-env|--format=custom --compress=0 --no-password|unset"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshot_reaches_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = script(dir.path(), "printf 'PGDMP%s' \"$*\"");
+        let mut reader = spawn_script(&tool, &db(), Some("00000003-0000001B-1"));
+        let mut out = String::new();
+        reader.read_to_string(&mut out).await.unwrap();
+        assert_eq!(
+            out,
+            "PGDMP--format=custom --compress=0 --no-password --snapshot=00000003-0000001B-1"
         );
     }
 }

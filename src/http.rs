@@ -77,6 +77,26 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
         "Failed backup runs (all attempts failed) since start",
     );
     let skipped = counter(&mut registry, "skipped", "Skipped firings since start");
+    let drill_at = gauge(
+        &mut registry,
+        "drill_last_timestamp_seconds",
+        "Time of the last restore drill",
+    );
+    let drill_passed = gauge(
+        &mut registry,
+        "drill_last_passed",
+        "1 if the last restore drill passed, 0 if it failed",
+    );
+    let drill_secs = gauge(
+        &mut registry,
+        "drill_restore_seconds",
+        "Time the last passing restore drill took to restore and check (the measured RTO)",
+    );
+    let drill_failures = counter(
+        &mut registry,
+        "drill_failures",
+        "Failed restore drills since start",
+    );
     for job in &status.jobs {
         for db in &job.databases {
             let l = Labels {
@@ -103,6 +123,20 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
             attempts.get_or_create(&l).inc_by(db.attempts_total);
             failures.get_or_create(&l).inc_by(db.failures_total);
             skipped.get_or_create(&l).inc_by(db.skipped_total);
+            if let Some(t) = db.last_drill_at {
+                drill_at.get_or_create(&l).set(t.timestamp() as f64);
+            }
+            if let Some(p) = db.last_drill_passed {
+                drill_passed
+                    .get_or_create(&l)
+                    .set(if p { 1.0 } else { 0.0 });
+            }
+            if let Some(d) = db.last_drill_restore_secs {
+                drill_secs.get_or_create(&l).set(d);
+            }
+            drill_failures
+                .get_or_create(&l)
+                .inc_by(db.drill_failures_total);
         }
     }
     let mut out = String::new();

@@ -1,5 +1,6 @@
 //! Job: the one place that knows the order of a backup's stages —
 //! preflight → dump source → transforms (count, compress, hash) → storage sink → manifest.
+//! Beside the dump, in the snapshot it imports, the tables' rows are counted for the manifest.
 //!
 //! Invariant: a backup is reported complete only when pg_dump exited 0, the upload completed
 //! and was checked, and the manifest (sizes, sha256, versions) is written. On any failure or
@@ -207,14 +208,57 @@ pub async fn backup_database(
         key = %key,
         "starting backup"
     );
-    let source = dump::spawn(&tool, &db).map_err(db_err)?;
+    // Held until this function returns: pg_dump imports the snapshot when it starts, and the
+    // row counts are taken in the same transaction while the dump streams.
+    let snapshot = tokio::select! {
+        r = dump::export_snapshot(&db) => match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "cannot export a snapshot; dumping without one, and recording no row counts"
+                );
+                None
+            }
+        },
+        _ = cancel.cancelled() => return Err(cancelled()),
+    };
+    let source = dump::spawn(&tool, &db, snapshot.as_ref().map(|s| s.id())).map_err(db_err)?;
     let (counted, raw_bytes) = Counted::new(source);
     let mut stored = Hashed::new(transform::compress(counted, job.compression));
 
-    let pieces = match storage
-        .put_stream(&key, &mut stored, server.database_size, cancel)
-        .await
-    {
+    // Counting runs beside the upload and never holds it up or fails it: a failed count only
+    // leaves the manifest without counts.
+    let counting = async {
+        let snapshot = snapshot.as_ref()?;
+        match snapshot.count_tables().await {
+            Ok(tables) => Some(tables),
+            Err(e) => {
+                tracing::warn!(
+                    error = %dump::pg_error_text(&e),
+                    "cannot count the rows of the tables; the manifest records no row counts"
+                );
+                None
+            }
+        }
+    };
+    tokio::pin!(counting);
+    let mut tables = None;
+    let mut counts_done = false;
+    let uploaded = {
+        let upload = storage.put_stream(&key, &mut stored, server.database_size, cancel);
+        tokio::pin!(upload);
+        loop {
+            tokio::select! {
+                r = &mut upload => break r,
+                t = &mut counting, if !counts_done => {
+                    tables = t;
+                    counts_done = true;
+                }
+            }
+        }
+    };
+    let pieces = match uploaded {
         Ok(p) => p,
         Err(StorageError::Source { source, .. }) if dump::as_dump_error(&source).is_some() => {
             let inner = source.into_inner().expect("checked above");
@@ -225,6 +269,16 @@ pub async fn backup_database(
         Err(e) => return Err(storage_err(e)),
     };
     let digest = stored.finish();
+    if !counts_done {
+        // The dump is stored by now: cancelling only gives up the counts, not the backup.
+        tables = tokio::select! {
+            t = &mut counting => t,
+            _ = cancel.cancelled() => {
+                tracing::warn!("cancelled while counting rows; the manifest records no row counts");
+                None
+            }
+        };
+    }
 
     let finished = Utc::now();
     let manifest = Manifest {
@@ -250,6 +304,7 @@ pub async fn backup_database(
         sha256: digest.sha256,
         key: key.clone(),
         objects: pieces,
+        tables,
     };
     if let Err(e) = storage
         .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))

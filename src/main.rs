@@ -1,7 +1,6 @@
-//! The `pgsidecar` binary: parses the command line and hands over to the library.
-
-use clap::Parser;
+//! The `pgsidecar` binary (also run as `backup`, `restore`, `list`, `verify`): parses the
+//! command line and hands over to the library.
 
 fn main() -> std::process::ExitCode {
-    pgsidecar::app::run(pgsidecar::cli::Cli::parse()).into()
+    pgsidecar::app::run(pgsidecar::cli::Cli::from_args()).into()
 }

@@ -65,6 +65,11 @@ pub struct Manifest {
     pub key: String,
     /// Every stored object, in order.
     pub objects: Vec<StoredPiece>,
+    /// Exact row count of every table, taken in pg_dump's snapshot. Absent when they could not
+    /// be counted there (no snapshot could be exported, or the count failed) and in manifests
+    /// of earlier versions: an absent list means "not known", never "no tables".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<crate::tables::TableRows>>,
 }
 
 impl Manifest {
@@ -175,6 +180,62 @@ mod tests {
             "we%2Fird%20%27db%27%C3%BC/2026-11-24T020000Z.dump"
         );
         assert_eq!(database_prefix("p", ".."), "p/%2E%2E/");
+    }
+
+    /// A manifest as written before row counts were recorded.
+    const WITHOUT_TABLES: &str = r#"{
+  "format": "pgsidecar-manifest",
+  "format_version": 1,
+  "tool_version": "0.1.0",
+  "job": "default",
+  "database": "app",
+  "host": "db",
+  "port": 5432,
+  "server_version": "17.2",
+  "server_major": 17,
+  "pg_dump_version": "17.2",
+  "pg_dump_major": 17,
+  "dump_format": "custom",
+  "started_at": "2026-11-24T02:00:00Z",
+  "finished_at": "2026-11-24T02:00:05Z",
+  "duration_ms": 5000,
+  "database_size_bytes": 1000,
+  "raw_bytes": 900,
+  "stored_bytes": 300,
+  "compression": { "algorithm": "zstd", "level": 3 },
+  "sha256": "00",
+  "key": "p/app/2026-11-24T020000Z.dump.zst",
+  "objects": [{ "key": "p/app/2026-11-24T020000Z.dump.zst", "size": 300 }]
+}"#;
+
+    #[test]
+    fn manifest_without_tables_parses_and_stays_without() {
+        let m = Manifest::parse("k", WITHOUT_TABLES.as_bytes()).unwrap();
+        assert_eq!(m.tables, None);
+        assert_eq!(m.objects.len(), 1);
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert!(json.get("tables").is_none(), "{json}");
+    }
+
+    #[test]
+    fn tables_round_trip() {
+        let mut m = Manifest::parse("k", WITHOUT_TABLES.as_bytes()).unwrap();
+        m.tables = Some(vec![crate::tables::TableRows {
+            schema: "public".into(),
+            name: "Mixed Case".into(),
+            rows: 3,
+        }]);
+        let json = m.to_json();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            v["tables"],
+            serde_json::json!([{ "schema": "public", "name": "Mixed Case", "rows": 3 }])
+        );
+        assert_eq!(Manifest::parse("k", &json).unwrap(), m);
+        // An empty list (a database without tables) is recorded, unlike an unknown one.
+        m.tables = Some(vec![]);
+        let v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(v["tables"], serde_json::json!([]));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum ToolError {
         found: String,
         server_major: u32,
     },
+    #[error("the backup was written by pg_dump {archive_major}, and only pg_restore {archive_major} or newer can read it; the newest pg_restore found is {found}: install the PostgreSQL {archive_major} client tools (or newer) and point tools.bin_dirs (PGSIDECAR_TOOLS__BIN_DIRS) at them")]
+    ArchiveTooNew { archive_major: u32, found: String },
     #[error("cannot run `{}` --version: {source}", .path.display())]
     Run {
         path: PathBuf,
@@ -154,6 +156,31 @@ pub fn choose(
     })
 }
 
+/// The `pg_restore` for an archive written by pg_dump `archive_major` into a server of
+/// `server_major`. It must be at least as new as the archive. Among those, the newest not newer
+/// than the server is preferred: newer clients emit settings older servers reject (pg_restore
+/// 17 sends `SET transaction_timeout`). Otherwise the oldest newer one.
+pub fn choose_for_restore(
+    found: &[ClientTool],
+    archive_major: u32,
+    server_major: u32,
+) -> Result<ClientTool, ToolError> {
+    let readable = found.iter().filter(|t| t.major >= archive_major);
+    let best = readable
+        .clone()
+        .filter(|t| t.major <= server_major)
+        .max_by_key(|t| t.major)
+        .or_else(|| readable.min_by_key(|t| t.major));
+    best.cloned().ok_or_else(|| ToolError::ArchiveTooNew {
+        archive_major,
+        found: found
+            .iter()
+            .max_by_key(|t| t.major)
+            .map(|t| format!("{} ({})", t.version, t.path.display()))
+            .unwrap_or_default(),
+    })
+}
+
 /// Finds and chooses `tool` for a server of `server_major`.
 pub async fn for_server(
     tool: &str,
@@ -198,6 +225,24 @@ mod tests {
             version: format!("{major}.1"),
             major,
         }
+    }
+
+    #[test]
+    fn restore_tool_reads_the_archive_and_fits_the_server() {
+        let found = [tool(15), tool(17), tool(18)];
+        let pick = |archive, server| choose_for_restore(&found, archive, server).map(|t| t.major);
+        assert_eq!(pick(15, 15).unwrap(), 15);
+        assert_eq!(pick(15, 16).unwrap(), 15);
+        assert_eq!(pick(15, 18).unwrap(), 18);
+        assert_eq!(pick(17, 15).unwrap(), 17, "only 17+ reads a 17 archive");
+        assert_eq!(pick(16, 16).unwrap(), 17);
+        let err = choose_for_restore(&[tool(15)], 17, 17)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("only pg_restore 17 or newer can read it"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -69,6 +69,15 @@ pub struct DbStatus {
     pub attempts_total: u64,
     pub failures_total: u64,
     pub skipped_total: u64,
+    /// The last restore drill: when it ran, whether it passed, how long the restore took.
+    #[serde(default)]
+    pub last_drill_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_drill_passed: Option<bool>,
+    #[serde(default)]
+    pub last_drill_restore_secs: Option<f64>,
+    #[serde(default)]
+    pub drill_failures_total: u64,
 }
 
 impl Status {

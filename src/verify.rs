@@ -7,7 +7,10 @@ use std::process::Stdio;
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::catalog::Entry;
 use crate::config::{Compression, ToolsConfig};
@@ -76,44 +79,63 @@ async fn open_pieces(
     Ok(stream)
 }
 
-/// Verifies `entry` as described in the module documentation.
-pub async fn verify(
+/// How [`stream_archive`] treats its consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct Feed {
+    /// Withhold the last decompressed chunk until the stored bytes proved intact. pg_restore
+    /// cannot finish (and so cannot commit) before it has read the archive's last byte, so a
+    /// damaged object can never be committed.
+    pub hold_back: bool,
+    /// When the consumer stops reading early, read on to the end to check the object anyway
+    /// (`pg_restore --list` stops after the table of contents).
+    pub check_after_close: bool,
+}
+
+/// What [`stream_archive`] read.
+#[derive(Debug)]
+pub struct Streamed {
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    /// Why the consumer stopped reading before the end (the object was then not checked
+    /// unless [`Feed::check_after_close`]).
+    pub sink_error: Option<std::io::Error>,
+}
+
+/// Streams `entry`'s archive into `sink`: the stored bytes are hashed and counted (into
+/// `progress`), decompressed, and written out. Errors when the stored bytes do not match the
+/// manifest or do not decompress to the recorded size, naming the object.
+pub async fn stream_archive<W: AsyncWrite + Unpin>(
     storage: &Storage,
-    tools: &ToolsConfig,
     entry: &Entry,
-) -> Result<Verified, VerifyError> {
+    sink: W,
+    feed: Feed,
+    progress: Arc<AtomicU64>,
+) -> Result<Streamed, VerifyError> {
     let m = &entry.manifest;
-    let key = m.key.clone();
     let damaged = |reason: String| VerifyError::Damaged {
-        key: key.clone(),
+        key: m.key.clone(),
         reason,
     };
-    let tool = pgtools::for_server("pg_restore", &tools.bin_dirs, m.pg_dump_major).await?;
-
-    // Stored bytes → (hash, count) → decompress → pg_restore --list.
     let (tx, rx) = tokio::io::duplex(1 << 20);
-    let hasher = tokio::spawn({
-        let mut stored = open_pieces(storage, entry).await?;
+    let mut stored = open_pieces(storage, entry).await?;
+    let hasher = tokio::spawn(async move {
         let mut tx = tx;
-        async move {
-            let mut h = Sha256::new();
-            let mut n = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let k = stored.read(&mut buf).await?;
-                if k == 0 {
-                    break;
-                }
-                h.update(&buf[..k]);
-                n += k as u64;
-                if tx.write_all(&buf[..k]).await.is_err() {
-                    // The decompressor stopped (it reported why); keep hashing to the end.
-                    continue;
-                }
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut feeding = true;
+        loop {
+            let k = stored.read(&mut buf).await?;
+            if k == 0 {
+                break;
             }
-            drop(tx);
-            Ok::<_, std::io::Error>((hex::encode(h.finalize()), n))
+            h.update(&buf[..k]);
+            n += k as u64;
+            progress.store(n, Ordering::Relaxed);
+            // When the decompressor stopped (it reports why), keep hashing to the end.
+            feeding = feeding && tx.write_all(&buf[..k]).await.is_ok();
         }
+        Ok::<_, std::io::Error>((hex::encode(h.finalize()), n))
     });
     let mut raw: Box<dyn AsyncRead + Send + Unpin> = match m.compression {
         Compression::Zstd { .. } => {
@@ -128,60 +150,44 @@ pub async fn verify(
         }
         Compression::None => Box::new(rx),
     };
-    let mut child = tokio::process::Command::new(&tool.path)
-        .arg("--list")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| damaged(format!("cannot start pg_restore: {e}")))?;
-    let mut stdin = child.stdin.take();
-    // Drained concurrently: a long listing must not block pg_restore while it is being fed.
-    let drain = |pipe: Option<Box<dyn AsyncRead + Send + Unpin>>| {
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut out).await;
-            }
-            out
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let mut sink = Some(sink);
+    let mut held: Vec<u8> = Vec::new();
     let mut raw_bytes = 0u64;
+    let mut sink_error = None;
     let mut buf = vec![0u8; 256 * 1024];
     let decode_error = loop {
         match raw.read(&mut buf).await {
             Ok(0) => break None,
             Ok(k) => {
                 raw_bytes += k as u64;
-                // pg_restore may stop reading once it has the table of contents.
-                if let Some(s) = stdin.as_mut() {
-                    if s.write_all(&buf[..k]).await.is_err() {
-                        stdin = None;
+                let now: Vec<u8> = if feed.hold_back {
+                    std::mem::replace(&mut held, buf[..k].to_vec())
+                } else {
+                    buf[..k].to_vec()
+                };
+                if let Some(s) = sink.as_mut() {
+                    if let Err(e) = s.write_all(&now).await {
+                        sink = None;
+                        sink_error = Some(e);
+                        if !feed.check_after_close {
+                            hasher.abort();
+                            return Ok(Streamed {
+                                stored_bytes: 0,
+                                raw_bytes,
+                                sink_error,
+                            });
+                        }
                     }
                 }
             }
             Err(e) => break Some(e),
         }
     };
-    drop(stdin);
     drop(raw);
     let (sha256, stored_bytes) = hasher
         .await
         .map_err(|e| damaged(format!("reading stopped: {e}")))?
         .map_err(|e| damaged(format!("reading failed: {e}")))?;
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| damaged(format!("pg_restore did not finish: {e}")))?;
-    let (stdout, stderr) = (
-        stdout.await.unwrap_or_default(),
-        stderr.await.unwrap_or_default(),
-    );
     if stored_bytes != m.stored_bytes || sha256 != m.sha256 {
         return Err(damaged(format!(
             "sha256 {sha256} over {stored_bytes} bytes does not match the manifest ({} over {} bytes)",
@@ -197,9 +203,65 @@ pub async fn verify(
             m.raw_bytes
         )));
     }
+    if let Some(mut s) = sink {
+        // Proven intact: release the end of the archive.
+        let released = async {
+            s.write_all(&held).await?;
+            s.flush().await?;
+            s.shutdown().await
+        };
+        if let Err(e) = released.await {
+            sink_error = Some(e);
+        }
+    }
+    Ok(Streamed {
+        stored_bytes,
+        raw_bytes,
+        sink_error,
+    })
+}
+
+/// Verifies `entry` as described in the module documentation.
+pub async fn verify(
+    storage: &Storage,
+    tools: &ToolsConfig,
+    entry: &Entry,
+) -> Result<Verified, VerifyError> {
+    let m = &entry.manifest;
+    let tool = pgtools::for_server("pg_restore", &tools.bin_dirs, m.pg_dump_major).await?;
+    let mut child = tokio::process::Command::new(&tool.path)
+        .arg("--list")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| VerifyError::Damaged {
+            key: m.key.clone(),
+            reason: format!("cannot start pg_restore: {e}"),
+        })?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    // Drained concurrently: a long listing must not block pg_restore while it is being fed.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let feed = Feed {
+        hold_back: false,
+        check_after_close: true,
+    };
+    let streamed = stream_archive(storage, entry, stdin, feed, Arc::default()).await?;
+    let status = child.wait().await.map_err(|e| VerifyError::Damaged {
+        key: m.key.clone(),
+        reason: format!("pg_restore did not finish: {e}"),
+    })?;
+    let (stdout, stderr) = (
+        stdout.await.unwrap_or_default(),
+        stderr.await.unwrap_or_default(),
+    );
     if !status.success() {
         return Err(VerifyError::Archive {
-            key,
+            key: m.key.clone(),
             stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         });
     }
@@ -208,8 +270,96 @@ pub async fn verify(
         .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
         .count();
     Ok(Verified {
-        stored_bytes,
-        raw_bytes,
+        stored_bytes: streamed.stored_bytes,
+        raw_bytes: streamed.raw_bytes,
         toc_entries,
     })
+}
+
+/// Reads a child's pipe to the end in the background.
+pub(crate) fn drain<R: AsyncRead + Send + Unpin + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut out).await;
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use sha2::Digest;
+
+    /// A stored uncompressed object of `len` bytes and a manifest claiming `sha256`.
+    async fn stored(dir: &std::path::Path, len: usize, sha256: Option<&str>) -> (Storage, Entry) {
+        let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let storage = Storage::Local(crate::storage::local::LocalStorage::new(dir));
+        storage
+            .put_bytes("p/app/x.dump", body.clone().into())
+            .await
+            .unwrap();
+        let sha = sha256.map_or_else(|| hex::encode(Sha256::digest(&body)), str::to_string);
+        let json = serde_json::json!({
+            "format": "pgsidecar-manifest", "format_version": 1, "tool_version": "0",
+            "job": "j", "database": "app", "host": "h", "port": 5432,
+            "server_version": "17.0", "server_major": 17, "pg_dump_version": "17.0",
+            "pg_dump_major": 17, "dump_format": "custom",
+            "started_at": "2026-11-24T02:00:00Z", "finished_at": "2026-11-24T02:00:01Z",
+            "duration_ms": 1000, "database_size_bytes": len, "raw_bytes": len,
+            "stored_bytes": len, "compression": { "algorithm": "none" }, "sha256": sha,
+            "key": "p/app/x.dump", "objects": [{ "key": "p/app/x.dump", "size": len }]
+        });
+        let manifest =
+            Manifest::parse("p/app/x.manifest.json", json.to_string().as_bytes()).unwrap();
+        let entry = Entry {
+            manifest_key: "p/app/x.manifest.json".into(),
+            manifest,
+        };
+        (storage, entry)
+    }
+
+    const HOLD: Feed = Feed {
+        hold_back: true,
+        check_after_close: false,
+    };
+
+    #[tokio::test]
+    async fn a_mismatch_withholds_the_end_of_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 * 1024 * 1024;
+        let (storage, entry) = stored(dir.path(), len, Some(&"0".repeat(64))).await;
+        let mut received = Vec::new();
+        let err = stream_archive(&storage, &entry, &mut received, HOLD, Arc::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not match the manifest"),
+            "{err}"
+        );
+        assert!(
+            !received.is_empty() && received.len() < len,
+            "{}",
+            received.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_intact_archive_is_delivered_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 * 1024 * 1024 + 17;
+        let (storage, entry) = stored(dir.path(), len, None).await;
+        let mut received = Vec::new();
+        let progress = Arc::new(AtomicU64::new(0));
+        let s = stream_archive(&storage, &entry, &mut received, HOLD, progress.clone())
+            .await
+            .unwrap();
+        assert_eq!(received.len(), len);
+        assert_eq!((s.stored_bytes, s.raw_bytes), (len as u64, len as u64));
+        assert_eq!(progress.load(Ordering::Relaxed), len as u64);
+    }
 }

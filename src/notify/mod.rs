@@ -45,18 +45,26 @@ pub enum EventKind {
     Failed,
     /// A firing was skipped: the previous run was still going, or another sidecar held the lock.
     Skipped,
+    /// A restore drill restored the newest backup and it matched its manifest.
+    DrillPassed,
+    /// A restore drill failed: the newest backup could not be restored or did not match.
+    DrillFailed,
 }
 
 impl EventKind {
     pub fn is_failure(self) -> bool {
-        matches!(self, EventKind::Failed)
+        matches!(self, EventKind::Failed | EventKind::DrillFailed)
     }
 
     pub fn is_success(self) -> bool {
         matches!(
             self,
-            EventKind::Succeeded | EventKind::SucceededAfterRetries
+            EventKind::Succeeded | EventKind::SucceededAfterRetries | EventKind::DrillPassed
         )
+    }
+
+    pub fn is_drill(self) -> bool {
+        matches!(self, EventKind::DrillPassed | EventKind::DrillFailed)
     }
 }
 
@@ -80,6 +88,8 @@ pub struct Event {
     pub next_run: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub stderr_tail: Vec<String>,
+    /// What a drill found (tables, rows, restore time).
+    pub summary: Option<String>,
 }
 
 /// One notification backend.
@@ -176,7 +186,7 @@ pub struct Dispatcher {
     each_attempt: bool,
     tracker: TaskTracker,
     /// Whether the last outcome per (job, database) was a failure, for "recoveries".
-    last_failed: Mutex<HashMap<(String, String), bool>>,
+    last_failed: Mutex<HashMap<(String, String, bool), bool>>,
 }
 
 /// Tries per delivery.
@@ -219,7 +229,12 @@ impl Dispatcher {
 
     /// Whether the policy sends `event` (pure apart from remembering the last outcome).
     fn selected(&self, event: &Event) -> bool {
-        let key = (event.job.clone(), event.database.clone());
+        // Drill outcomes and backup outcomes recover separately.
+        let key = (
+            event.job.clone(),
+            event.database.clone(),
+            event.kind.is_drill(),
+        );
         let mut last = self.last_failed.lock().expect("not poisoned");
         let was_failing = last.get(&key).copied().unwrap_or(false);
         if event.kind.is_failure() {
@@ -230,12 +245,14 @@ impl Dispatcher {
         match event.kind {
             EventKind::Started => true,
             EventKind::AttemptFailed => self.each_attempt,
-            EventKind::Failed | EventKind::Skipped => true,
-            EventKind::Succeeded | EventKind::SucceededAfterRetries => match self.events {
-                NotifyEvents::All => true,
-                NotifyEvents::Failures => false,
-                NotifyEvents::FailuresAndRecoveries => was_failing,
-            },
+            EventKind::Failed | EventKind::Skipped | EventKind::DrillFailed => true,
+            EventKind::Succeeded | EventKind::SucceededAfterRetries | EventKind::DrillPassed => {
+                match self.events {
+                    NotifyEvents::All => true,
+                    NotifyEvents::Failures => false,
+                    NotifyEvents::FailuresAndRecoveries => was_failing,
+                }
+            }
         }
     }
 
@@ -320,6 +337,7 @@ mod tests {
             ),
             error: None,
             stderr_tail: vec![],
+            summary: None,
         }
     }
 

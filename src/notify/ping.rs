@@ -25,7 +25,11 @@ impl Ping {
             EventKind::Started => self.start.as_ref(),
             EventKind::Succeeded | EventKind::SucceededAfterRetries => self.success.as_ref(),
             EventKind::Failed => self.failure.as_ref(),
-            EventKind::AttemptFailed | EventKind::Skipped => None,
+            // Ping URLs watch the backup schedule; drills report through Slack and webhooks.
+            EventKind::AttemptFailed
+            | EventKind::Skipped
+            | EventKind::DrillPassed
+            | EventKind::DrillFailed => None,
         }
     }
 }

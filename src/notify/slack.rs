@@ -32,18 +32,27 @@ pub fn render(event: &Event) -> Value {
         EventKind::AttemptFailed => ("warning", "attempt failed, retrying".to_string()),
         EventKind::Skipped => ("warning", "skipped".to_string()),
         EventKind::Started => ("#439FE0", "started".to_string()),
+        EventKind::DrillPassed => ("good", "passed".to_string()),
+        EventKind::DrillFailed => ("danger", "FAILED".to_string()),
     };
-    let title = format!("Backup of `{}` ({}) {status}", event.database, event.job);
+    let what = if event.kind.is_drill() {
+        "Restore drill"
+    } else {
+        "Backup"
+    };
+    let title = format!("{what} of `{}` ({}) {status}", event.database, event.job);
     let mut fields = vec![
         field("Job", &event.job),
         field("Database", &event.database),
         field("Server", &event.server),
         field("Sidecar", &event.sidecar),
-        field(
+    ];
+    if !event.kind.is_drill() {
+        fields.push(field(
             "Attempt",
             &format!("{} of {}", event.attempt, event.attempts),
-        ),
-    ];
+        ));
+    }
     if let Some(b) = event.stored_bytes {
         fields.push(field("Stored size", &human_bytes(b)));
     }
@@ -63,12 +72,20 @@ pub fn render(event: &Event) -> Value {
         ));
     }
     let mut text = String::new();
+    if let Some(summary) = &event.summary {
+        text.push_str(summary);
+    }
     if let Some(e) = &event.error {
         text.push_str(&format!("*Cause:* {e}"));
     }
     if !event.stderr_tail.is_empty() {
         text.push_str(&format!(
-            "\n*pg_dump said:*\n```{}```",
+            "\n*{} said:*\n```{}```",
+            if event.kind.is_drill() {
+                "pg_restore"
+            } else {
+                "pg_dump"
+            },
             event.stderr_tail.join("\n")
         ));
     }
@@ -124,6 +141,22 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn drills_say_what_they_found() {
+        let mut e = event(EventKind::DrillFailed);
+        e.error = Some("`prod/app/x.dump.zst` is damaged: sha256 mismatch".into());
+        let v = render(&e);
+        assert_eq!(v["attachments"][0]["color"], "danger");
+        assert_eq!(v["text"], "Restore drill of `app` (prod) FAILED");
+        assert!(v.to_string().contains("sha256 mismatch"));
+        let mut e = event(EventKind::DrillPassed);
+        e.summary = Some("restored in 3.0s: 4 tables, 1000 rows".into());
+        let v = render(&e);
+        assert_eq!(v["attachments"][0]["color"], "good");
+        assert!(v.to_string().contains("4 tables, 1000 rows"));
+        assert!(!v.to_string().contains("Attempt"));
     }
 
     #[test]

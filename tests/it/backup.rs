@@ -2,7 +2,7 @@ use crate::harness::{self, pg, s3, Pg, Sidecar};
 use serde_json::Value;
 
 /// A schema touching the types and objects a dump must carry.
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE SCHEMA billing;
 CREATE TYPE mood AS ENUM ('ok', 'happy');
 CREATE TABLE public."MixedCase Table" (
@@ -267,4 +267,54 @@ fn verify_accepts_a_good_backup_and_names_a_damaged_one() {
     s3().put(&bucket, &key, &good[..good.len() / 3]);
     let short = sidecar().args(&["verify"]).run().expect_code(1);
     assert!(short.stderr.contains("is damaged"), "{}", short.stderr);
+}
+
+/// Backs up a database of known row counts on `pg` and reads them back from the manifest.
+fn manifest_records_row_counts(pg: &Pg) {
+    let db = pg.create_db("counts");
+    pg.psql(
+        &db,
+        r#"
+CREATE SCHEMA "Sales";
+CREATE TABLE "Sales"."Orders Table" (id int);
+INSERT INTO "Sales"."Orders Table" SELECT generate_series(1, 3);
+CREATE TABLE public.events (id bigint, payload text);
+INSERT INTO public.events SELECT g, md5(g::text) FROM generate_series(1, 1000) g;
+CREATE TABLE public.empty (id int);
+CREATE VIEW public.recent AS SELECT * FROM public.events WHERE id > 990;
+CREATE SEQUENCE public.counter;
+"#,
+    );
+    let bucket = s3().bucket("counts");
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert!(
+        !run.stderr.contains("snapshot") && !run.stderr.contains("row counts"),
+        "{}",
+        run.stderr
+    );
+    let mkey = manifests(&bucket, "p/")[0].clone();
+    let manifest: Value = serde_json::from_slice(&s3().get(&bucket, &mkey)).unwrap();
+    assert_eq!(
+        manifest["tables"],
+        serde_json::json!([
+            { "schema": "Sales", "name": "Orders Table", "rows": 3 },
+            { "schema": "public", "name": "empty", "rows": 0 },
+            { "schema": "public", "name": "events", "rows": 1000 },
+        ]),
+        "{manifest}"
+    );
+}
+
+#[test]
+fn manifest_records_row_counts_postgres_17() {
+    manifest_records_row_counts(pg(17));
+}
+
+/// The harness's PostgreSQL 18 is built without libxml: counting must not depend on it.
+#[test]
+fn manifest_records_row_counts_postgres_18() {
+    manifest_records_row_counts(pg(18));
 }

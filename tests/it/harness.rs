@@ -595,6 +595,20 @@ impl Sidecar {
         Sidecar { cmd }
     }
 
+    /// The same command run through another path to the binary (a link named after a
+    /// command, as the image installs them).
+    pub fn invoked_as(self, program: &Path) -> Sidecar {
+        let mut cmd = Command::new(program);
+        cmd.env_clear();
+        for (k, v) in self.cmd.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.args(self.cmd.get_args());
+        Sidecar { cmd }
+    }
+
     pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Sidecar {
         self.cmd.env(k, v);
         self

@@ -10,3 +10,5 @@ mod config_cli;
 mod daemon;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
 mod failures;
+/// Restores, refusals, drills and the command names.
+mod restore;

@@ -1,0 +1,1009 @@
+//! Restore: brings a stored backup back into a PostgreSQL server.
+//!
+//! Invariant: nothing existing is dropped or overwritten before the replacement has been fully
+//! restored and checked. The default mode restores into the existing database inside one
+//! transaction, and pg_restore cannot reach its COMMIT before the stored object has proved
+//! intact (see [`crate::verify::Feed::hold_back`]). The other modes restore into a new scratch
+//! database, check it, and only then rename databases; any failure before that drops the
+//! scratch database and leaves everything else as it was.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Entry;
+use crate::config::{DatabaseConfig, ToolsConfig};
+use crate::dump::{self, DumpError};
+use crate::pgtools::{self, ClientTool, ToolError};
+use crate::storage::Storage;
+use crate::tables::{self, TableRows};
+use crate::verify::{self, Feed, VerifyError};
+
+/// How many of pg_restore's last stderr lines an error carries.
+const STDERR_TAIL_LINES: usize = 12;
+/// PostgreSQL truncates longer identifiers, which would make scratch names collide.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Why a restore did not happen or failed. Each message says what was left as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("{source}; {left}")]
+    Aborted {
+        #[source]
+        source: Box<VerifyError>,
+        left: String,
+    },
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{0}")]
+    Database(#[from] DumpError),
+    #[error("query on the target server failed ({what}): {cause}")]
+    Query { what: String, cause: String },
+    #[error("refusing to restore: {0}")]
+    Refused(String),
+    #[error("restore not confirmed; nothing was changed")]
+    Declined,
+    #[error("the restore was cancelled; {left}")]
+    Cancelled { left: String },
+    #[error("pg_restore into `{database}` failed ({status}); {left}{}{hint}", tail(.stderr))]
+    Restore {
+        database: String,
+        status: String,
+        stderr: Vec<String>,
+        hint: String,
+        left: String,
+    },
+    #[error("the restored database `{database}` does not match the backup ({}); {left}", .problems.join("; "))]
+    Check {
+        database: String,
+        problems: Vec<String>,
+        left: String,
+    },
+    #[error("cannot use a local copy of the archive at `{}`: {cause}; nothing was changed", .path.display())]
+    TempFile { path: PathBuf, cause: String },
+}
+
+fn tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\npg_restore said:\n  {}", lines.join("\n  "))
+    }
+}
+
+impl RestoreError {
+    /// Refusals caused by how the command was called (exit status 2: nothing was attempted).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RestoreError::Refused(_) | RestoreError::Declined)
+    }
+}
+
+/// Where the backup goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Into the database the backup was taken from, in one transaction.
+    InPlace,
+    /// Into a new database named `name`, then swapped with an existing one of that name if
+    /// `replace`; the one replaced is kept as `<name>__pre_restore_<time>` unless `drop_old`.
+    NewDatabase {
+        name: String,
+        replace: bool,
+        drop_old: bool,
+    },
+}
+
+/// Options that change how pg_restore runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Skip ownership and privileges (`--no-owner --no-privileges`).
+    pub no_owner: bool,
+    /// Parallel pg_restore jobs (needs a local copy of the archive).
+    pub jobs: Option<u32>,
+    /// Show a progress bar (on a terminal) or log progress every few seconds.
+    pub progress: bool,
+}
+
+/// The target server and database as found before anything changes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub server_version: String,
+    pub server_major: u32,
+    /// The database restored into in the end.
+    pub name: String,
+    /// Facts about the existing database of that name, if there is one.
+    pub existing: Option<ExistingDb>,
+}
+
+/// An existing database.
+#[derive(Debug, Clone)]
+pub struct ExistingDb {
+    pub size: u64,
+    pub connections: i64,
+    pub owner: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+}
+
+/// Everything decided before the restore starts; [`Plan::describe`] shows it to the operator.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub entry: Entry,
+    pub server: DatabaseConfig,
+    pub target: Target,
+    pub mode: Mode,
+    pub pg_restore: ClientTool,
+    /// pg_restore writes SQL that psql runs, with the one statement older servers reject
+    /// removed (pg_restore 17+ into a server before 17).
+    pub via_psql: Option<ClientTool>,
+    pub options: Options,
+}
+
+/// What a finished restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub database: String,
+    /// Where the replaced database was kept, if one was.
+    pub kept_old: Option<String>,
+    pub duration: Duration,
+    pub tables: Vec<TableRows>,
+    pub stored_bytes: u64,
+}
+
+impl Restored {
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// Quotes an identifier for SQL.
+fn ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// A libpq connection string naming only `dbname`, so that names containing `=` are not read
+/// as connection strings themselves (host, user and password come from the environment).
+fn conninfo_dbname(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+/// `<base>__<tag>_<time>`, cut so that it fits PostgreSQL's identifier length.
+pub fn scratch_name(base: &str, tag: &str, at: chrono::DateTime<Utc>) -> String {
+    let suffix = format!("__{tag}_{}", at.format("%Y%m%d%H%M%S"));
+    let mut cut = MAX_IDENTIFIER_BYTES
+        .saturating_sub(suffix.len())
+        .min(base.len());
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &base[..cut])
+}
+
+fn query_err(what: &str) -> impl Fn(tokio_postgres::Error) -> RestoreError + '_ {
+    move |e| RestoreError::Query {
+        what: what.to_string(),
+        cause: dump::pg_error_text(&e),
+    }
+}
+
+/// A session on the server outside the databases being changed (they cannot be created,
+/// renamed or dropped from inside).
+async fn maintenance(server: &DatabaseConfig) -> Result<tokio_postgres::Client, RestoreError> {
+    match dump::connect(server, "postgres").await {
+        Ok(c) => Ok(c),
+        Err(first) => dump::connect(server, "template1")
+            .await
+            .map_err(|_| first.into()),
+    }
+}
+
+async fn existing_db(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<Option<ExistingDb>, RestoreError> {
+    let row = client
+        .query_opt(
+            "SELECT pg_database_size(d.oid), \
+                    (SELECT count(*) FROM pg_stat_activity a \
+                      WHERE a.datname = d.datname AND a.pid <> pg_backend_pid()), \
+                    pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), \
+                    d.datcollate::text, d.datctype::text \
+               FROM pg_database d WHERE d.datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(query_err("reading the target database"))?;
+    Ok(row.map(|r| ExistingDb {
+        size: r.get::<_, i64>(0).max(0) as u64,
+        connections: r.get(1),
+        owner: r.get(2),
+        encoding: r.get(3),
+        collate: r.get(4),
+        ctype: r.get(5),
+    }))
+}
+
+/// Decides how `entry` will be restored on `server` without changing anything, and refuses
+/// what cannot work: a newer server's backup, a missing or existing target, a pg_restore that
+/// cannot read the archive.
+pub async fn plan(
+    entry: &Entry,
+    server: &DatabaseConfig,
+    tools: &ToolsConfig,
+    mode: Mode,
+    options: Options,
+) -> Result<Plan, RestoreError> {
+    let m = &entry.manifest;
+    let admin = maintenance(server).await?;
+    let row = admin
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the server version"))?;
+    let server_version: String = row.get(0);
+    let server_major = (row.get::<_, i32>(1) / 10000) as u32;
+    if m.server_major > server_major {
+        return Err(RestoreError::Refused(format!(
+            "`{}` is a backup of PostgreSQL {} and the target server runs PostgreSQL {server_major}; \
+             a dump can only be restored into the same or a newer major: restore into a PostgreSQL {} (or newer) server",
+            m.key, m.server_major, m.server_major
+        )));
+    }
+    let name = match &mode {
+        Mode::InPlace => m.database.clone(),
+        Mode::NewDatabase { name, .. } => name.clone(),
+    };
+    let existing = existing_db(&admin, &name).await?;
+    match (&mode, &existing) {
+        (Mode::InPlace, None) => {
+            return Err(RestoreError::Refused(format!(
+                "database `{name}` does not exist on the target server; restore into a new database with --target-db {name}"
+            )))
+        }
+        (Mode::InPlace, Some(_)) if options.jobs.is_some() => {
+            return Err(RestoreError::Refused(
+                "--jobs cannot restore inside one transaction; use it with --full or --target-db".into(),
+            ))
+        }
+        (Mode::NewDatabase { replace: false, .. }, Some(_)) => {
+            return Err(RestoreError::Refused(format!(
+                "database `{name}` already exists; choose another --target-db, or add --replace-target to replace it (it is kept as `{name}__pre_restore_<time>`)"
+            )))
+        }
+        _ => {}
+    }
+    let found = pgtools::discover("pg_restore", &tools.bin_dirs).await?;
+    let pg_restore = pgtools::choose_for_restore(&found, m.pg_dump_major, server_major)?;
+    let via_psql = if pg_restore.major >= 17 && server_major < 17 {
+        if options.jobs.is_some() {
+            return Err(RestoreError::Refused(format!(
+                "--jobs needs pg_restore to connect directly, but pg_restore {} sends `SET transaction_timeout`, which PostgreSQL {server_major} rejects; install the PostgreSQL {server_major} client tools or restore without --jobs",
+                pg_restore.version
+            )));
+        }
+        let dir = pg_restore.path.parent().map(|d| d.to_path_buf());
+        let psql = pgtools::discover("psql", &dir.into_iter().collect::<Vec<_>>())
+            .await?
+            .remove(0);
+        Some(psql)
+    } else {
+        None
+    };
+    Ok(Plan {
+        entry: entry.clone(),
+        server: server.clone(),
+        target: Target {
+            server_version,
+            server_major,
+            name,
+            existing,
+        },
+        mode,
+        pg_restore,
+        via_psql,
+        options,
+    })
+}
+
+impl Plan {
+    /// What will happen, for the operator to confirm.
+    pub fn describe(&self, now: chrono::DateTime<Utc>) -> String {
+        let m = &self.entry.manifest;
+        let t = &self.target;
+        let hb = crate::notify::human_bytes;
+        let age = crate::catalog::human_age(now - m.started_at);
+        let mut out = format!(
+            "Backup:  {} (taken {} UTC, {age} ago)\n         database `{}` on PostgreSQL {}, {} stored, {} uncompressed\n",
+            m.key,
+            m.started_at.format("%Y-%m-%d %H:%M:%S"),
+            m.database,
+            m.server_version,
+            hb(m.stored_bytes),
+            hb(m.raw_bytes),
+        );
+        out.push_str(&format!(
+            "Target:  database `{}` on {}:{} (PostgreSQL {})",
+            t.name, self.server.host, self.server.port, t.server_version
+        ));
+        match &t.existing {
+            Some(e) => out.push_str(&format!(
+                ", exists: {}, {} open connection(s)\n",
+                hb(e.size),
+                e.connections
+            )),
+            None => out.push_str(", does not exist yet\n"),
+        }
+        let action = match &self.mode {
+            Mode::InPlace => format!(
+                "restore into `{}` in ONE transaction: objects in the backup are dropped and recreated; \
+                 on any error nothing changes. Open connections may make it wait for their locks.",
+                t.name
+            ),
+            Mode::NewDatabase { name, .. } if t.existing.is_none() => format!(
+                "restore into a new database, check it, then name it `{name}`."
+            ),
+            Mode::NewDatabase { name, drop_old, .. } => format!(
+                "restore into a new database and check it; then terminate the connections to `{name}`, \
+                 rename it to `{name}__pre_restore_<time>`{} and give the restored one its name.",
+                if *drop_old { " and DROP it" } else { " (kept until you drop it)" }
+            ),
+        };
+        out.push_str(&format!("Action:  {action}\n"));
+        out.push_str(&format!(
+            "Client:  pg_restore {}{}\n",
+            self.pg_restore.version,
+            match &self.via_psql {
+                Some(_) => format!(
+                    " through psql (it sends `SET transaction_timeout`, which PostgreSQL {} rejects; that one statement is left out)",
+                    t.server_major
+                ),
+                None => String::new(),
+            }
+        ));
+        if let Some(n) = self.options.jobs {
+            out.push_str(&format!(
+                "Jobs:    {n} parallel; this needs the archive as a local file ({} in {}), removed afterwards\n",
+                hb(m.raw_bytes),
+                std::env::temp_dir().display()
+            ));
+        }
+        out
+    }
+
+    /// Shows the plan and asks for confirmation on a terminal; without one, `yes` must be given.
+    pub fn confirm(&self, yes: bool) -> Result<(), RestoreError> {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "{}", self.describe(Utc::now()));
+        if yes {
+            return Ok(());
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(RestoreError::Refused(
+                "no terminal to confirm on: add --yes to restore without confirmation".into(),
+            ));
+        }
+        let _ = write!(
+            err,
+            "Type the database name `{}` to go ahead: ",
+            self.target.name
+        );
+        let _ = err.flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|_| RestoreError::Declined)?;
+        if answer.trim() == self.target.name {
+            Ok(())
+        } else {
+            Err(RestoreError::Declined)
+        }
+    }
+}
+
+/// Reports streaming progress until dropped: a bar on a terminal, else a log line every 5 s.
+struct Progress {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(enabled: bool, total: u64, done: Arc<AtomicU64>) -> Option<Progress> {
+        if !enabled {
+            return None;
+        }
+        let task = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(done.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        } else {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let n = done.load(Ordering::Relaxed);
+                    let rate = n as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    tracing::info!(
+                        "restoring: {} of {} read ({:.0}%), {}/s",
+                        crate::notify::human_bytes(n),
+                        crate::notify::human_bytes(total),
+                        100.0 * n as f64 / total.max(1) as f64,
+                        crate::notify::human_bytes(rate as u64)
+                    );
+                }
+            })
+        };
+        Some(Progress { task })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The running restore processes: pg_restore alone, or pg_restore feeding psql through the
+/// filter. Dropping it kills them, which rolls back whatever they had not committed.
+struct Restorer {
+    children: Vec<Child>,
+    stderr: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    filter: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+fn stderr_tail(pipe: Option<tokio::process::ChildStderr>) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut tail = std::collections::VecDeque::new();
+        if let Some(p) = pipe {
+            let mut lines = BufReader::new(p).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::debug!(target: "pg_restore", "{line}");
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+        Vec::from(tail)
+    })
+}
+
+/// The statement pg_restore 17+ writes into every script and servers before 17 reject.
+const TRANSACTION_TIMEOUT: &[u8] = b"SET transaction_timeout = 0;\n";
+
+/// Copies pg_restore's script to psql, leaving out [`TRANSACTION_TIMEOUT`] in the script's
+/// preamble only: the same text later could be table data and is passed on untouched.
+async fn filter_script(
+    from: tokio::process::ChildStdout,
+    mut to: tokio::process::ChildStdin,
+) -> std::io::Result<()> {
+    let mut from = BufReader::with_capacity(1 << 20, from);
+    let mut preamble = true;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if from.read_until(b'\n', &mut line).await? == 0 {
+            break;
+        }
+        if preamble {
+            if line == TRANSACTION_TIMEOUT {
+                continue;
+            }
+            let preamble_line = line.starts_with(b"SET ")
+                || line.starts_with(b"SELECT pg_catalog.set_config")
+                || line.starts_with(b"--")
+                || line.starts_with(b"\\restrict")
+                || line.starts_with(b"BEGIN;")
+                || line.trim_ascii().is_empty();
+            preamble = preamble_line;
+        }
+        to.write_all(&line).await?;
+    }
+    to.shutdown().await
+}
+
+impl Restorer {
+    /// Starts restoring into `database`, reading the archive from stdin or from `file`.
+    fn start(
+        plan: &Plan,
+        database: &str,
+        single_transaction: bool,
+        file: Option<&std::path::Path>,
+    ) -> Result<(Restorer, Option<tokio::process::ChildStdin>), RestoreError> {
+        let spawn_err = |tool: &ClientTool| {
+            let path = tool.path.clone();
+            move |e: std::io::Error| RestoreError::Database(DumpError::Spawn { path, source: e })
+        };
+        let mut cmd = dump::client_command(&plan.pg_restore, &plan.server, database);
+        cmd.args(["--no-password", "--exit-on-error"]);
+        if single_transaction {
+            cmd.args(["--single-transaction", "--clean", "--if-exists"]);
+        }
+        if plan.options.no_owner {
+            cmd.args(["--no-owner", "--no-privileges"]);
+        }
+        if let Some(n) = plan.options.jobs {
+            cmd.arg(format!("--jobs={n}"));
+        }
+        match &plan.via_psql {
+            None => {
+                cmd.arg(format!("--dbname={}", conninfo_dbname(database)));
+            }
+            Some(_) => {
+                cmd.arg("--file=-");
+            }
+        }
+        if let Some(f) = file {
+            cmd.arg(f);
+        }
+        cmd.stdin(if file.is_some() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(if plan.via_psql.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut pg_restore = cmd.spawn().map_err(spawn_err(&plan.pg_restore))?;
+        let stdin = pg_restore.stdin.take();
+        let mut stderr = vec![stderr_tail(pg_restore.stderr.take())];
+        let mut children = vec![];
+        let mut filter = None;
+        if let Some(psql) = &plan.via_psql {
+            let mut cmd = dump::client_command(psql, &plan.server, database);
+            cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"])
+                .arg(format!("--dbname={}", conninfo_dbname(database)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            let mut psql_child = cmd.spawn().map_err(spawn_err(psql))?;
+            stderr.push(stderr_tail(psql_child.stderr.take()));
+            filter = Some(tokio::spawn(filter_script(
+                pg_restore.stdout.take().expect("stdout is piped"),
+                psql_child.stdin.take().expect("stdin is piped"),
+            )));
+            children.push(pg_restore);
+            children.push(psql_child);
+        } else {
+            children.push(pg_restore);
+        }
+        Ok((
+            Restorer {
+                children,
+                stderr,
+                filter,
+            },
+            stdin,
+        ))
+    }
+
+    /// Waits for every process; on failure returns the exit status and stderr lines.
+    async fn wait(mut self) -> Result<(), (String, Vec<String>)> {
+        let mut failure = None;
+        for child in &mut self.children {
+            match child.wait().await {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    failure.get_or_insert_with(|| describe(s));
+                }
+                Err(e) => {
+                    failure.get_or_insert_with(|| format!("could not be waited for: {e}"));
+                }
+            }
+        }
+        if let Some(f) = self.filter.take() {
+            if let Ok(Err(e)) = f.await {
+                failure.get_or_insert_with(|| format!("script filter failed: {e}"));
+            }
+        }
+        let mut lines = Vec::new();
+        for s in self.stderr.drain(..) {
+            lines.extend(s.await.unwrap_or_default());
+        }
+        match failure {
+            None => Ok(()),
+            Some(status) => Err((status, lines)),
+        }
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended abnormally".into(),
+    }
+}
+
+/// A hint for errors with a known cause, so the operator gets one line instead of a wall.
+fn hint_for(stderr: &[String]) -> String {
+    let missing: Vec<&str> = stderr
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("role \"")? + 6..];
+            let end = rest.find("\" does not exist")?;
+            Some(&rest[..end])
+        })
+        .collect();
+    if missing.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nhint: the role(s) {} do not exist on the target server: create them first, or restore with --no-owner to give every object to the restoring user",
+        missing.join(", ")
+    )
+}
+
+/// Runs the restore described by `plan`.
+pub async fn execute(
+    plan: &Plan,
+    storage: &Storage,
+    cancel: &CancellationToken,
+) -> Result<Restored, RestoreError> {
+    let clock = Instant::now();
+    let t = &plan.target;
+    match &plan.mode {
+        Mode::InPlace => {
+            let left = format!("database `{}` is unchanged", t.name);
+            restore_into(plan, storage, &t.name, true, cancel, &left).await?;
+            let tables = count_tables(plan, &t.name).await?;
+            Ok(Restored {
+                database: t.name.clone(),
+                kept_old: None,
+                duration: clock.elapsed(),
+                tables,
+                stored_bytes: plan.entry.manifest.stored_bytes,
+            })
+        }
+        Mode::NewDatabase { name, drop_old, .. } => {
+            let admin = maintenance(&plan.server).await?;
+            let now = Utc::now();
+            let scratch = scratch_name(name, "restoring", now);
+            create_database(&admin, &scratch, t.existing.as_ref()).await?;
+            let left = match &t.existing {
+                Some(_) => {
+                    format!("`{name}` is unchanged; the partial restore `{scratch}` was dropped")
+                }
+                None => format!("the partial restore `{scratch}` was dropped"),
+            };
+            let restored = async {
+                restore_into(plan, storage, &scratch, false, cancel, &left).await?;
+                let tables = count_tables(plan, &scratch).await?;
+                if let Some(expected) = &plan.entry.manifest.tables {
+                    let problems = tables::compare(expected, &tables);
+                    if !problems.is_empty() {
+                        return Err(RestoreError::Check {
+                            database: scratch.clone(),
+                            problems,
+                            left: left.clone(),
+                        });
+                    }
+                }
+                if cancel.is_cancelled() {
+                    return Err(RestoreError::Cancelled { left: left.clone() });
+                }
+                Ok(tables)
+            }
+            .await;
+            let tables = match restored {
+                Ok(t) => t,
+                Err(e) => {
+                    drop_database(&admin, &scratch, t.server_major).await;
+                    return Err(e);
+                }
+            };
+            let kept_old = match swap(&admin, &scratch, name, now).await {
+                Ok(k) => k,
+                Err(e) => {
+                    drop_database(&admin, &scratch, t.server_major).await;
+                    return Err(e);
+                }
+            };
+            let kept_old = match (kept_old, drop_old) {
+                (Some(old), true) => {
+                    admin
+                        .batch_execute(&format!("DROP DATABASE {}", ident(&old)))
+                        .await
+                        .map_err(query_err("dropping the replaced database"))?;
+                    None
+                }
+                (k, _) => k,
+            };
+            Ok(Restored {
+                database: name.clone(),
+                kept_old,
+                duration: clock.elapsed(),
+                tables,
+                stored_bytes: plan.entry.manifest.stored_bytes,
+            })
+        }
+    }
+}
+
+async fn count_tables(plan: &Plan, database: &str) -> Result<Vec<TableRows>, RestoreError> {
+    let client = dump::connect(&plan.server, database).await?;
+    tables::count(&client)
+        .await
+        .map_err(query_err("counting the restored rows"))
+}
+
+async fn create_database(
+    admin: &tokio_postgres::Client,
+    name: &str,
+    like: Option<&ExistingDb>,
+) -> Result<(), RestoreError> {
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", ident(name));
+    if let Some(e) = like {
+        // The replacement gets what the original had, so collation-dependent indexes and the
+        // application's expectations stay the same.
+        sql.push_str(&format!(
+            " OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            ident(&e.owner),
+            postgres_protocol::escape::escape_literal(&e.encoding),
+            postgres_protocol::escape::escape_literal(&e.collate),
+            postgres_protocol::escape::escape_literal(&e.ctype),
+        ));
+    }
+    admin
+        .batch_execute(&sql)
+        .await
+        .map_err(query_err(&format!("creating database `{name}`")))
+}
+
+/// Drops a database this module created (a drill's scratch database), warning on failure.
+pub async fn drop_scratch(server: &DatabaseConfig, name: &str, server_major: u32) {
+    match maintenance(server).await {
+        Ok(admin) => drop_database(&admin, name, server_major).await,
+        Err(e) => tracing::warn!("could not drop `{name}`: {e}; drop it by hand"),
+    }
+}
+
+async fn drop_database(admin: &tokio_postgres::Client, name: &str, server_major: u32) {
+    let force = if server_major >= 13 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    if let Err(e) = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {}{force}", ident(name)))
+        .await
+    {
+        tracing::warn!(
+            "could not drop the partial restore `{name}`: {}; drop it by hand",
+            dump::pg_error_text(&e)
+        );
+    }
+}
+
+/// Gives `scratch` the name `name`. An existing `name` is renamed to `<name>__pre_restore_…`
+/// first, after its connections are terminated; that name is returned.
+async fn swap(
+    admin: &tokio_postgres::Client,
+    scratch: &str,
+    name: &str,
+    at: chrono::DateTime<Utc>,
+) -> Result<Option<String>, RestoreError> {
+    let exists = existing_db(admin, name).await?.is_some();
+    let old = scratch_name(name, "pre_restore", at);
+    if exists {
+        // Refusing new connections first keeps clients from reconnecting between termination
+        // and rename. (Only the owner or a superuser may; without it, retries cover the gap.)
+        let blocked = admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
+                ident(name)
+            ))
+            .await
+            .is_ok();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[&name],
+                )
+                .await
+                .map_err(query_err("terminating connections"))?;
+            match admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(name),
+                    ident(&old)
+                ))
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::debug!("rename not yet possible: {}", dump::pg_error_text(&e));
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    if blocked {
+                        let _ = admin
+                            .batch_execute(&format!(
+                                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+                                ident(name)
+                            ))
+                            .await;
+                    }
+                    return Err(RestoreError::Query {
+                        what: format!(
+                            "renaming `{name}` out of the way (clients keep reconnecting?)"
+                        ),
+                        cause: dump::pg_error_text(&e),
+                    });
+                }
+            }
+        }
+        if blocked {
+            let _ = admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+                    ident(&old)
+                ))
+                .await;
+        }
+    }
+    if let Err(e) = admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(scratch),
+            ident(name)
+        ))
+        .await
+    {
+        if exists {
+            // Put the original back under its name; the restored copy is dropped by the caller.
+            let _ = admin
+                .batch_execute(&format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(&old),
+                    ident(name)
+                ))
+                .await;
+        }
+        return Err(RestoreError::Query {
+            what: format!("renaming the restored database to `{name}`"),
+            cause: dump::pg_error_text(&e),
+        });
+    }
+    Ok(exists.then_some(old))
+}
+
+/// Streams the archive into pg_restore restoring into `database`. With `single_transaction`
+/// the objects are dropped and recreated inside one transaction.
+async fn restore_into(
+    plan: &Plan,
+    storage: &Storage,
+    database: &str,
+    single_transaction: bool,
+    cancel: &CancellationToken,
+    left: &str,
+) -> Result<(), RestoreError> {
+    let entry = &plan.entry;
+    let progress_bytes = Arc::new(AtomicU64::new(0));
+    let _progress = Progress::start(
+        plan.options.progress,
+        entry.manifest.stored_bytes,
+        progress_bytes.clone(),
+    );
+    let cancelled = || RestoreError::Cancelled {
+        left: left.to_string(),
+    };
+    // With --jobs, pg_restore needs a seekable file: the archive is checked completely while
+    // it is written, before pg_restore starts.
+    let local = match plan.options.jobs {
+        None => None,
+        Some(_) => {
+            let file = tempfile::Builder::new()
+                .prefix("pgsidecar-restore-")
+                .suffix(".dump")
+                .tempfile()
+                .map_err(|e| RestoreError::TempFile {
+                    path: std::env::temp_dir(),
+                    cause: e.to_string(),
+                })?;
+            let path = file.path().to_path_buf();
+            tracing::info!(path = %path.display(), "--jobs: writing the archive to a local file; it is removed afterwards");
+            let sink =
+                tokio::fs::File::from_std(file.reopen().map_err(|e| RestoreError::TempFile {
+                    path: path.clone(),
+                    cause: e.to_string(),
+                })?);
+            let feed = Feed {
+                hold_back: false,
+                check_after_close: false,
+            };
+            let streamed = tokio::select! {
+                r = verify::stream_archive(storage, entry, sink, feed, progress_bytes.clone()) => {
+                    r.map_err(|source| RestoreError::Aborted { source: Box::new(source), left: left.to_string() })?
+                }
+                _ = cancel.cancelled() => return Err(cancelled()),
+            };
+            if let Some(e) = streamed.sink_error {
+                return Err(RestoreError::TempFile {
+                    path,
+                    cause: e.to_string(),
+                });
+            }
+            Some(file)
+        }
+    };
+    let (restorer, stdin) = Restorer::start(
+        plan,
+        database,
+        single_transaction,
+        local.as_ref().map(|f| f.path()),
+    )?;
+    let failed = |(status, stderr): (String, Vec<String>)| RestoreError::Restore {
+        database: database.to_string(),
+        hint: hint_for(&stderr),
+        status,
+        stderr,
+        left: left.to_string(),
+    };
+    if let Some(stdin) = stdin {
+        let feed = Feed {
+            hold_back: true,
+            check_after_close: false,
+        };
+        let streamed = tokio::select! {
+            r = verify::stream_archive(storage, entry, stdin, feed, progress_bytes) => r,
+            _ = cancel.cancelled() => return Err(cancelled()),
+        };
+        match streamed {
+            // pg_restore stopped reading: its own error says why.
+            Ok(s) if s.sink_error.is_some() => {
+                return Err(match restorer.wait().await {
+                    Err(f) => failed(f),
+                    Ok(()) => failed(("stopped reading the archive early".into(), Vec::new())),
+                })
+            }
+            Ok(_) => {}
+            // Dropping the restorer kills pg_restore before it could commit.
+            Err(source) => {
+                drop(restorer);
+                return Err(RestoreError::Aborted {
+                    source: Box::new(source),
+                    left: left.to_string(),
+                });
+            }
+        }
+    }
+    tokio::select! {
+        r = restorer.wait() => r.map_err(failed),
+        _ = cancel.cancelled() => Err(cancelled()),
+    }
+}

@@ -1,0 +1,546 @@
+use std::time::Duration;
+
+use crate::backup::SCHEMA;
+use crate::harness::{self, pg, pg18_bin, s3, Answer, Daemon, FakeHttp, Pg, Proxy, Sidecar};
+
+/// Changes made after the backup that a restore must undo (objects in the backup only, so
+/// that the default mode's result equals the backup exactly).
+const DAMAGE: &str = "DELETE FROM billing.invoices WHERE id > 10; \
+    UPDATE public.\"MixedCase Table\" SET note = 'overwritten'; \
+    DROP VIEW billing.big_invoices;";
+
+fn sidecar(pg: &Pg, db: &str, bucket: &str) -> Sidecar {
+    Sidecar::new(pg, db, &s3().endpoint(), bucket, "prod")
+}
+
+/// A database loaded with [`SCHEMA`], backed up once: (database, bucket, dump key).
+fn backed_up(pg: &Pg, hint: &str) -> (String, String, String) {
+    let db = pg.create_db(hint);
+    pg.psql(&db, SCHEMA);
+    let bucket = s3().bucket(hint);
+    let key = sidecar(pg, &db, &bucket)
+        .args(&["backup"])
+        .run()
+        .expect_code(0)
+        .stdout
+        .trim()
+        .to_string();
+    (db, bucket, key)
+}
+
+fn databases_like(pg: &Pg, pattern: &str) -> Vec<String> {
+    let out = pg.psql(
+        "postgres",
+        &format!("SELECT datname FROM pg_database WHERE datname LIKE '{pattern}' ORDER BY 1"),
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+fn in_place_and_into_a_new_database(pg: &Pg) {
+    let (db, bucket, key) = backed_up(pg, "rs");
+    let original = pg.dump_sql(&db);
+    pg.psql(&db, DAMAGE);
+    assert_ne!(pg.dump_sql(&db), original);
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stdout.contains(&format!("restored {key} into `{db}`"))
+            && run.stdout.contains("2 tables, 600 rows"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("in ONE transaction"), "{}", run.stderr);
+    assert_eq!(pg.dump_sql(&db), original);
+
+    let copy = harness::unique("rs_copy");
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.dump_sql(&copy), original);
+    assert_eq!(
+        pg.psql(
+            &copy,
+            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
+        ),
+        "large object payload"
+    );
+}
+
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_15() {
+    in_place_and_into_a_new_database(pg(15));
+}
+
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_17() {
+    in_place_and_into_a_new_database(pg(17));
+}
+
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_18() {
+    in_place_and_into_a_new_database(pg(18));
+}
+
+#[test]
+fn a_postgres_15_backup_restores_into_18() {
+    let (db, bucket, _) = backed_up(pg(15), "up");
+    let copy = harness::unique("up_copy");
+    sidecar(pg(18), "postgres", &bucket)
+        .args(&[
+            "restore",
+            "latest",
+            "--db",
+            &db,
+            "--target-db",
+            &copy,
+            "--yes",
+        ])
+        .run()
+        .expect_code(0);
+    let new = pg(18);
+    assert_eq!(
+        new.psql(&copy, "SELECT count(*), sum(total) FROM billing.invoices"),
+        "100|50500"
+    );
+    assert_eq!(
+        new.psql(&copy, "SELECT count(*) FROM public.\"MixedCase Table\""),
+        "500"
+    );
+    assert_eq!(
+        new.psql(&copy, "SELECT last_value FROM billing.invoice_no"),
+        "1234"
+    );
+}
+
+#[test]
+fn a_newer_client_restores_into_postgres_15_without_transaction_timeout() {
+    // pg_dump and pg_restore 18 only: pg_restore 18 sends `SET transaction_timeout`, which 15
+    // rejects; the restore must leave out exactly that statement.
+    let pg = pg(15);
+    let (db, bucket, _) = {
+        let db = pg.create_db("tt");
+        pg.psql(&db, SCHEMA);
+        let bucket = s3().bucket("tt");
+        let key = sidecar(pg, &db, &bucket)
+            .env("PGSIDECAR_TOOLS__BIN_DIRS", pg18_bin())
+            .args(&["backup"])
+            .run()
+            .expect_code(0)
+            .stdout;
+        (db, bucket, key)
+    };
+    let copy = harness::unique("tt_copy");
+    let run = sidecar(pg, &db, &bucket)
+        .env("PGSIDECAR_TOOLS__BIN_DIRS", pg18_bin())
+        .args(&["restore", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(run.stderr.contains("through psql"), "{}", run.stderr);
+    assert_eq!(pg.dump_sql(&copy), pg.dump_sql(&db));
+}
+
+/// Replaces the stored object with `damage(bytes)`.
+fn tamper(bucket: &str, key: &str, damage: impl Fn(&mut Vec<u8>)) {
+    let mut bytes = s3().get(bucket, key);
+    damage(&mut bytes);
+    s3().put(bucket, key, &bytes);
+}
+
+#[test]
+fn damaged_or_truncated_objects_are_refused_and_change_nothing() {
+    let pg = pg(15);
+    let (db, bucket, key) = backed_up(pg, "bad");
+    pg.psql(&db, DAMAGE);
+    let before = pg.dump_sql(&db);
+    let original = s3().get(&bucket, &key);
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: [(&str, Damage); 2] = [
+        (
+            "one byte flipped",
+            Box::new(|b: &mut Vec<u8>| {
+                let mid = b.len() / 2;
+                b[mid] ^= 0x01;
+            }),
+        ),
+        (
+            "truncated",
+            Box::new(|b: &mut Vec<u8>| b.truncate(b.len() / 2)),
+        ),
+    ];
+    for (what, damage) in damages {
+        s3().put(&bucket, &key, &original);
+        tamper(&bucket, &key, damage);
+        let run = sidecar(pg, &db, &bucket)
+            .args(&["restore", "latest", "--yes"])
+            .run()
+            .expect_code(1);
+        assert!(
+            run.stderr.contains(&format!("`{key}` is damaged"))
+                && run
+                    .stderr
+                    .contains(&format!("database `{db}` is unchanged")),
+            "{what}: {}",
+            run.stderr
+        );
+        assert_eq!(pg.dump_sql(&db), before, "{what}");
+
+        let copy = harness::unique("bad_copy");
+        sidecar(pg, &db, &bucket)
+            .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+            .run()
+            .expect_code(1);
+        assert!(databases_like(pg, &format!("{copy}%")).is_empty(), "{what}");
+
+        let run = sidecar(pg, &db, &bucket)
+            .args(&["verify", "latest"])
+            .run()
+            .expect_code(1);
+        assert!(run.stderr.contains(&key), "{what}: {}", run.stderr);
+    }
+
+    // An object that decompresses cleanly but is not the one the manifest describes: pg_restore
+    // gets everything but the last chunk, so only the hold-back keeps it from committing.
+    s3().put(&bucket, &key, &original);
+    let manifest_key = key.replace(".dump.zst", ".manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&s3().get(&bucket, &manifest_key)).unwrap();
+    manifest["sha256"] = "0".repeat(64).into();
+    s3().put(&bucket, &manifest_key, manifest.to_string().as_bytes());
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--yes"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("does not match the manifest")
+            && run
+                .stderr
+                .contains(&format!("database `{db}` is unchanged")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.dump_sql(&db), before);
+}
+
+#[test]
+fn full_restore_swaps_terminates_clients_and_keeps_the_old_database() {
+    let pg = pg(17);
+    let (db, bucket, _) = backed_up(pg, "full");
+    let original = pg.dump_sql(&db);
+    pg.psql(&db, &format!("{DAMAGE} CREATE TABLE after_backup(x int);"));
+    let mut client = pg
+        .client("psql")
+        .args(["-X", "-d", &db, "-c", "SELECT pg_sleep(300)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(harness::wait_until(10, || {
+        pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+        ) == "1"
+    }));
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--full", "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(run.stderr.contains("1 open connection"), "{}", run.stderr);
+    assert!(run.stdout.contains("is kept as"), "{}", run.stdout);
+    assert!(
+        harness::wait_until(10, || client.try_wait().unwrap().is_some()),
+        "the client's connection was not terminated"
+    );
+    assert_eq!(pg.dump_sql(&db), original);
+    let old = databases_like(pg, &format!("{db}\\_\\_pre\\_restore\\_%"));
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(
+        pg.psql(&old[0], "SELECT count(*) FROM after_backup"),
+        "0",
+        "the old database keeps what was written after the backup"
+    );
+    assert!(databases_like(pg, &format!("{db}\\_\\_restoring%")).is_empty());
+}
+
+/// A database of a few MB restored through a throttled proxy in front of PostgreSQL, killed
+/// mid-restore with SIGKILL.
+fn kill_mid_restore(extra: &[&str]) -> (String, String, String) {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "kill", 6);
+    let bucket = s3().bucket("kill");
+    sidecar(pg, &db, &bucket)
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    pg.psql(
+        &db,
+        "DELETE FROM r WHERE random() < 0.5; CREATE TABLE marker(x int)",
+    );
+    let state = |pg: &Pg| {
+        pg.psql(
+            &db,
+            "SELECT count(*) || ':' || md5(string_agg(md5(b), '' ORDER BY b)) FROM r",
+        )
+    };
+    let before = state(pg);
+    let proxy = Proxy::start(pg.port);
+    proxy.throttle(512 * 1024);
+    let mut args = vec!["restore", "latest", "--yes"];
+    args.extend_from_slice(extra);
+    let mut child = sidecar(pg, &db, &bucket)
+        .env("PGPORT", proxy.port.to_string())
+        .args(&args)
+        .spawn();
+    let sidecar_pid = child.id();
+    let mut restorer = Vec::new();
+    assert!(
+        harness::wait_until(30, || {
+            restorer = harness::children_named(sidecar_pid, "pg_restore");
+            !restorer.is_empty()
+        }),
+        "pg_restore did not start"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().unwrap();
+    let _ = child.wait();
+    // pg_restore sees the archive end early and exits; the server rolls its work back.
+    assert!(harness::wait_until(30, || restorer.iter().all(|pid| {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })));
+    let after = state(pg);
+    (db, before, after)
+}
+
+#[test]
+fn killing_an_in_place_restore_leaves_the_database_unchanged() {
+    let (db, before, after) = kill_mid_restore(&[]);
+    assert_eq!(after, before, "{db} changed");
+    assert_eq!(pg(15).psql(&db, "SELECT count(*) FROM marker"), "0");
+}
+
+#[test]
+fn killing_a_full_restore_leaves_the_original_in_place() {
+    let (db, before, after) = kill_mid_restore(&["--full"]);
+    assert_eq!(after, before, "{db} changed");
+    assert!(databases_like(pg(15), &format!("{db}\\_\\_pre\\_restore%")).is_empty());
+}
+
+#[test]
+fn refusals_change_nothing_and_say_why() {
+    let pg = pg(15);
+    let (db, bucket, _) = backed_up(pg, "no");
+    pg.psql(&db, DAMAGE);
+    let before = pg.dump_sql(&db);
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest"])
+        .run()
+        .expect_code(2);
+    assert!(run.stderr.contains("add --yes"), "{}", run.stderr);
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &db, "--yes"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("database `{db}` already exists")),
+        "{}",
+        run.stderr
+    );
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--jobs", "2", "--yes"])
+        .run()
+        .expect_code(2);
+    assert!(run.stderr.contains("--jobs cannot"), "{}", run.stderr);
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "2001-01-01T00:00:00Z", "--yes"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr
+            .contains("no backup matches `2001-01-01T00:00:00Z`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.dump_sql(&db), before);
+
+    // A backup of PostgreSQL 18 cannot go into 15.
+    let (db18, bucket18, key18) = backed_up(crate::harness::pg(18), "newer");
+    let target = harness::unique("newer_copy");
+    let run = sidecar(pg, &db18, &bucket18)
+        .env("PGSIDECAR_TOOLS__BIN_DIRS", pg18_bin())
+        .args(&["restore", "latest", "--target-db", &target, "--yes"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("`{key18}` is a backup of PostgreSQL 18")),
+        "{}",
+        run.stderr
+    );
+    assert!(databases_like(pg, &target).is_empty());
+}
+
+#[test]
+fn missing_roles_get_a_hint_and_no_owner_restores_anyway() {
+    let old = pg(15);
+    let role = harness::unique("app_owner");
+    old.psql("postgres", &format!("CREATE ROLE {role}"));
+    let db = old.create_db("roles");
+    old.psql(
+        &db,
+        &format!("CREATE TABLE t(x int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {role}"),
+    );
+    let bucket = s3().bucket("roles");
+    sidecar(old, &db, &bucket)
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    let new = pg(18);
+    let copy = harness::unique("roles_copy");
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", "--db", &db, "--target-db", &copy, "--yes"];
+        args.extend_from_slice(extra);
+        sidecar(new, "postgres", &bucket).args(&args).run()
+    };
+    let run = restore(&[]).expect_code(1);
+    assert!(
+        run.stderr
+            .contains(&format!("hint: the role(s) {role} do not exist")),
+        "{}",
+        run.stderr
+    );
+    assert!(databases_like(new, &format!("{copy}%")).is_empty());
+    restore(&["--no-owner"]).expect_code(0);
+    assert_eq!(new.psql(&copy, "SELECT x FROM t"), "1");
+}
+
+#[test]
+fn parallel_restore_uses_a_temp_file_and_removes_it() {
+    let pg = pg(17);
+    let (db, bucket, _) = backed_up(pg, "par");
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = harness::unique("par_copy");
+    let run = sidecar(pg, &db, &bucket)
+        .env("TMPDIR", tmp.path())
+        .args(&["restore", "--target-db", &copy, "--jobs", "2", "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stderr.contains("needs the archive as a local file"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.dump_sql(&copy), pg.dump_sql(&db));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn commands_answer_to_their_own_names() {
+    let pg = pg(15);
+    let (db, bucket, key) = backed_up(pg, "mc");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["list", "verify", "restore", "backup"] {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_pgsidecar"), dir.path().join(name)).unwrap();
+    }
+    let run = sidecar(pg, &db, &bucket)
+        .invoked_as(&dir.path().join("list"))
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains(&key), "{}", run.stdout);
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["latest"])
+        .invoked_as(&dir.path().join("verify"))
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stdout.starts_with(&format!("ok: {key}")),
+        "{}",
+        run.stdout
+    );
+    let copy = harness::unique("mc_copy");
+    sidecar(pg, &db, &bucket)
+        .args(&["latest", "--target-db", &copy, "--yes"])
+        .invoked_as(&dir.path().join("restore"))
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.dump_sql(&copy), pg.dump_sql(&db));
+}
+
+#[test]
+fn drills_pass_and_fail_loudly() {
+    let pg = pg(17);
+    let (db, bucket, key) = backed_up(pg, "drill");
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["drill"])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stdout
+            .contains("2 tables, 600 rows, every table and row count matches the manifest"),
+        "{}",
+        run.stdout
+    );
+
+    let daemon = |slack: &FakeHttp| {
+        Daemon::start(
+            sidecar(pg, &db, &bucket)
+                .env("PGSIDECAR_SCHEDULE", "0 0 1 1 *")
+                .env("PGSIDECAR_CATCH_UP", "false")
+                .env("PGSIDECAR_DRILL__SCHEDULE", "* * * * * *")
+                .env("PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL", slack.url()),
+        )
+    };
+    let slack = FakeHttp::start(Answer::Status(200));
+    let d = daemon(&slack);
+    assert!(
+        harness::wait_until(60, || !slack.messages().is_empty()),
+        "{}",
+        d.stderr()
+    );
+    drop(d);
+    let passed = slack.messages()[0].to_string();
+    assert!(
+        passed.contains(&format!("Restore drill of `{db}` (default) passed"))
+            && passed.contains("600 rows")
+            && passed.contains("\"good\""),
+        "{passed}"
+    );
+
+    tamper(&bucket, &key, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0x01;
+    });
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["drill"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains(&format!("`{key}` is damaged")),
+        "{}",
+        run.stderr
+    );
+    let slack = FakeHttp::start(Answer::Status(200));
+    let d = daemon(&slack);
+    assert!(
+        harness::wait_until(60, || !slack.messages().is_empty()),
+        "{}",
+        d.stderr()
+    );
+    drop(d);
+    let failed = slack.messages()[0].to_string();
+    assert!(
+        failed.contains(&format!("Restore drill of `{db}` (default) FAILED"))
+            && failed.contains(&key)
+            && failed.contains("\"danger\""),
+        "{failed}"
+    );
+    assert!(databases_like(pg, &format!("{db}\\_\\_drill%")).is_empty());
+}
