@@ -102,6 +102,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             yes,
             no_owner,
             jobs,
+            with_globals,
         } => {
             let job = config.job(job.as_deref())?;
             let storage = Storage::from_config(&config.storage).await;
@@ -130,10 +131,12 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 no_owner,
                 jobs,
                 progress: true,
+                with_globals,
             };
             let mut server = job.database.clone();
             server.dbname = entry.manifest.database.clone();
-            let plan = restore::plan(entry, &server, &config.tools, mode, options).await?;
+            let plan =
+                restore::plan(entry, &storage, &server, &config.tools, mode, options).await?;
             plan.confirm(yes)?;
             let cancel = crate::shutdown::on_signal();
             let done = restore::execute(&plan, &storage, &cancel).await?;

@@ -110,6 +110,10 @@ pub enum Command {
         /// Do not restore ownership and privileges (for servers without the original roles).
         #[arg(long)]
         no_owner: bool,
+        /// Create the roles stored with the backup that the server lacks, before restoring
+        /// (needs backups taken with `globals = true`).
+        #[arg(long)]
+        with_globals: bool,
         /// Parallel pg_restore jobs (with --full or --target-db; needs a local temp copy).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,

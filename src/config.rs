@@ -78,6 +78,8 @@ pub struct RawConfig {
     pub timezone: Option<String>,
     /// Run at start when the newest backup is older than the last scheduled firing.
     pub catch_up: Option<bool>,
+    /// Store the server's roles and tablespaces (`pg_dumpall --globals-only`) with each dump.
+    pub globals: Option<bool>,
     /// Time a running backup gets to finish after SIGTERM.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
@@ -109,6 +111,7 @@ pub struct RawJob {
     #[serde(deserialize_with = "lenient::opt_string")]
     pub prefix: Option<String>,
     pub catch_up: Option<bool>,
+    pub globals: Option<bool>,
     pub database: Option<RawDatabase>,
     pub compression: Option<RawCompression>,
     pub retry: Option<RawRetry>,
@@ -362,6 +365,8 @@ pub struct Job {
     /// Key prefix of this job's backups (storage URL prefix plus the job's sub-prefix).
     pub prefix: String,
     pub catch_up: bool,
+    /// Store `pg_dumpall --globals-only` with each dump.
+    pub globals: bool,
     pub compression: Compression,
     pub retry: RetryPolicy,
     /// Where this job's restore drills restore into.
@@ -884,6 +889,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             timezone: tz_name,
             prefix,
             catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
+            globals: rj.globals.or(raw.globals).unwrap_or(false),
             compression,
             retry,
             drill_server,

@@ -105,7 +105,7 @@ pub async fn drill(
         ..Options::default()
     };
     tracing::info!(key = %m.key, scratch = %scratch, "restore drill starting");
-    let plan = restore::plan(entry, server, tools, mode, options)
+    let plan = restore::plan(entry, storage, server, tools, mode, options)
         .await
         .map_err(restore_err)?;
     let restored = restore::execute(&plan, storage, cancel)

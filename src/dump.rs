@@ -44,6 +44,8 @@ pub enum DumpError {
     },
     #[error("pg_dump {status}{}", stderr_suffix(.stderr))]
     Failed { status: String, stderr: Vec<String> },
+    #[error("pg_dumpall --globals-only {status}{}", stderr_suffix(.stderr))]
+    Globals { status: String, stderr: Vec<String> },
     #[error("pg_dump produced no output{}", stderr_suffix(.stderr))]
     Empty { stderr: Vec<String> },
     #[error("pg_dump output does not start with the custom-format signature `PGDMP`")]
@@ -75,7 +77,9 @@ impl DumpError {
     /// pg_dump's last stderr lines, when it failed.
     pub fn stderr_tail(&self) -> &[String] {
         match self {
-            DumpError::Failed { stderr, .. } | DumpError::Empty { stderr } => stderr,
+            DumpError::Failed { stderr, .. }
+            | DumpError::Empty { stderr }
+            | DumpError::Globals { stderr, .. } => stderr,
             _ => &[],
         }
     }
@@ -340,6 +344,63 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
         cmd.env("PGPASSWORD", pw.expose());
     }
     cmd
+}
+
+/// A libpq connection string naming only `dbname`, for tools that take a database name
+/// argument: a name containing `=` would otherwise be read as a connection string itself.
+/// (Host, user and password come from the environment.)
+pub fn conninfo_dbname(name: &str) -> String {
+    format!(
+        "dbname='{}'",
+        name.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+/// Runs `pg_dumpall --globals-only` (roles, memberships, tablespaces) through `db.dbname`.
+/// Role passwords are included only when the user may read them (a superuser); otherwise the
+/// dump is taken with `--no-role-passwords` instead of failing. Returns the SQL and whether
+/// it has the passwords.
+pub async fn dump_globals(
+    tool: &ClientTool,
+    db: &DatabaseConfig,
+) -> Result<(Vec<u8>, bool), DumpError> {
+    let client = connect(db, &db.dbname).await?;
+    let role_passwords: bool = client
+        .query_one(
+            "SELECT has_table_privilege('pg_catalog.pg_authid', 'SELECT')",
+            &[],
+        )
+        .await
+        .map_err(|e| DumpError::Query {
+            endpoint: endpoint(db),
+            cause: pg_error_text(&e),
+        })?
+        .get(0);
+    let mut cmd = client_command(tool, db, &db.dbname);
+    cmd.args(["--globals-only", "--no-password"])
+        .arg(format!("--database={}", conninfo_dbname(&db.dbname)));
+    if !role_passwords {
+        cmd.arg("--no-role-passwords");
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| DumpError::Spawn {
+            path: tool.path.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<String> = stderr.lines().map(str::to_string).collect();
+        let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].to_vec();
+        return Err(DumpError::Globals {
+            status: describe_status(out.status),
+            stderr: tail,
+        });
+    }
+    Ok((out.stdout, role_passwords))
 }
 
 /// Starts `pg_dump --format=custom --compress=0` (the sidecar compresses) for `db.dbname`,

@@ -96,6 +96,58 @@ async fn remove_leftovers(
     Ok(())
 }
 
+/// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`.
+async fn store_globals(
+    tools: &ToolsConfig,
+    storage: &Storage,
+    db: &crate::config::DatabaseConfig,
+    server_major: u32,
+    dump_key: &str,
+) -> Result<manifest::Globals, BackupError> {
+    let database = db.dbname.clone();
+    let tool = pgtools::for_server("pg_dumpall", &tools.bin_dirs, server_major)
+        .await
+        .map_err(|source| BackupError::Tool {
+            database: database.clone(),
+            source,
+        })?;
+    let (sql, role_passwords) =
+        dump::dump_globals(&tool, db)
+            .await
+            .map_err(|source| BackupError::Database {
+                database: database.clone(),
+                source,
+            })?;
+    if !role_passwords {
+        tracing::info!("role passwords are not readable by this user; roles are stored without them (--no-role-passwords)");
+    }
+    let key = manifest::globals_key(dump_key);
+    let compressed = zstd::encode_all(sql.as_slice(), 3).map_err(|e| BackupError::Storage {
+        database: database.clone(),
+        key: key.clone(),
+        source: StorageError::Source {
+            key: key.clone(),
+            source: e,
+        },
+    })?;
+    let globals = manifest::Globals {
+        key: key.clone(),
+        raw_bytes: sql.len() as u64,
+        stored_bytes: compressed.len() as u64,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&compressed)),
+        role_passwords,
+    };
+    storage
+        .put_bytes(&key, Bytes::from(compressed))
+        .await
+        .map_err(|source| BackupError::Storage {
+            database,
+            key,
+            source,
+        })?;
+    Ok(globals)
+}
+
 /// A completed backup.
 #[derive(Debug, Clone)]
 pub struct Completed {
@@ -280,6 +332,24 @@ pub async fn backup_database(
         };
     }
 
+    let globals = if job.globals {
+        let stored = tokio::select! {
+            r = store_globals(tools, storage, &db, server.major, &key) => r,
+            _ = cancel.cancelled() => Err(cancelled()),
+        };
+        match stored {
+            Ok(g) => Some(g),
+            Err(e) => {
+                for piece in &pieces {
+                    let _ = storage.delete(&piece.key).await;
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+
     let finished = Utc::now();
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
@@ -305,6 +375,7 @@ pub async fn backup_database(
         key: key.clone(),
         objects: pieces,
         tables,
+        globals,
     };
     if let Err(e) = storage
         .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))
@@ -313,6 +384,9 @@ pub async fn backup_database(
         // Without its manifest the dump is no backup; do not leave it to look like one.
         for piece in &manifest.objects {
             let _ = storage.delete(&piece.key).await;
+        }
+        if let Some(g) = &manifest.globals {
+            let _ = storage.delete(&g.key).await;
         }
         return Err(storage_err(e));
     }

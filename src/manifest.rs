@@ -18,6 +18,8 @@ pub const FORMAT: &str = "pgsidecar-manifest";
 pub const FORMAT_VERSION: u32 = 1;
 /// Suffix of manifest keys.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
+pub const GLOBALS_SUFFIX: &str = ".globals.sql.zst";
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
 
 /// Errors reading a manifest.
@@ -65,6 +67,9 @@ pub struct Manifest {
     pub key: String,
     /// Every stored object, in order.
     pub objects: Vec<StoredPiece>,
+    /// Roles, memberships and tablespaces of the server, when the job stores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<Globals>,
     /// Exact row count of every table, taken in pg_dump's snapshot. Absent when they could not
     /// be counted there (no snapshot could be exported, or the count failed) and in manifests
     /// of earlier versions: an absent list means "not known", never "no tables".
@@ -105,6 +110,28 @@ impl Manifest {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("manifest serializes")
     }
+}
+
+/// The `pg_dumpall --globals-only` output stored beside a dump (zstd-compressed SQL).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Globals {
+    pub key: String,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// sha256 of the stored bytes.
+    pub sha256: String,
+    /// Whether role passwords are included: only a user who may read `pg_authid` gets them;
+    /// without, roles are restored without passwords and must be given new ones.
+    pub role_passwords: bool,
+}
+
+/// The key of the globals stored with the dump `dump_key`.
+pub fn globals_key(dump_key: &str) -> String {
+    let manifest = manifest_key(dump_key);
+    let stem = manifest
+        .strip_suffix(MANIFEST_SUFFIX)
+        .expect("manifest keys end with the suffix");
+    format!("{stem}{GLOBALS_SUFFIX}")
 }
 
 /// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
@@ -154,8 +181,10 @@ pub fn started_from_key(key: &str) -> Option<DateTime<Utc>> {
 pub fn manifest_key(dump_key: &str) -> String {
     // Only the file name is looked at: a prefix such as `pg.dumps/` must not cut the key short.
     let name_start = dump_key.rfind('/').map_or(0, |i| i + 1);
-    let stem_end = dump_key[name_start..]
+    let name = &dump_key[name_start..];
+    let stem_end = name
         .find(".dump")
+        .or_else(|| name.find(GLOBALS_SUFFIX))
         .map_or(dump_key.len(), |i| name_start + i);
     format!("{}{MANIFEST_SUFFIX}", &dump_key[..stem_end])
 }
@@ -173,6 +202,14 @@ mod tests {
         assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst");
         assert_eq!(
             manifest_key(&k),
+            "prod/app/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            globals_key(&k),
+            "prod/app/2026-11-24T020000Z.globals.sql.zst"
+        );
+        assert_eq!(
+            manifest_key(&globals_key(&k)),
             "prod/app/2026-11-24T020000Z.manifest.json"
         );
         assert_eq!(

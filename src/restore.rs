@@ -47,6 +47,8 @@ pub enum RestoreError {
     Tool(#[from] ToolError),
     #[error("{0}")]
     Database(#[from] DumpError),
+    #[error(transparent)]
+    Globals(#[from] crate::globals::GlobalsError),
     #[error("query on the target server failed ({what}): {cause}")]
     Query { what: String, cause: String },
     #[error("refusing to restore: {0}")]
@@ -111,6 +113,8 @@ pub struct Options {
     pub jobs: Option<u32>,
     /// Show a progress bar (on a terminal) or log progress every few seconds.
     pub progress: bool,
+    /// Create the roles the backup's globals have and the server lacks, before restoring.
+    pub with_globals: bool,
 }
 
 /// The target server and database as found before anything changes.
@@ -147,6 +151,8 @@ pub struct Plan {
     /// removed (pg_restore 17+ into a server before 17).
     pub via_psql: Option<ClientTool>,
     pub options: Options,
+    /// With `--with-globals`: the roles to create first.
+    pub roles: Option<crate::globals::RolePlan>,
 }
 
 /// What a finished restore did.
@@ -169,15 +175,6 @@ impl Restored {
 /// Quotes an identifier for SQL.
 fn ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
-}
-
-/// A libpq connection string naming only `dbname`, so that names containing `=` are not read
-/// as connection strings themselves (host, user and password come from the environment).
-fn conninfo_dbname(name: &str) -> String {
-    format!(
-        "dbname='{}'",
-        name.replace('\\', "\\\\").replace('\'', "\\'")
-    )
 }
 
 /// `<base>__<tag>_<time>`, cut so that it fits PostgreSQL's identifier length.
@@ -241,6 +238,7 @@ async fn existing_db(
 /// cannot read the archive.
 pub async fn plan(
     entry: &Entry,
+    storage: &Storage,
     server: &DatabaseConfig,
     tools: &ToolsConfig,
     mode: Mode,
@@ -304,7 +302,28 @@ pub async fn plan(
     } else {
         None
     };
+    let roles = match (&m.globals, options.with_globals) {
+        (_, false) => None,
+        (None, true) => {
+            return Err(RestoreError::Refused(format!(
+                "`{}` has no roles stored with it (set `globals = true`, PGSIDECAR_GLOBALS=true, for future backups); create the roles by hand or restore with --no-owner",
+                m.key
+            )))
+        }
+        (Some(g), true) => {
+            let sql = crate::globals::fetch(storage, g).await?;
+            let existing = admin
+                .query("SELECT rolname::text FROM pg_roles", &[])
+                .await
+                .map_err(query_err("listing roles"))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            Some(crate::globals::plan_roles(&sql, &existing))
+        }
+    };
     Ok(Plan {
+        roles,
         entry: entry.clone(),
         server: server.clone(),
         target: Target {
@@ -375,6 +394,21 @@ impl Plan {
                 None => String::new(),
             }
         ));
+        match &self.roles {
+            Some(r) if r.missing.is_empty() => {
+                out.push_str("Roles:   every role of the backup exists on the target server\n")
+            }
+            Some(r) => out.push_str(&format!(
+                "Roles:   creates the missing role(s) {} first{}\n",
+                r.missing.join(", "),
+                if m.globals.as_ref().is_some_and(|g| !g.role_passwords) {
+                    " (stored without passwords: set them afterwards)"
+                } else {
+                    ""
+                }
+            )),
+            None => {}
+        }
         if let Some(n) = self.options.jobs {
             out.push_str(&format!(
                 "Jobs:    {n} parallel; this needs the archive as a local file ({} in {}), removed afterwards\n",
@@ -551,7 +585,7 @@ impl Restorer {
         }
         match &plan.via_psql {
             None => {
-                cmd.arg(format!("--dbname={}", conninfo_dbname(database)));
+                cmd.arg(format!("--dbname={}", dump::conninfo_dbname(database)));
             }
             Some(_) => {
                 cmd.arg("--file=-");
@@ -580,7 +614,7 @@ impl Restorer {
         if let Some(psql) = &plan.via_psql {
             let mut cmd = dump::client_command(psql, &plan.server, database);
             cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"])
-                .arg(format!("--dbname={}", conninfo_dbname(database)))
+                .arg(format!("--dbname={}", dump::conninfo_dbname(database)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -646,7 +680,7 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 /// A hint for errors with a known cause, so the operator gets one line instead of a wall.
-fn hint_for(stderr: &[String]) -> String {
+fn hint_for(stderr: &[String], has_globals: bool) -> String {
     let missing: Vec<&str> = stderr
         .iter()
         .filter_map(|l| {
@@ -659,8 +693,13 @@ fn hint_for(stderr: &[String]) -> String {
         return String::new();
     }
     format!(
-        "\nhint: the role(s) {} do not exist on the target server: create them first, or restore with --no-owner to give every object to the restoring user",
-        missing.join(", ")
+        "\nhint: the role(s) {} do not exist on the target server: {}create them first, or restore with --no-owner to give every object to the restoring user",
+        missing.join(", "),
+        if has_globals {
+            "restore with --with-globals (this backup has the roles), "
+        } else {
+            ""
+        }
     )
 }
 
@@ -672,6 +711,14 @@ pub async fn execute(
 ) -> Result<Restored, RestoreError> {
     let clock = Instant::now();
     let t = &plan.target;
+    if let Some(roles) = plan.roles.as_ref().filter(|r| !r.statements.is_empty()) {
+        let admin = maintenance(&plan.server).await?;
+        let sql = format!("BEGIN;\n{}\nCOMMIT;", roles.statements.join("\n"));
+        admin.batch_execute(&sql).await.map_err(query_err(
+            "creating the missing roles (nothing else was changed)",
+        ))?;
+        tracing::info!(roles = %roles.missing.join(", "), "created the missing roles");
+    }
     match &plan.mode {
         Mode::InPlace => {
             let left = format!("database `{}` is unchanged", t.name);
@@ -969,7 +1016,7 @@ async fn restore_into(
     )?;
     let failed = |(status, stderr): (String, Vec<String>)| RestoreError::Restore {
         database: database.to_string(),
-        hint: hint_for(&stderr),
+        hint: hint_for(&stderr, plan.entry.manifest.globals.is_some()),
         status,
         stderr,
         left: left.to_string(),

@@ -265,6 +265,14 @@ pub async fn verify(
             stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         });
     }
+    if let Some(g) = &m.globals {
+        crate::globals::fetch(storage, g)
+            .await
+            .map_err(|e| VerifyError::Damaged {
+                key: g.key.clone(),
+                reason: e.to_string(),
+            })?;
+    }
     let toc_entries = String::from_utf8_lossy(&stdout)
         .lines()
         .filter(|l| !l.starts_with(';') && !l.trim().is_empty())

@@ -215,14 +215,18 @@ pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
 /// Largest part size chosen automatically: 10,000 parts of it hold 640 GiB per object.
 pub const AUTO_PART_CEILING: u64 = 64 * 1024 * 1024;
 
-/// Whether `key` is a dump object (or a continuation piece) that pgsidecar writes.
+/// Whether `key` is a dump object (or a continuation piece) or a globals object that
+/// pgsidecar writes: the objects a manifest accounts for.
 pub fn is_dump_key(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     let base = match name.rsplit_once('.') {
         Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
         _ => name,
     };
-    base.ends_with(".dump") || base.ends_with(".dump.zst") || base.ends_with(".dump.gz")
+    base.ends_with(".dump")
+        || base.ends_with(".dump.zst")
+        || base.ends_with(".dump.gz")
+        || base.ends_with(crate::manifest::GLOBALS_SUFFIX)
 }
 
 /// The key of piece `n` (1-based) of a stream stored under `key`.

@@ -389,37 +389,76 @@ fn refusals_change_nothing_and_say_why() {
 }
 
 #[test]
-fn missing_roles_get_a_hint_and_no_owner_restores_anyway() {
+fn missing_roles_get_a_hint_and_are_created_with_globals() {
     let old = pg(15);
     let role = harness::unique("app_owner");
-    old.psql("postgres", &format!("CREATE ROLE {role}"));
+    old.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'role-pw'; COMMENT ON ROLE {role} IS 'owner'"),
+    );
     let db = old.create_db("roles");
     old.psql(
         &db,
         &format!("CREATE TABLE t(x int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO {role}"),
     );
     let bucket = s3().bucket("roles");
-    sidecar(old, &db, &bucket)
+    let key = sidecar(old, &db, &bucket)
+        .env("PGSIDECAR_GLOBALS", "true")
         .args(&["backup"])
         .run()
-        .expect_code(0);
+        .expect_code(0)
+        .stdout;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &s3().get(&bucket, &key.trim().replace(".dump.zst", ".manifest.json")),
+    )
+    .unwrap();
+    assert_eq!(manifest["globals"]["role_passwords"], true, "{manifest}");
+    let globals = harness::unzstd(&s3().get(&bucket, manifest["globals"]["key"].as_str().unwrap()));
+    assert!(String::from_utf8_lossy(&globals).contains(&format!("CREATE ROLE {role};")));
+
     let new = pg(18);
-    let copy = harness::unique("roles_copy");
-    let restore = |extra: &[&str]| {
-        let mut args = vec!["restore", "--db", &db, "--target-db", &copy, "--yes"];
+    let restore = |copy: &str, extra: &[&str]| {
+        let mut args = vec!["restore", "--db", &db, "--target-db", copy, "--yes"];
         args.extend_from_slice(extra);
         sidecar(new, "postgres", &bucket).args(&args).run()
     };
-    let run = restore(&[]).expect_code(1);
+    let copy = harness::unique("roles_copy");
+    let run = restore(&copy, &[]).expect_code(1);
     assert!(
-        run.stderr
-            .contains(&format!("hint: the role(s) {role} do not exist")),
+        run.stderr.contains(&format!(
+            "hint: the role(s) {role} do not exist on the target server: restore with --with-globals"
+        )),
         "{}",
         run.stderr
     );
     assert!(databases_like(new, &format!("{copy}%")).is_empty());
-    restore(&["--no-owner"]).expect_code(0);
+
+    let run = restore(&copy, &["--no-owner"]).expect_code(0);
+    assert!(run.stdout.contains("1 tables, 1 rows"), "{}", run.stdout);
     assert_eq!(new.psql(&copy, "SELECT x FROM t"), "1");
+
+    let copy = harness::unique("roles_copy");
+    let run = restore(&copy, &["--with-globals"]).expect_code(0);
+    assert!(
+        run.stderr
+            .contains(&format!("creates the missing role(s) {role} first")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        new.psql(
+            &copy,
+            "SELECT tableowner FROM pg_tables WHERE tablename = 't'"
+        ),
+        role
+    );
+    assert_eq!(
+        new.psql(
+            "postgres",
+            &format!("SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{role}'")
+        ),
+        "t|owner"
+    );
 }
 
 #[test]
