@@ -72,6 +72,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         Command::Run => {
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
+            ensure_lifecycle(&config, &storage).await;
             let ok = crate::daemon::run(config, storage, cancel).await;
             Ok(if ok {
                 ExitCode::Success
@@ -83,11 +84,39 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let job = config.job(job.as_deref())?;
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
-            for db in &job.databases {
-                let done =
-                    job::backup_database(job, &config.tools, &storage, db, WhenBusy::Wait, &cancel)
-                        .await?;
-                println!("{}", done.manifest.key);
+            ensure_lifecycle(&config, &storage).await;
+            let mut failed = 0;
+            for db in &job::databases(job).await? {
+                match job::backup_database(
+                    job,
+                    &config.tools,
+                    &storage,
+                    db,
+                    WhenBusy::Wait,
+                    &cancel,
+                )
+                .await
+                {
+                    Ok(done) => println!("{}", done.manifest.key),
+                    // With several databases one failure does not stop the others.
+                    Err(e) if job.databases.len() > 1 || job.databases[0] == "*" => {
+                        eprintln!("error: {e}");
+                        failed += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if failed > 0 {
+                return Ok(ExitCode::Failure);
+            }
+            if job.retention.is_some() {
+                let reports =
+                    crate::prune::prune_job(&storage, job, None, &|_| false, false).await?;
+                for r in &reports {
+                    if !r.deleted.is_empty() {
+                        tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
+                    }
+                }
             }
             Ok(ExitCode::Success)
         }
@@ -153,6 +182,48 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 }
             );
             Ok(ExitCode::Success)
+        }
+        Command::Prune { job, db, dry_run } => {
+            let storage = Storage::from_config(&config.storage).await;
+            let jobs: Vec<&crate::config::Job> = match &job {
+                Some(name) => vec![config.job(Some(name))?],
+                None => config
+                    .jobs
+                    .iter()
+                    .filter(|j| j.retention.is_some())
+                    .collect(),
+            };
+            if jobs.is_empty() {
+                return Err(crate::prune::PruneError::NoPolicy(
+                    config
+                        .jobs
+                        .iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+                .into());
+            }
+            // The daemon's status says whose newest attempt failed; without one, nothing did.
+            let status = crate::status::Status::read(&config.health.status_file).ok();
+            let mut errors = 0;
+            for job in jobs {
+                let failed_last = |db: &str| {
+                    status
+                        .as_ref()
+                        .is_some_and(|s| s.last_attempt_failed(&job.name, db))
+                };
+                let reports =
+                    crate::prune::prune_job(&storage, job, db.as_deref(), &failed_last, dry_run)
+                        .await?;
+                errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
+                print!("{}", crate::prune::render(&job.name, &reports, dry_run));
+            }
+            Ok(if errors == 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
         }
         Command::Drill { job, db } => {
             let storage = Storage::from_config(&config.storage).await;
@@ -225,6 +296,28 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::Success)
         }
+    }
+}
+
+/// Puts the configured lifecycle rules on the bucket. A store that refuses (a missing
+/// permission, no lifecycle support) gets a warning: backups do not depend on it.
+async fn ensure_lifecycle(config: &Config, storage: &Storage) {
+    use crate::storage::LifecycleChange;
+    let Some(lifecycle) = &config.storage.lifecycle else {
+        return;
+    };
+    match storage
+        .ensure_lifecycle(lifecycle, &config.storage.base_prefix())
+        .await
+    {
+        Ok(LifecycleChange::Updated) => tracing::info!("bucket lifecycle rules updated"),
+        Ok(LifecycleChange::Unchanged) => {
+            tracing::debug!("bucket lifecycle rules already in place")
+        }
+        Ok(LifecycleChange::Unsupported) => {
+            tracing::warn!("storage.lifecycle is set, but this storage has no lifecycle rules")
+        }
+        Err(e) => tracing::warn!("cannot put the lifecycle rules on the bucket: {e}"),
     }
 }
 

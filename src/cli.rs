@@ -118,6 +118,19 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
     },
+    /// Delete the backups the retention policy no longer keeps (and leftovers of interrupted
+    /// backups), printing what is kept and why.
+    Prune {
+        /// Only this job (default: every job with a retention policy).
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Only this database.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore drill: restore the newest backup into a scratch database, compare its tables
     /// and row counts with the manifest, time it, drop it, and notify.
     Drill {

@@ -94,6 +94,15 @@ pub struct RawConfig {
     pub tools: RawTools,
     pub log: RawLog,
     pub drill: RawDrill,
+    pub retention: RawRetention,
+    /// Databases the single job leaves out (with `databases = ["*"]`).
+    #[serde(deserialize_with = "lenient::opt_string_list")]
+    pub exclude: Option<Vec<String>>,
+    /// Databases of the single job (`PGSIDECAR_DATABASES`: a list or `*`).
+    #[serde(deserialize_with = "lenient::opt_string_list")]
+    pub databases: Option<Vec<String>>,
+    /// Databases of one job backed up at once.
+    pub max_parallel: Option<usize>,
 }
 
 /// `[[jobs]]`: one backup job; unset keys inherit the top-level sections.
@@ -102,6 +111,7 @@ pub struct RawConfig {
 pub struct RawJob {
     #[serde(deserialize_with = "lenient::opt_string")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string_list")]
     pub databases: Option<Vec<String>>,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub schedule: Option<String>,
@@ -112,6 +122,10 @@ pub struct RawJob {
     pub prefix: Option<String>,
     pub catch_up: Option<bool>,
     pub globals: Option<bool>,
+    #[serde(deserialize_with = "lenient::opt_string_list")]
+    pub exclude: Option<Vec<String>>,
+    pub max_parallel: Option<usize>,
+    pub retention: Option<RawRetention>,
     pub database: Option<RawDatabase>,
     pub compression: Option<RawCompression>,
     pub retry: Option<RawRetry>,
@@ -251,6 +265,46 @@ pub struct RawStorage {
     pub part_attempts: Option<u32>,
     #[serde(with = "humantime_serde")]
     pub part_timeout: Option<Duration>,
+    /// Server-side encryption: `AES256` or `aws:kms`.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub sse: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub sse_kms_key_id: Option<String>,
+    /// Tags put on every object (`[storage.tags]`, or `PGSIDECAR_STORAGE__TAGS__<NAME>`).
+    pub tags: Option<std::collections::BTreeMap<String, String>>,
+    /// Object lock: `GOVERNANCE` or `COMPLIANCE`, with `object_lock_retain`.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub object_lock_mode: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub object_lock_retain: Option<Duration>,
+    pub lifecycle: RawLifecycle,
+}
+
+/// `[storage.lifecycle]`: bucket lifecycle rules the sidecar keeps in place for its prefix.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLifecycle {
+    pub expire_after_days: Option<u32>,
+    pub transition_after_days: Option<u32>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub transition_storage_class: Option<String>,
+    pub abort_incomplete_after_days: Option<u32>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub rule_id_prefix: Option<String>,
+}
+
+/// `[retention]`: which backups `prune` keeps (restic-style GFS buckets and/or an age).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 /// `[compression]`
@@ -310,6 +364,27 @@ mod lenient {
         Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
     }
 
+    /// A list of names, or one string of names separated by `,` (`PGSIDECAR_DATABASES=a,b`).
+    pub fn opt_string_list<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<String>>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(Scalar),
+            Many(Vec<Scalar>),
+        }
+        Ok(Option::<OneOrMany>::deserialize(d)?.map(|v| match v {
+            OneOrMany::One(s) => s
+                .into_string()
+                .split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            OneOrMany::Many(v) => v.into_iter().map(Scalar::into_string).collect(),
+        }))
+    }
+
     /// A list of paths, or one string of paths separated by `:` as in `PATH`.
     pub fn opt_path_list<'de, D: Deserializer<'de>>(
         d: D,
@@ -367,6 +442,11 @@ pub struct Job {
     pub catch_up: bool,
     /// Store `pg_dumpall --globals-only` with each dump.
     pub globals: bool,
+    /// Databases excluded when `databases` is `*`.
+    pub exclude: Vec<String>,
+    pub max_parallel: usize,
+    /// What `prune` keeps; `None`: prune nothing.
+    pub retention: Option<crate::retention::Policy>,
     pub compression: Compression,
     pub retry: RetryPolicy,
     /// Where this job's restore drills restore into.
@@ -476,6 +556,39 @@ pub struct StorageConfig {
     pub part_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub part_timeout: Duration,
+    pub sse: Option<Sse>,
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub object_lock: Option<ObjectLock>,
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// Server-side encryption of stored objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode")]
+pub enum Sse {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    Kms { key_id: Option<String> },
+}
+
+/// Object lock retention put on every stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: String,
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
+}
+
+/// Lifecycle rules kept on the bucket for the storage prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lifecycle {
+    pub expire_after_days: Option<u32>,
+    /// Days and storage class of a transition.
+    pub transition: Option<(u32, String)>,
+    pub abort_incomplete_after_days: u32,
+    pub rule_id_prefix: String,
 }
 
 impl StorageConfig {
@@ -850,7 +963,30 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
         })?;
         let databases = rj
             .databases
+            .or(if jobs_given {
+                None
+            } else {
+                raw.databases.clone()
+            })
             .unwrap_or_else(|| vec![database.dbname.clone()]);
+        if databases.len() > 1 && databases.iter().any(|d| d == "*") {
+            return Err(ConfigError::invalid(
+                &key("databases"),
+                "`*` (every database) cannot be combined with names; use `exclude` to leave some out",
+            ));
+        }
+        let max_parallel = rj.max_parallel.or(raw.max_parallel).unwrap_or(1);
+        if !(1..=32).contains(&max_parallel) {
+            return Err(ConfigError::invalid(
+                &key("max_parallel"),
+                format!("{max_parallel} is outside 1 to 32"),
+            ));
+        }
+        let retention = validate_retention(merge_retention(
+            raw.retention.clone(),
+            rj.retention.unwrap_or_default(),
+        ))
+        .map_err(|e| prefix_key(e, jobs_given, i))?;
         if databases.is_empty() || databases.iter().any(|d| d.is_empty()) {
             return Err(ConfigError::invalid(
                 &key("databases"),
@@ -890,6 +1026,9 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             prefix,
             catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
             globals: rj.globals.or(raw.globals).unwrap_or(false),
+            exclude: rj.exclude.or(raw.exclude.clone()).unwrap_or_default(),
+            max_parallel,
+            retention,
             compression,
             retry,
             drill_server,
@@ -995,6 +1134,59 @@ fn merge_retry(base: RawRetry, over: RawRetry) -> RawRetry {
         max_interval,
         jitter
     )
+}
+
+fn merge_retention(base: RawRetention, over: RawRetention) -> RawRetention {
+    merge_fields!(
+        base,
+        over,
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        max_age
+    )
+}
+
+fn validate_retention(raw: RawRetention) -> Result<Option<crate::retention::Policy>, ConfigError> {
+    let policy = crate::retention::Policy {
+        keep_last: raw.keep_last,
+        keep_hourly: raw.keep_hourly,
+        keep_daily: raw.keep_daily,
+        keep_weekly: raw.keep_weekly,
+        keep_monthly: raw.keep_monthly,
+        keep_yearly: raw.keep_yearly,
+        max_age: raw.max_age,
+    };
+    if policy.is_empty() {
+        return Ok(None);
+    }
+    // A zero would silently mean "keep none by this rule"; an empty section is how to turn
+    // pruning off, so a zero is more likely a mistake.
+    for (name, v) in [
+        ("keep_last", raw.keep_last),
+        ("keep_hourly", raw.keep_hourly),
+        ("keep_daily", raw.keep_daily),
+        ("keep_weekly", raw.keep_weekly),
+        ("keep_monthly", raw.keep_monthly),
+        ("keep_yearly", raw.keep_yearly),
+    ] {
+        if v == Some(0) {
+            return Err(ConfigError::invalid(
+                &format!("retention.{name}"),
+                "must be at least 1 (leave it out to not use this rule)",
+            ));
+        }
+    }
+    if raw.max_age.is_some_and(|d| d < Duration::from_secs(3600)) {
+        return Err(ConfigError::invalid(
+            "retention.max_age",
+            "must be at least 1h",
+        ));
+    }
+    Ok(Some(policy))
 }
 
 fn validate_retry(raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
@@ -1339,7 +1531,135 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
             "must be above zero",
         ));
     }
+    let sse = match raw.sse.as_deref() {
+        None | Some("") => {
+            if raw.sse_kms_key_id.is_some() {
+                return Err(ConfigError::invalid(
+                    "storage.sse_kms_key_id",
+                    "needs storage.sse = \"aws:kms\"",
+                ));
+            }
+            None
+        }
+        Some("AES256") => Some(Sse::Aes256),
+        Some("aws:kms") => Some(Sse::Kms {
+            key_id: raw.sse_kms_key_id.clone(),
+        }),
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "storage.sse",
+                format!("`{other}` is not `AES256` or `aws:kms`"),
+            ))
+        }
+    };
+    let object_lock = match (raw.object_lock_mode.as_deref(), raw.object_lock_retain) {
+        (None, None) => None,
+        (Some(mode @ ("GOVERNANCE" | "COMPLIANCE")), Some(retain)) if !retain.is_zero() => {
+            Some(ObjectLock {
+                mode: mode.to_string(),
+                retain,
+            })
+        }
+        (Some(mode), _) if !matches!(mode, "GOVERNANCE" | "COMPLIANCE") => {
+            return Err(ConfigError::invalid(
+                "storage.object_lock_mode",
+                format!("`{mode}` is not `GOVERNANCE` or `COMPLIANCE`"),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "storage.object_lock_mode",
+                "is required with storage.object_lock_retain (`GOVERNANCE` or `COMPLIANCE`)",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::invalid(
+                "storage.object_lock_retain",
+                "is required with storage.object_lock_mode and must be above zero (e.g. `30d`)",
+            ))
+        }
+    };
+    let l = raw.lifecycle;
+    let lifecycle = if l.expire_after_days.is_none()
+        && l.transition_after_days.is_none()
+        && l.abort_incomplete_after_days.is_none()
+    {
+        if l.transition_storage_class.is_some() {
+            return Err(ConfigError::invalid(
+                "storage.lifecycle.transition_storage_class",
+                "needs storage.lifecycle.transition_after_days",
+            ));
+        }
+        None
+    } else {
+        for (k, v) in [
+            ("expire_after_days", l.expire_after_days),
+            ("transition_after_days", l.transition_after_days),
+            ("abort_incomplete_after_days", l.abort_incomplete_after_days),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::invalid(
+                    &format!("storage.lifecycle.{k}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        let transition = match (l.transition_after_days, l.transition_storage_class) {
+            (None, None) => None,
+            (Some(d), Some(c)) => Some((d, c)),
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "storage.lifecycle.transition_storage_class",
+                    "is required with transition_after_days (e.g. `GLACIER_IR`)",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "storage.lifecycle.transition_after_days",
+                    "is required with transition_storage_class",
+                ))
+            }
+        };
+        if let (Some(e), Some((t, _))) = (l.expire_after_days, &transition) {
+            if *t >= e {
+                return Err(ConfigError::invalid(
+                    "storage.lifecycle.transition_after_days",
+                    format!("{t} is not before expire_after_days ({e})"),
+                ));
+            }
+        }
+        Some(Lifecycle {
+            expire_after_days: l.expire_after_days,
+            transition,
+            abort_incomplete_after_days: l.abort_incomplete_after_days.unwrap_or(1),
+            rule_id_prefix: l.rule_id_prefix.unwrap_or_else(|| "pgsidecar".to_string()),
+        })
+    };
+    let tags = raw.tags.unwrap_or_default();
+    if tags.len() > 10 {
+        return Err(ConfigError::invalid(
+            "storage.tags",
+            format!("has {} tags; S3 allows at most 10 per object", tags.len()),
+        ));
+    }
+    // S3's tag alphabet: letters, digits, spaces and `+ - = . _ : / @`.
+    let tag_ok = |t: &str| {
+        t.chars()
+            .all(|c| c.is_alphanumeric() || c == ' ' || "+-=._:/@".contains(c))
+    };
+    for (k, v) in &tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 || !tag_ok(k) || !tag_ok(v) {
+            return Err(ConfigError::invalid(
+                &format!("storage.tags.{k}"),
+                format!("`{k}={v}`: keys are 1-128 and values up to 256 characters of letters, digits, spaces and + - = . _ : / @"),
+            ));
+        }
+    }
     Ok(StorageConfig {
+        sse,
+        tags,
+        object_lock,
+        lifecycle,
         url,
         location,
         endpoint: raw.endpoint,
@@ -1621,6 +1941,41 @@ mod tests {
             ("PGSIDECAR_DATABASE__URL", "mysql://x", "database.url"),
             ("PGSIDECAR_LOG__FORMAT", "xml", "log.format"),
             ("PGSIDECAR_DATABASE__SSLMODE", "maybe", "database.sslmode"),
+            (
+                "PGSIDECAR_RETENTION__KEEP_DAILY",
+                "0",
+                "retention.keep_daily",
+            ),
+            ("PGSIDECAR_RETENTION__MAX_AGE", "5m", "retention.max_age"),
+            ("PGSIDECAR_DATABASES", "*,app", "databases"),
+            ("PGSIDECAR_MAX_PARALLEL", "0", "max_parallel"),
+            ("PGSIDECAR_STORAGE__SSE", "rot13", "storage.sse"),
+            (
+                "PGSIDECAR_STORAGE__SSE_KMS_KEY_ID",
+                "k",
+                "storage.sse_kms_key_id",
+            ),
+            (
+                "PGSIDECAR_STORAGE__OBJECT_LOCK_MODE",
+                "FOREVER",
+                "storage.object_lock_mode",
+            ),
+            (
+                "PGSIDECAR_STORAGE__OBJECT_LOCK_MODE",
+                "COMPLIANCE",
+                "storage.object_lock_retain",
+            ),
+            (
+                "PGSIDECAR_STORAGE__LIFECYCLE__TRANSITION_AFTER_DAYS",
+                "30",
+                "storage.lifecycle.transition_storage_class",
+            ),
+            (
+                "PGSIDECAR_DRILL__SCHEDULE",
+                "every tuesday",
+                "drill.schedule",
+            ),
+            ("PGSIDECAR_STORAGE__TAGS__TEAM", "a&b", "storage.tags.team"),
         ] {
             let mut e = vec![URL];
             e.retain(|(name, _)| *name != k);
@@ -1628,6 +1983,43 @@ mod tests {
             let err = load(&env(&e)).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{k}={v}: {err}");
         }
+    }
+
+    #[test]
+    fn databases_retention_and_storage_features_from_env() {
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_DATABASES", "*"),
+            ("PGSIDECAR_EXCLUDE", "postgres, scratch"),
+            ("PGSIDECAR_RETENTION__KEEP_DAILY", "7"),
+            ("PGSIDECAR_RETENTION__MAX_AGE", "90d"),
+            ("PGSIDECAR_STORAGE__SSE", "aws:kms"),
+            ("PGSIDECAR_STORAGE__SSE_KMS_KEY_ID", "alias/backups"),
+            ("PGSIDECAR_STORAGE__TAGS__ENV", "prod"),
+            ("PGSIDECAR_STORAGE__OBJECT_LOCK_MODE", "GOVERNANCE"),
+            ("PGSIDECAR_STORAGE__OBJECT_LOCK_RETAIN", "30d"),
+            ("PGSIDECAR_STORAGE__LIFECYCLE__EXPIRE_AFTER_DAYS", "400"),
+        ]))
+        .unwrap();
+        let j = &c.jobs[0];
+        assert_eq!(j.databases, ["*"]);
+        assert_eq!(j.exclude, ["postgres", "scratch"]);
+        let r = j.retention.as_ref().unwrap();
+        assert_eq!(r.keep_daily, Some(7));
+        assert_eq!(r.max_age, Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(
+            c.storage.sse,
+            Some(Sse::Kms {
+                key_id: Some("alias/backups".into())
+            })
+        );
+        assert_eq!(c.storage.tags.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(c.storage.object_lock.as_ref().unwrap().mode, "GOVERNANCE");
+        let l = c.storage.lifecycle.as_ref().unwrap();
+        assert_eq!(
+            (l.expire_after_days, l.abort_incomplete_after_days),
+            (Some(400), 1)
+        );
     }
 
     #[test]

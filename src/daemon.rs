@@ -64,6 +64,7 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
                 databases: j
                     .databases
                     .iter()
+                    .filter(|d| *d != "*")
                     .map(|d| crate::status::DbStatus {
                         database: d.clone(),
                         ..Default::default()
@@ -167,7 +168,14 @@ fn hostname() -> String {
 /// reports the real age of its backups.
 async fn seed_from_storage(ctx: &Context) {
     for job in &ctx.config.jobs {
-        for db in &job.databases {
+        let databases = match job::databases(job).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(job = %job.name, "cannot list the databases to back up: {e}");
+                known_databases(ctx, job)
+            }
+        };
+        for db in &databases {
             match newest_backup(ctx, job, db).await {
                 Ok(newest) => {
                     let mut board = ctx.board.lock().expect("not poisoned");
@@ -179,6 +187,26 @@ async fn seed_from_storage(ctx: &Context) {
                 }
             }
         }
+    }
+}
+
+/// The databases of `job` this daemon knows of: the configured ones, or with `*` those seen
+/// so far.
+fn known_databases(ctx: &Context, job: &Job) -> Vec<String> {
+    if job.databases.iter().any(|d| d == "*") {
+        let board = ctx.board.lock().expect("not poisoned");
+        board
+            .jobs
+            .iter()
+            .filter(|j| j.name == job.name)
+            .flat_map(|j| j.databases.iter().map(|d| d.database.clone()))
+            .collect()
+    } else {
+        job.databases
+            .iter()
+            .filter(|d| !job.exclude.contains(d))
+            .cloned()
+            .collect()
     }
 }
 
@@ -245,7 +273,7 @@ async fn job_loop(ctx: Arc<Context>, index: usize) {
         let missed = schedule.firings_between(next, now);
         if !missed.is_empty() {
             tracing::warn!(job = %job.name, count = missed.len(), "skipped firings while the previous run was still going");
-            for db in &job.databases {
+            for db in &known_databases(&ctx, job) {
                 ctx.board
                     .lock()
                     .expect("not poisoned")
@@ -284,7 +312,7 @@ async fn drill_loop(ctx: Arc<Context>) {
             _ = ctx.shutdown.cancelled() => return,
         }
         for job in &ctx.config.jobs {
-            for db in &job.databases {
+            for db in &known_databases(&ctx, job) {
                 if ctx.shutdown.is_cancelled() {
                     return;
                 }
@@ -354,8 +382,12 @@ fn missed_firing(
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
     let last_fire = schedule.prev_at_or_before(now)?;
+    let databases = known_databases(ctx, job);
     let mut board = ctx.board.lock().expect("not poisoned");
-    job.databases
+    if databases.is_empty() {
+        return Some(last_fire);
+    }
+    databases
         .iter()
         .any(|db| {
             board
@@ -392,6 +424,7 @@ fn event(
         error: None,
         stderr_tail: Vec::new(),
         summary: None,
+        pruned: 0,
     };
     fill(&mut e);
     e
@@ -400,15 +433,74 @@ fn event(
 /// One run of a job: every database, each with retries. Returns whether all succeeded.
 /// `fired_at` is the scheduled time this run answers, if any.
 async fn run_job(ctx: &Context, index: usize, fired_at: Option<DateTime<Utc>>) -> bool {
+    use futures::StreamExt;
     let job = &ctx.config.jobs[index];
-    let mut ok = true;
-    for db in &job.databases {
-        if ctx.shutdown.is_cancelled() {
+    let databases = match job::databases(job).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(job = %job.name, "{e}");
+            ctx.notify
+                .dispatch(event(ctx, job, "*", EventKind::Failed, 1, |ev| {
+                    ev.error = Some(format!("cannot list the databases to back up: {e}"));
+                }));
             return false;
         }
-        ok &= backup_with_retries(ctx, job, db, fired_at).await;
+    };
+    // One failing database never stops the others; at most `max_parallel` run at once.
+    let results: Vec<bool> = futures::stream::iter(databases)
+        .map(|db| async move {
+            if ctx.shutdown.is_cancelled() {
+                return false;
+            }
+            backup_with_retries(ctx, job, &db, fired_at).await
+        })
+        .buffer_unordered(job.max_parallel)
+        .collect()
+        .await;
+    results.into_iter().all(|ok| ok)
+}
+
+/// Prunes `db` after a successful backup; returns how many backups were deleted.
+async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
+    let Some(policy) = &job.retention else {
+        return 0;
+    };
+    // Checked when the configuration was loaded.
+    let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+    let catalog = match crate::catalog::load(&ctx.storage, &job.prefix, Some(db)).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job = %job.name, database = %db, "cannot list backups to prune: {e}");
+            return 0;
+        }
+    };
+    let report = crate::prune::prune_database(
+        &ctx.storage,
+        db,
+        &catalog.entries,
+        policy,
+        tz,
+        Utc::now(),
+        false,
+        false,
+    )
+    .await;
+    if let Some(why) = &report.held {
+        tracing::info!(job = %job.name, database = %db, "not pruning: {why}");
     }
-    ok
+    for (key, until) in &report.locked {
+        tracing::info!(job = %job.name, database = %db, key, "not pruned: object lock until {until}");
+    }
+    for e in &report.errors {
+        tracing::warn!(job = %job.name, database = %db, "prune: {e}");
+    }
+    let n = report.deleted.len() as u64;
+    ctx.board
+        .lock()
+        .expect("not poisoned")
+        .db_mut(&job.name, db)
+        .pruned_total += n;
+    n
 }
 
 async fn backup_with_retries(
@@ -466,6 +558,7 @@ async fn backup_with_retries(
                 entry.last_key = Some(m.key.clone());
                 entry.last_error = None;
             }
+            let pruned = prune_after_backup(ctx, job, db).await;
             save_status(ctx);
             let kind = if attempts > 1 {
                 EventKind::SucceededAfterRetries
@@ -478,6 +571,12 @@ async fn backup_with_retries(
                     e.raw_bytes = Some(m.raw_bytes);
                     e.duration_secs = Some(m.duration_ms as f64 / 1000.0);
                     e.key = Some(m.key.clone());
+                    if pruned > 0 {
+                        e.summary = Some(format!(
+                            "Pruned {pruned} old backup(s) by the retention policy."
+                        ));
+                    }
+                    e.pruned = pruned;
                 }));
             true
         }

@@ -194,6 +194,24 @@ pub async fn preflight(db: &DatabaseConfig) -> Result<ServerInfo, DumpError> {
     })
 }
 
+/// Every database `db`'s user can connect to, templates excepted, by name.
+pub async fn list_databases(db: &DatabaseConfig) -> Result<Vec<String>, DumpError> {
+    let client = connect(db, &db.dbname).await?;
+    let rows = client
+        .query(
+            "SELECT datname::text FROM pg_database \
+             WHERE datallowconn AND NOT datistemplate \
+               AND has_database_privilege(datname, 'CONNECT') ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| DumpError::Query {
+            endpoint: endpoint(db),
+            cause: pg_error_text(&e),
+        })?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Advisory lock key of pgsidecar backups ("pgsc" in ASCII). Advisory locks are scoped to the
 /// database they are taken in, so one key serves every database.
 const LOCK_KEY: i64 = 0x7067_7363;

@@ -92,6 +92,11 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
         "drill_restore_seconds",
         "Time the last passing restore drill took to restore and check (the measured RTO)",
     );
+    let pruned = counter(
+        &mut registry,
+        "pruned",
+        "Backups deleted by prune since start",
+    );
     let drill_failures = counter(
         &mut registry,
         "drill_failures",
@@ -137,6 +142,7 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
             drill_failures
                 .get_or_create(&l)
                 .inc_by(db.drill_failures_total);
+            pruned.get_or_create(&l).inc_by(db.pruned_total);
         }
     }
     let mut out = String::new();

@@ -68,6 +68,29 @@ impl BackupError {
     }
 }
 
+/// The databases a run of `job` backs up: its list, or with `*` every database found on the
+/// server now (so new ones are picked up), minus `exclude`. Scratch databases of restores and
+/// drills in progress are never backed up.
+pub async fn databases(job: &Job) -> Result<Vec<String>, BackupError> {
+    let names = if job.databases.iter().any(|d| d == "*") {
+        dump::list_databases(&job.database)
+            .await
+            .map_err(|source| BackupError::Database {
+                database: "*".into(),
+                source,
+            })?
+            .into_iter()
+            .filter(|d| !d.contains("__restoring_") && !d.contains("__drill_"))
+            .collect()
+    } else {
+        job.databases.clone()
+    };
+    Ok(names
+        .into_iter()
+        .filter(|d| !job.exclude.contains(d))
+        .collect())
+}
+
 /// Removes what interrupted backups left under `prefix`: dump objects without a manifest and
 /// unfinished multipart uploads. Only pgsidecar's own dump keys are touched.
 async fn remove_leftovers(

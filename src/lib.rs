@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod notify;
 pub mod pgpass;
 pub mod pgtools;
+pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod retry;

@@ -38,8 +38,10 @@ impl Policy {
         *self == Policy::default()
     }
 
-    /// The sum of the counts: with fewer backups than this the policy cannot be satisfied yet,
-    /// so the caller can decline to prune (a safety floor against a misread catalog).
+    /// The largest count: with fewer backups than this the policy cannot be satisfied yet, so
+    /// the caller declines to prune (a safety floor against a misread or young catalog). Not
+    /// the sum: rules share backups (today's is daily, weekly and monthly at once), so a
+    /// steady state can hold fewer than the sum and pruning would never start.
     pub fn minimum(&self) -> usize {
         [
             self.keep_last,
@@ -51,7 +53,8 @@ impl Policy {
         ]
         .into_iter()
         .flatten()
-        .fold(0, |sum, n| sum.saturating_add(n as usize))
+        .max()
+        .unwrap_or(0) as usize
     }
 }
 
@@ -540,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn minimum_sums_the_counts() {
+    fn minimum_is_the_largest_count() {
         let policy = Policy {
             keep_last: Some(3),
             keep_daily: Some(7),
@@ -548,7 +551,7 @@ mod tests {
             max_age: Some(Duration::from_secs(86400)),
             ..Policy::default()
         };
-        assert_eq!(policy.minimum(), 14);
+        assert_eq!(policy.minimum(), 7);
         assert_eq!(Policy::default().minimum(), 0);
     }
 

@@ -78,9 +78,25 @@ pub struct DbStatus {
     pub last_drill_restore_secs: Option<f64>,
     #[serde(default)]
     pub drill_failures_total: u64,
+    /// Backups deleted by prune since start.
+    #[serde(default)]
+    pub pruned_total: u64,
 }
 
 impl Status {
+    /// Whether the newest backup attempt of `job`/`database` failed.
+    pub fn last_attempt_failed(&self, job: &str, database: &str) -> bool {
+        self.jobs
+            .iter()
+            .filter(|j| j.name == job)
+            .flat_map(|j| &j.databases)
+            .any(|d| {
+                d.database == database
+                    && d.last_attempt_at.is_some()
+                    && d.last_attempt_at > d.last_success_at
+            })
+    }
+
     /// The database entry of `job`/`database`, created if missing.
     pub fn db_mut(&mut self, job: &str, database: &str) -> &mut DbStatus {
         let j = self

@@ -88,8 +88,10 @@ pub struct Event {
     pub next_run: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub stderr_tail: Vec<String>,
-    /// What a drill found (tables, rows, restore time).
+    /// What a drill found (tables, rows, restore time), or what prune did.
     pub summary: Option<String>,
+    /// Backups deleted by prune after this backup.
+    pub pruned: u64,
 }
 
 /// One notification backend.
@@ -338,6 +340,7 @@ mod tests {
             error: None,
             stderr_tail: vec![],
             summary: None,
+            pruned: 0,
         }
     }
 

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, ObjectInfo, StorageError, StoredPiece};
+use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
+use crate::config::Lifecycle;
 use crate::transform::BoxRead;
 
 /// A directory holding backups.
@@ -208,5 +209,18 @@ impl Backend for LocalStorage {
             }
         }
         Ok(out)
+    }
+
+    async fn locked_until(&self, _key: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+        // A directory has no object lock; file permissions are the operator's business.
+        Ok(None)
+    }
+
+    async fn ensure_lifecycle(
+        &self,
+        _lifecycle: &Lifecycle,
+        _prefix: &str,
+    ) -> Result<LifecycleChange, StorageError> {
+        Ok(LifecycleChange::Unsupported)
     }
 }

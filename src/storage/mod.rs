@@ -3,7 +3,8 @@
 //!
 //! Invariant: `put_stream` either stores the whole stream and returns its pieces, or leaves
 //! nothing behind: partial uploads are aborted and partial files removed, on every error path
-//! and on cancellation.
+//! and on cancellation. Every object written (dumps, globals, manifests) carries the same
+//! configured encryption, tags and retention.
 
 pub mod local;
 pub mod s3;
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{StorageConfig, StorageLocation};
+use crate::config::{Lifecycle, StorageConfig, StorageLocation};
 use crate::transform::BoxRead;
 
 /// Errors from a storage backend. Messages name the bucket or path and the key.
@@ -64,6 +65,13 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The credentials lack one permission; the caller may carry on without what it gives.
+    #[error("permission `{action}` is missing on bucket `{bucket}`")]
+    Denied {
+        /// The IAM action, e.g. `s3:PutLifecycleConfiguration`.
+        action: &'static str,
+        bucket: String,
+    },
     #[error("object `{key}` already exists; refusing to overwrite a stored backup")]
     AlreadyExists { key: String },
     #[error("cancelled")]
@@ -76,6 +84,7 @@ impl StorageError {
         match self {
             StorageError::NoSuchBucket { .. }
             | StorageError::AccessDenied { .. }
+            | StorageError::Denied { .. }
             | StorageError::NotFound { .. }
             | StorageError::AlreadyExists { .. }
             | StorageError::Cancelled => true,
@@ -112,6 +121,18 @@ pub struct StoredPiece {
     pub size: u64,
 }
 
+/// What [`Storage::ensure_lifecycle`] did to the bucket's lifecycle rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleChange {
+    /// The rules were already as configured; nothing was written.
+    Unchanged,
+    /// The configuration was rewritten: the sidecar's rules replaced, every other rule kept.
+    Updated,
+    /// This storage has no lifecycle rules (a local directory, or a store that does not
+    /// implement them).
+    Unsupported,
+}
+
 /// What every backend provides. Keys are full object keys (the prefix included).
 #[allow(async_fn_in_trait)]
 pub trait Backend {
@@ -138,6 +159,16 @@ pub trait Backend {
     async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError>;
     /// Unfinished uploads under `prefix` (for checks and tests).
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// The date until which object lock retention keeps `key` from being deleted, if that
+    /// is in the future; `None` for an unlocked or missing object.
+    async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>, StorageError>;
+    /// Puts the configured lifecycle rules in place for objects under `prefix`, keeping
+    /// every rule the sidecar does not own; writes nothing when they are already there.
+    async fn ensure_lifecycle(
+        &self,
+        lifecycle: &Lifecycle,
+        prefix: &str,
+    ) -> Result<LifecycleChange, StorageError>;
 }
 
 /// The configured backend.
@@ -195,6 +226,19 @@ impl Storage {
     }
     pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         dispatch!(self, b => b.pending_uploads(prefix).await)
+    }
+    /// See [`Backend::locked_until`]: prune skips (and reports) a backup locked until then.
+    pub async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+        dispatch!(self, b => b.locked_until(key).await)
+    }
+    /// See [`Backend::ensure_lifecycle`]. A missing permission comes back as
+    /// [`StorageError::Denied`] naming the action, so the caller can warn and carry on.
+    pub async fn ensure_lifecycle(
+        &self,
+        lifecycle: &Lifecycle,
+        prefix: &str,
+    ) -> Result<LifecycleChange, StorageError> {
+        dispatch!(self, b => b.ensure_lifecycle(lifecycle, prefix).await)
     }
 }
 

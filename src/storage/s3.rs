@@ -8,8 +8,14 @@
 //!   (dropping it would leave it billed and invisible);
 //! - a completion without an ETag, or an object whose size differs from what was sent, fails;
 //! - checksums are sent only when required, plus Content-MD5 per part: newer SDK defaults add
-//!   CRC headers that older MinIO, Garage and R2 reject.
+//!   CRC headers that older MinIO, Garage and R2 reject (Content-MD5 is also what S3 demands
+//!   of a write under object lock);
+//! - encryption, tagging and object lock headers are sent only when configured, and then on
+//!   every object written (dump pieces, globals, manifests): stores that lack a feature reject
+//!   its header;
+//! - bucket lifecycle rules are edited, never replaced: rules the sidecar does not own survive.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{
@@ -17,23 +23,109 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::types::{
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, CompletedMultipartUpload,
+    CompletedPart, ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    ObjectLockMode, ServerSideEncryption, StorageClass, Transition, TransitionStorageClass,
+};
 use aws_sdk_s3::Client;
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, ObjectInfo, StorageError, StoredPiece};
-use crate::config::StorageConfig;
+use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
+use crate::config::{Lifecycle, Sse, StorageConfig};
 use crate::transform::BoxRead;
 
 /// Time allowed to abort an upload after a failure, so cleanup cannot hang shutdown.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Encryption, tags and retention put on every object written; each `None` sends no header.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct ObjectSettings {
+    sse: Option<ServerSideEncryption>,
+    kms_key_id: Option<String>,
+    /// The `x-amz-tagging` value: `k=v&k2=v2`, URL-encoded.
+    tagging: Option<String>,
+    lock: Option<(ObjectLockMode, Duration)>,
+}
+
+impl ObjectSettings {
+    fn from_config(cfg: &StorageConfig) -> Self {
+        let (sse, kms_key_id) = match &cfg.sse {
+            None => (None, None),
+            Some(Sse::Aes256) => (Some(ServerSideEncryption::Aes256), None),
+            Some(Sse::Kms { key_id }) => (Some(ServerSideEncryption::AwsKms), key_id.clone()),
+        };
+        ObjectSettings {
+            sse,
+            kms_key_id,
+            tagging: tagging_header(&cfg.tags),
+            lock: cfg
+                .object_lock
+                .as_ref()
+                .map(|l| (ObjectLockMode::from(l.mode.as_str()), l.retain)),
+        }
+    }
+
+    /// The retain-until date of an object written at `now`.
+    fn retain_until(&self, now: DateTime<Utc>) -> Option<aws_smithy_types::DateTime> {
+        let (_, retain) = self.lock.as_ref()?;
+        let until = chrono::Duration::from_std(*retain)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        // Whole seconds, rounded up: the lock never ends before `now + retain`.
+        let secs = until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0);
+        Some(aws_smithy_types::DateTime::from_secs(secs))
+    }
+}
+
+/// Applies [`ObjectSettings`] to a PutObject or CreateMultipartUpload request: the two
+/// builders have the same setters but share no trait.
+macro_rules! with_object_settings {
+    ($request:expr, $settings:expr) => {{
+        let s: &ObjectSettings = $settings;
+        $request
+            .set_server_side_encryption(s.sse.clone())
+            .set_ssekms_key_id(s.kms_key_id.clone())
+            .set_tagging(s.tagging.clone())
+            .set_object_lock_mode(s.lock.as_ref().map(|(mode, _)| mode.clone()))
+            .set_object_lock_retain_until_date(s.retain_until(Utc::now()))
+    }};
+}
+
+/// Characters left as they are in a tag key or value: RFC 3986 unreserved. Everything else is
+/// percent-encoded, a space as `%20` and a plus as `%2B` (a bare `+` reads back as a space).
+const TAG_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The `x-amz-tagging` header for `tags`, or `None` when there are none.
+fn tagging_header(tags: &BTreeMap<String, String>) -> Option<String> {
+    if tags.is_empty() {
+        return None;
+    }
+    let pairs: Vec<String> = tags
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, TAG_KEEP),
+                utf8_percent_encode(v, TAG_KEEP)
+            )
+        })
+        .collect();
+    Some(pairs.join("&"))
+}
 
 /// An S3 bucket. Cloning shares the client.
 #[derive(Clone)]
@@ -41,6 +133,7 @@ pub struct S3Storage {
     client: Client,
     bucket: String,
     storage_class: Option<StorageClass>,
+    object: ObjectSettings,
     fixed_part_size: Option<u64>,
     max_parts: u32,
     parts_in_flight: usize,
@@ -59,11 +152,16 @@ impl S3Storage {
         if let Some(endpoint) = &cfg.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        let sdk = loader.load().await;
+        Self::with_sdk_config(cfg, bucket, &loader.load().await)
+    }
+
+    /// Builds a client from `sdk` (credentials, region, endpoint), with the storage settings
+    /// on top; [`S3Storage::new`] passes aws-config's default chain.
+    pub fn with_sdk_config(cfg: &StorageConfig, bucket: &str, sdk: &aws_config::SdkConfig) -> Self {
         // MinIO, Garage and moto serve buckets by path, not by virtual host.
         let custom_endpoint =
             sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
-        let mut builder = aws_sdk_s3::config::Builder::from(&sdk)
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk)
             // A stalled connection must fail, not hang a backup or shutdown.
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
@@ -82,6 +180,7 @@ impl S3Storage {
             client: Client::from_conf(builder.build()),
             bucket: bucket.to_string(),
             storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
+            object: ObjectSettings::from_config(cfg),
             fixed_part_size: cfg.part_size,
             max_parts: cfg.max_parts,
             parts_in_flight: cfg.parts_in_flight,
@@ -281,14 +380,16 @@ impl S3Storage {
         part_size: usize,
         cancel: &CancellationToken,
     ) -> Result<(u64, bool), StorageError> {
-        let create = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/octet-stream")
-            .set_storage_class(self.storage_class.clone())
-            .send();
+        let create = with_object_settings!(
+            self.client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type("application/octet-stream")
+                .set_storage_class(self.storage_class.clone()),
+            &self.object
+        )
+        .send();
         // An upload created just before cancellation is aborted by the next backup.
         let created = tokio::select! {
             r = create => r.map_err(|e| self.map_err("start an upload of", key, e))?,
@@ -508,18 +609,26 @@ impl Backend for S3Storage {
     }
 
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        // Content-MD5 is also what S3 requires of a write under object lock.
         let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&bytes));
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type("application/json")
-            .content_md5(md5)
-            .content_length(bytes.len() as i64)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| self.map_err("write", key, e))?;
+        with_object_settings!(
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(if key.ends_with(".json") {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                })
+                .content_md5(md5)
+                .content_length(bytes.len() as i64)
+                .body(ByteStream::from(bytes)),
+            &self.object
+        )
+        .send()
+        .await
+        .map_err(|e| self.map_err("write", key, e))?;
         Ok(())
     }
 
@@ -595,5 +704,454 @@ impl Backend for S3Storage {
             .into_iter()
             .map(|(k, _)| k)
             .collect())
+    }
+
+    async fn locked_until(&self, key: &str) -> Result<Option<DateTime<Utc>>, StorageError> {
+        // Retention is shown only to callers allowed s3:GetObjectRetention; without it the
+        // object looks unlocked and a prune of it only adds a delete marker.
+        let head = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => head,
+            Err(e) => {
+                return match self.map_err("check the retention of", key, e) {
+                    StorageError::NotFound { .. } => Ok(None),
+                    e => Err(e),
+                }
+            }
+        };
+        let until = head
+            .object_lock_retain_until_date()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()));
+        Ok(until.filter(|u| *u > Utc::now()))
+    }
+
+    async fn ensure_lifecycle(
+        &self,
+        lifecycle: &Lifecycle,
+        prefix: &str,
+    ) -> Result<LifecycleChange, StorageError> {
+        const READ: &str = "read the lifecycle rules of bucket";
+        const WRITE: &str = "write the lifecycle rules of bucket";
+        let current = match self
+            .client
+            .get_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Some(out),
+            Err(e) if service_code(&e) == Some("NoSuchLifecycleConfiguration") => None,
+            Err(e) if not_implemented(&e) => return Ok(LifecycleChange::Unsupported),
+            Err(e) => {
+                let e = self.map_err(READ, &self.bucket, e);
+                return Err(denied(&self.bucket, "s3:GetLifecycleConfiguration", e));
+            }
+        };
+        let existing = current.as_ref().map(|c| c.rules()).unwrap_or_default();
+        let Some(rules) = plan_lifecycle(existing, lifecycle, prefix) else {
+            return Ok(LifecycleChange::Unchanged);
+        };
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .expect("rules are set");
+        let put = self
+            .client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(config)
+            // Left out, AWS would reset a bucket's chosen minimum size to its default.
+            .set_transition_default_minimum_object_size(
+                current.and_then(|c| c.transition_default_minimum_object_size().cloned()),
+            )
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(LifecycleChange::Updated),
+            Err(e) if not_implemented(&e) => Ok(LifecycleChange::Unsupported),
+            Err(e) => {
+                let e = self.map_err(WRITE, &self.bucket, e);
+                Err(denied(&self.bucket, "s3:PutLifecycleConfiguration", e))
+            }
+        }
+    }
+}
+
+/// Turns a refusal into [`StorageError::Denied`] naming `action`, so the caller can report
+/// the missing permission; bad credentials stay [`StorageError::AccessDenied`].
+fn denied(bucket: &str, action: &'static str, err: StorageError) -> StorageError {
+    match err {
+        StorageError::AccessDenied { code, .. }
+            if !matches!(
+                code.as_str(),
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch"
+            ) =>
+        {
+            StorageError::Denied {
+                action,
+                bucket: bucket.to_string(),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The error code of a service error, if it is one.
+fn service_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    err.as_service_error().and_then(|e| e.code())
+}
+
+/// Whether the store answered that it does not implement the operation.
+fn not_implemented<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match err {
+        SdkError::ServiceError(se) => {
+            se.raw().status().as_u16() == 501 || se.err().code() == Some("NotImplemented")
+        }
+        _ => false,
+    }
+}
+
+/// One lifecycle rule the sidecar owns, in the terms it sets them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OwnedRule {
+    id: String,
+    /// Key prefix the rule applies to (`""`: the whole bucket).
+    prefix: String,
+    expire_days: Option<i32>,
+    transition: Option<(i32, String)>,
+    abort_days: Option<i32>,
+}
+
+impl OwnedRule {
+    /// The rules `lifecycle` asks for, for objects under `prefix`.
+    fn wanted(lifecycle: &Lifecycle, prefix: &str) -> Vec<OwnedRule> {
+        let days = |d: u32| i32::try_from(d).unwrap_or(i32::MAX);
+        // `prod/`, not `prod`: the rules must not reach `production/…`.
+        let prefix = match prefix.trim_matches('/') {
+            "" => String::new(),
+            p => format!("{p}/"),
+        };
+        let id = &lifecycle.rule_id_prefix;
+        let rule = |suffix: &str| OwnedRule {
+            id: format!("{id}-{suffix}"),
+            prefix: prefix.clone(),
+            expire_days: None,
+            transition: None,
+            abort_days: None,
+        };
+        let mut out = Vec::new();
+        if let Some(d) = lifecycle.expire_after_days {
+            out.push(OwnedRule {
+                expire_days: Some(days(d)),
+                ..rule("expire")
+            });
+        }
+        if let Some((d, class)) = &lifecycle.transition {
+            out.push(OwnedRule {
+                transition: Some((days(*d), class.clone())),
+                ..rule("transition")
+            });
+        }
+        out.push(OwnedRule {
+            abort_days: Some(days(lifecycle.abort_incomplete_after_days)),
+            ..rule("abort-incomplete")
+        });
+        out
+    }
+
+    /// Every ID the sidecar may own under `id_prefix`, whether configured now or not.
+    fn ids(id_prefix: &str) -> [String; 3] {
+        ["expire", "transition", "abort-incomplete"].map(|s| format!("{id_prefix}-{s}"))
+    }
+
+    /// Reads a stored rule back; `None` when it holds anything the sidecar would not set.
+    fn read(rule: &LifecycleRule) -> Option<OwnedRule> {
+        if *rule.status() != ExpirationStatus::Enabled
+            || !rule.noncurrent_version_transitions().is_empty()
+            || rule.noncurrent_version_expiration().is_some()
+            || rule.transitions().len() > 1
+        {
+            return None;
+        }
+        let prefix = match rule.filter() {
+            Some(f) => {
+                if f.tag().is_some()
+                    || f.and().is_some()
+                    || f.object_size_greater_than().is_some()
+                    || f.object_size_less_than().is_some()
+                {
+                    return None;
+                }
+                // Some stores answer an empty prefix with an empty filter.
+                f.prefix().unwrap_or_default()
+            }
+            // The rule-level prefix of older configurations.
+            #[allow(deprecated)]
+            None => rule.prefix().unwrap_or_default(),
+        };
+        let expire_days = match rule.expiration() {
+            None => None,
+            Some(e) if e.date().is_none() && e.expired_object_delete_marker() != Some(true) => {
+                Some(e.days()?)
+            }
+            Some(_) => return None,
+        };
+        let transition = match rule.transitions().first() {
+            None => None,
+            Some(t) if t.date().is_none() => {
+                Some((t.days()?, t.storage_class()?.as_str().to_string()))
+            }
+            Some(_) => return None,
+        };
+        Some(OwnedRule {
+            id: rule.id()?.to_string(),
+            prefix: prefix.to_string(),
+            expire_days,
+            transition,
+            abort_days: match rule.abort_incomplete_multipart_upload() {
+                None => None,
+                Some(a) => Some(a.days_after_initiation()?),
+            },
+        })
+    }
+
+    fn build(&self) -> LifecycleRule {
+        let mut rule = LifecycleRule::builder()
+            .id(&self.id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix(&self.prefix).build());
+        if let Some(days) = self.expire_days {
+            rule = rule.expiration(LifecycleExpiration::builder().days(days).build());
+        }
+        if let Some((days, class)) = &self.transition {
+            rule = rule.transitions(
+                Transition::builder()
+                    .days(*days)
+                    .storage_class(TransitionStorageClass::from(class.as_str()))
+                    .build(),
+            );
+        }
+        if let Some(days) = self.abort_days {
+            rule = rule.abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(days)
+                    .build(),
+            );
+        }
+        rule.build().expect("status is set")
+    }
+}
+
+/// The bucket's new rule set, or `None` when the sidecar's rules are already as wanted: every
+/// rule the sidecar does not own (by ID) is kept as it is, in its place, and the owned ones
+/// are replaced by those `lifecycle` asks for.
+fn plan_lifecycle(
+    existing: &[LifecycleRule],
+    lifecycle: &Lifecycle,
+    prefix: &str,
+) -> Option<Vec<LifecycleRule>> {
+    let ids = OwnedRule::ids(&lifecycle.rule_id_prefix);
+    let owned = |r: &&LifecycleRule| r.id().is_some_and(|id| ids.iter().any(|o| o == id));
+    let wanted = OwnedRule::wanted(lifecycle, prefix);
+    let mut have: Vec<Option<OwnedRule>> =
+        existing.iter().filter(owned).map(OwnedRule::read).collect();
+    have.sort_by(|a, b| a.as_ref().map(|r| &r.id).cmp(&b.as_ref().map(|r| &r.id)));
+    let mut want: Vec<Option<OwnedRule>> = wanted.iter().cloned().map(Some).collect();
+    want.sort_by(|a, b| a.as_ref().map(|r| &r.id).cmp(&b.as_ref().map(|r| &r.id)));
+    if have == want {
+        return None;
+    }
+    let mut rules: Vec<LifecycleRule> = existing.iter().filter(|r| !owned(r)).cloned().collect();
+    rules.extend(wanted.iter().map(OwnedRule::build));
+    Some(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifecycle(expire: Option<u32>, transition: Option<(u32, &str)>) -> Lifecycle {
+        Lifecycle {
+            expire_after_days: expire,
+            transition: transition.map(|(d, c)| (d, c.to_string())),
+            abort_incomplete_after_days: 2,
+            rule_id_prefix: "pgsidecar".into(),
+        }
+    }
+
+    fn ids(rules: &[LifecycleRule]) -> Vec<&str> {
+        rules.iter().filter_map(|r| r.id()).collect()
+    }
+
+    fn foreign(id: &str) -> LifecycleRule {
+        LifecycleRule::builder()
+            .id(id)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("logs/").build())
+            .expiration(LifecycleExpiration::builder().days(3).build())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn tags_are_url_encoded_in_key_order() {
+        let tags: BTreeMap<String, String> = [
+            ("team", "data & ops"),
+            ("env", "prod"),
+            ("cost/centre", "a+b=c"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            tagging_header(&tags).unwrap(),
+            "cost%2Fcentre=a%2Bb%3Dc&env=prod&team=data%20%26%20ops"
+        );
+        assert_eq!(tagging_header(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn nothing_configured_sends_no_header() {
+        assert_eq!(ObjectSettings::default().retain_until(Utc::now()), None);
+        assert_eq!(ObjectSettings::default(), ObjectSettings::default());
+    }
+
+    #[test]
+    fn retention_ends_no_earlier_than_now_plus_retain() {
+        let settings = ObjectSettings {
+            lock: Some((ObjectLockMode::Governance, Duration::from_secs(86_400))),
+            ..ObjectSettings::default()
+        };
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let until = settings.retain_until(now).unwrap();
+        assert_eq!(until.secs(), now.timestamp() + 86_400 + 1);
+        let huge = ObjectSettings {
+            lock: Some((ObjectLockMode::Compliance, Duration::MAX)),
+            ..ObjectSettings::default()
+        };
+        assert!(huge.retain_until(now).is_some());
+    }
+
+    #[test]
+    fn lifecycle_keeps_foreign_rules_and_adds_ours() {
+        let existing = [foreign("keep-me"), foreign("pgsidecar-staging-expire")];
+        let rules = plan_lifecycle(
+            &existing,
+            &lifecycle(Some(400), Some((30, "GLACIER_IR"))),
+            "prod",
+        )
+        .expect("rules to write");
+        assert_eq!(
+            ids(&rules),
+            [
+                "keep-me",
+                "pgsidecar-staging-expire",
+                "pgsidecar-expire",
+                "pgsidecar-transition",
+                "pgsidecar-abort-incomplete"
+            ]
+        );
+        assert_eq!(rules[0], existing[0]);
+        let expire = &rules[2];
+        assert_eq!(expire.filter().and_then(|f| f.prefix()), Some("prod/"));
+        assert_eq!(expire.expiration().and_then(|e| e.days()), Some(400));
+        let t = &rules[3].transitions()[0];
+        assert_eq!(
+            (t.days(), t.storage_class().map(|c| c.as_str())),
+            (Some(30), Some("GLACIER_IR"))
+        );
+        assert_eq!(
+            rules[4]
+                .abort_incomplete_multipart_upload()
+                .and_then(|a| a.days_after_initiation()),
+            Some(2)
+        );
+        // Already in place: nothing to write.
+        assert!(plan_lifecycle(
+            &rules,
+            &lifecycle(Some(400), Some((30, "GLACIER_IR"))),
+            "prod"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn lifecycle_replaces_changed_or_dropped_rules() {
+        let before =
+            plan_lifecycle(&[], &lifecycle(Some(400), Some((30, "GLACIER_IR"))), "").unwrap();
+        assert_eq!(before[0].filter().and_then(|f| f.prefix()), Some(""));
+        let after = plan_lifecycle(&before, &lifecycle(Some(500), None), "").unwrap();
+        assert_eq!(
+            ids(&after),
+            ["pgsidecar-expire", "pgsidecar-abort-incomplete"]
+        );
+        assert_eq!(after[0].expiration().and_then(|e| e.days()), Some(500));
+        // A rule of ours disabled by hand is put back.
+        let mut disabled = after.clone();
+        disabled[0] = LifecycleRule::builder()
+            .id("pgsidecar-expire")
+            .status(ExpirationStatus::Disabled)
+            .filter(LifecycleRuleFilter::builder().prefix("").build())
+            .expiration(LifecycleExpiration::builder().days(500).build())
+            .build()
+            .unwrap();
+        assert!(plan_lifecycle(&disabled, &lifecycle(Some(500), None), "").is_some());
+        // A different scope is a change.
+        assert!(plan_lifecycle(&after, &lifecycle(Some(500), None), "prod").is_some());
+    }
+
+    #[test]
+    fn lifecycle_reads_an_empty_filter_as_the_whole_bucket() {
+        // How moto (and some stores) answer a rule put with `<Prefix></Prefix>`.
+        let rule = LifecycleRule::builder()
+            .id("pgsidecar-abort-incomplete")
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().build())
+            .abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder()
+                    .days_after_initiation(2)
+                    .build(),
+            )
+            .build()
+            .unwrap();
+        assert!(plan_lifecycle(&[rule], &lifecycle(None, None), "").is_none());
+    }
+
+    #[test]
+    fn a_refused_lifecycle_call_names_the_permission() {
+        let refused = |code: &str| StorageError::AccessDenied {
+            bucket: "b".into(),
+            op: "read",
+            code: code.into(),
+        };
+        let e = denied("b", "s3:GetLifecycleConfiguration", refused("AccessDenied"));
+        assert!(matches!(
+            e,
+            StorageError::Denied {
+                action: "s3:GetLifecycleConfiguration",
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "permission `s3:GetLifecycleConfiguration` is missing on bucket `b`"
+        );
+        // Bad credentials are not a missing permission.
+        let e = denied(
+            "b",
+            "s3:GetLifecycleConfiguration",
+            refused("InvalidAccessKeyId"),
+        );
+        assert!(matches!(e, StorageError::AccessDenied { .. }));
     }
 }

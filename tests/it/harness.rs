@@ -113,6 +113,11 @@ pub fn pg18_bin() -> PathBuf {
 }
 
 impl Pg {
+    /// A cluster of this test's own (for tests that need to see every database on it).
+    pub fn own(major: u32) -> Pg {
+        Pg::start(major)
+    }
+
     fn start(major: u32) -> Pg {
         let (server_bin, lib, client_bin) = match major {
             15 => (pg15_bin(), None, pg15_bin()),
@@ -379,6 +384,39 @@ impl S3 {
             .block_on(self.client.create_bucket().bucket(&name).send())
             .unwrap();
         name
+    }
+
+    /// A bucket created with object lock (and so versioning) enabled.
+    pub fn bucket_with_lock(&self, hint: &str) -> String {
+        let name = unique(hint).replace('_', "-");
+        self.rt
+            .block_on(
+                self.client
+                    .create_bucket()
+                    .bucket(&name)
+                    .object_lock_enabled_for_bucket(true)
+                    .send(),
+            )
+            .unwrap();
+        name
+    }
+
+    /// IDs of the bucket's lifecycle rules.
+    pub fn lifecycle_rule_ids(&self, bucket: &str) -> Vec<String> {
+        self.rt
+            .block_on(
+                self.client
+                    .get_bucket_lifecycle_configuration()
+                    .bucket(bucket)
+                    .send(),
+            )
+            .map(|out| {
+                out.rules()
+                    .iter()
+                    .filter_map(|r| r.id().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {

@@ -10,5 +10,9 @@ mod config_cli;
 mod daemon;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
 mod failures;
+/// Retention: prune and its safety floor; every database of a server.
+mod prune;
 /// Restores, refusals, drills and the command names.
 mod restore;
+/// S3 features: server-side encryption, tags, object lock, lifecycle rules.
+mod storage_features;

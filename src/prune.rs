@@ -1,0 +1,291 @@
+//! Prune: deletes the backups a job's retention policy no longer keeps.
+//!
+//! Safety floor, in this order: a database is not pruned at all while its newest backup
+//! attempt failed or while it has fewer complete backups than the policy keeps; the newest
+//! complete backup is never deleted; only backups with a pgsidecar manifest under the job's
+//! prefix are candidates (foreign objects are never touched); an object under object lock is
+//! skipped and reported rather than hidden behind a delete marker; and a backup's objects are
+//! deleted before its manifest, so a crash mid-prune leaves at worst objects without a
+//! manifest (cleaned later), never a manifest pointing at nothing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+
+use crate::catalog::{self, Entry};
+use crate::config::Job;
+use crate::manifest;
+use crate::retention::{self, Policy, Reason};
+use crate::storage::{Storage, StorageError};
+
+/// Objects without a manifest younger than this may belong to a backup finishing right now.
+const LEFTOVER_AGE: TimeDelta = TimeDelta::days(1);
+
+/// Errors pruning.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("job `{0}` has no retention policy: set [retention] (e.g. PGSIDECAR_RETENTION__KEEP_DAILY=7) to prune")]
+    NoPolicy(String),
+    #[error("cannot read the backups under `{prefix}`: {source}")]
+    List {
+        prefix: String,
+        #[source]
+        source: StorageError,
+    },
+}
+
+/// What prune decided and did for one database.
+#[derive(Debug, Default)]
+pub struct DbReport {
+    pub database: String,
+    /// Kept backups (key, why), newest first.
+    pub kept: Vec<(String, DateTime<Utc>, Vec<Reason>)>,
+    /// Deleted (or, in a dry run, to be deleted) backups.
+    pub deleted: Vec<(String, DateTime<Utc>)>,
+    /// Backups the policy gave up but object lock protects, with the lock's end.
+    pub locked: Vec<(String, DateTime<Utc>)>,
+    /// Why nothing was pruned, when the safety floor held.
+    pub held: Option<String>,
+    /// Objects without a manifest (older than a day) removed.
+    pub leftovers: Vec<String>,
+    /// Deletions that failed, with the error.
+    pub errors: Vec<String>,
+}
+
+/// Prunes one database's backups (`entries`, any order). `newest_attempt_failed` comes from
+/// the caller, which knows how the last backup went.
+#[allow(clippy::too_many_arguments)]
+pub async fn prune_database(
+    storage: &Storage,
+    database: &str,
+    entries: &[Entry],
+    policy: &Policy,
+    tz: chrono_tz::Tz,
+    now: DateTime<Utc>,
+    newest_attempt_failed: bool,
+    dry_run: bool,
+) -> DbReport {
+    let mut report = DbReport {
+        database: database.to_string(),
+        ..DbReport::default()
+    };
+    let decisions = retention::select(entries, |e| e.manifest.started_at, policy, tz, now);
+    if newest_attempt_failed {
+        report.held = Some(
+            "its newest backup attempt failed; nothing is pruned until a backup succeeds".into(),
+        );
+    } else if entries.len() < policy.minimum() {
+        report.held = Some(format!(
+            "only {} complete backup(s), fewer than the policy keeps ({}); nothing is pruned",
+            entries.len(),
+            policy.minimum()
+        ));
+    }
+    for d in &decisions {
+        let m = &d.item.manifest;
+        if d.is_kept() || report.held.is_some() {
+            report
+                .kept
+                .push((m.key.clone(), m.started_at, d.keep.clone()));
+            continue;
+        }
+        match locked_until(storage, d.item).await {
+            Ok(Some(until)) => {
+                report.locked.push((m.key.clone(), until));
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                report.errors.push(format!("{}: {e}", m.key));
+                continue;
+            }
+        }
+        if !dry_run {
+            if let Err(e) = delete_backup(storage, d.item).await {
+                report.errors.push(e.to_string());
+                continue;
+            }
+            tracing::info!(key = %m.key, "pruned");
+        }
+        report.deleted.push((m.key.clone(), m.started_at));
+    }
+    report
+}
+
+/// The latest object-lock end among a backup's objects: on a versioned bucket a DELETE of a
+/// locked object only hides it behind a delete marker, so a backup with any locked object is
+/// left whole.
+async fn locked_until(
+    storage: &Storage,
+    entry: &Entry,
+) -> Result<Option<DateTime<Utc>>, StorageError> {
+    let m = &entry.manifest;
+    let keys = m
+        .objects
+        .iter()
+        .map(|p| p.key.as_str())
+        .chain(m.globals.as_ref().map(|g| g.key.as_str()))
+        .chain([entry.manifest_key.as_str()]);
+    let mut latest = None;
+    for key in keys {
+        latest = latest.max(storage.locked_until(key).await?);
+    }
+    Ok(latest)
+}
+
+/// Deletes one backup: its objects first, the manifest last.
+async fn delete_backup(storage: &Storage, entry: &Entry) -> Result<(), StorageError> {
+    let m = &entry.manifest;
+    for piece in &m.objects {
+        storage.delete(&piece.key).await?;
+    }
+    if let Some(g) = &m.globals {
+        storage.delete(&g.key).await?;
+    }
+    storage.delete(&entry.manifest_key).await
+}
+
+/// Removes objects pgsidecar named that have had no manifest for more than a day (what a crash
+/// between upload and manifest leaves). Returns the keys removed (or to remove, in a dry run).
+async fn remove_leftovers(
+    storage: &Storage,
+    prefix: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<String>, StorageError> {
+    let objects = storage.list(prefix).await?;
+    let mut removed = Vec::new();
+    for o in &objects {
+        let manifest_key = manifest::manifest_key(&o.key);
+        let orphan = crate::storage::is_dump_key(&o.key)
+            && manifest::started_from_key(&manifest_key).is_some()
+            && !objects.iter().any(|m| m.key == manifest_key)
+            && o.last_modified.is_some_and(|t| now - t > LEFTOVER_AGE);
+        if orphan {
+            if !dry_run {
+                storage.delete(&o.key).await?;
+            }
+            removed.push(o.key.clone());
+        }
+    }
+    Ok(removed)
+}
+
+/// Prunes every database of `job` found in storage (`only`: just that one).
+pub async fn prune_job(
+    storage: &Storage,
+    job: &Job,
+    only: Option<&str>,
+    failed_last: &dyn Fn(&str) -> bool,
+    dry_run: bool,
+) -> Result<Vec<DbReport>, PruneError> {
+    let policy = job
+        .retention
+        .as_ref()
+        .ok_or_else(|| PruneError::NoPolicy(job.name.clone()))?;
+    // Checked when the configuration was loaded.
+    let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+    let catalog = catalog::load(storage, &job.prefix, only)
+        .await
+        .map_err(|source| PruneError::List {
+            prefix: job.prefix.clone(),
+            source,
+        })?;
+    for problem in &catalog.problems {
+        tracing::warn!("{problem}");
+    }
+    let mut by_db: BTreeMap<&str, Vec<Entry>> = BTreeMap::new();
+    for e in &catalog.entries {
+        by_db
+            .entry(e.manifest.database.as_str())
+            .or_default()
+            .push(e.clone());
+    }
+    let now = Utc::now();
+    let mut reports = Vec::new();
+    for (db, entries) in by_db {
+        let mut report = prune_database(
+            storage,
+            db,
+            &entries,
+            policy,
+            tz,
+            now,
+            failed_last(db),
+            dry_run,
+        )
+        .await;
+        let prefix = manifest::database_prefix(&job.prefix, db);
+        match remove_leftovers(storage, &prefix, now, dry_run).await {
+            Ok(keys) => report.leftovers = keys,
+            Err(e) => report.errors.push(format!("{prefix}: {e}")),
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// The plan or outcome as `prune` prints it.
+pub fn render(job: &str, reports: &[DbReport], dry_run: bool) -> String {
+    let mut out = String::new();
+    let (del, keep) = if dry_run {
+        ("would delete", "keep")
+    } else {
+        ("deleted", "kept")
+    };
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{} (job {job}): {} backup(s), {keep} {}, {del} {}{}",
+            r.database,
+            r.kept.len() + r.deleted.len() + r.locked.len(),
+            r.kept.len(),
+            r.deleted.len(),
+            if r.locked.is_empty() {
+                String::new()
+            } else {
+                format!(", {} locked", r.locked.len())
+            }
+        );
+        if let Some(why) = &r.held {
+            let _ = writeln!(out, "  held: {why}");
+        }
+        for (key, at, reasons) in &r.kept {
+            let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  {keep:<12} {}  {:<28} {key}",
+                at.format("%Y-%m-%d %H:%M"),
+                reasons.join(", ")
+            );
+        }
+        for (key, at) in &r.deleted {
+            let _ = writeln!(
+                out,
+                "  {del:<12} {}  {:<28} {key}",
+                at.format("%Y-%m-%d %H:%M"),
+                ""
+            );
+        }
+        for (key, until) in &r.locked {
+            let _ = writeln!(
+                out,
+                "  {:<12} {}  {:<28} {key}",
+                "locked",
+                until.format("%Y-%m-%d %H:%M"),
+                "object lock until then"
+            );
+        }
+        for key in &r.leftovers {
+            let _ = writeln!(out, "  {del:<12} leftover without manifest: {key}");
+        }
+        for e in &r.errors {
+            let _ = writeln!(out, "  error: {e}");
+        }
+    }
+    if reports.is_empty() {
+        let _ = writeln!(out, "job {job}: no backups");
+    }
+    out
+}
