@@ -265,6 +265,14 @@ pub struct RawStorage {
     pub part_attempts: Option<u32>,
     #[serde(with = "humantime_serde")]
     pub part_timeout: Option<Duration>,
+    /// Static credentials (otherwise the AWS SDK's default chain); the secret key takes a
+    /// `_file` like every secret, for Docker secrets.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub access_key_id: Option<String>,
+    pub access_key_id_file: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub secret_access_key: Option<String>,
+    pub secret_access_key_file: Option<PathBuf>,
     /// Server-side encryption: `AES256` or `aws:kms`.
     #[serde(deserialize_with = "lenient::opt_string")]
     pub sse: Option<String>,
@@ -556,6 +564,9 @@ pub struct StorageConfig {
     pub part_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub part_timeout: Duration,
+    /// Static credentials, when configured (else the SDK's default chain).
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
     pub sse: Option<Sse>,
     pub tags: std::collections::BTreeMap<String, String>,
     pub object_lock: Option<ObjectLock>,
@@ -1480,7 +1491,29 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         )
     })?;
     let location = parse_storage_url(&url)?;
-    if let Some(endpoint) = &raw.endpoint {
+    // An empty value (a compose file's `${VAR:-}`) means unset.
+    let endpoint = raw.endpoint.filter(|e| !e.trim().is_empty());
+    let access_key_id = secret_value(
+        "storage.access_key_id",
+        raw.access_key_id.filter(|v| !v.is_empty()),
+        raw.access_key_id_file.as_deref(),
+    )?;
+    let secret_access_key = secret_value(
+        "storage.secret_access_key",
+        raw.secret_access_key.filter(|v| !v.is_empty()),
+        raw.secret_access_key_file.as_deref(),
+    )?;
+    if access_key_id.is_some() != secret_access_key.is_some() {
+        return Err(ConfigError::invalid(
+            if access_key_id.is_some() {
+                "storage.secret_access_key"
+            } else {
+                "storage.access_key_id"
+            },
+            "set both storage.access_key_id and storage.secret_access_key (or neither, for the AWS default chain)",
+        ));
+    }
+    if let Some(endpoint) = &endpoint {
         let parsed = url::Url::parse(endpoint).map_err(|e| {
             ConfigError::invalid(
                 "storage.endpoint",
@@ -1656,14 +1689,16 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
         }
     }
     Ok(StorageConfig {
+        access_key_id,
+        secret_access_key,
         sse,
         tags,
         object_lock,
         lifecycle,
         url,
         location,
-        endpoint: raw.endpoint,
-        region: raw.region,
+        endpoint,
+        region: raw.region.filter(|r| !r.trim().is_empty()),
         path_style: raw.path_style,
         storage_class: raw.storage_class,
         part_size,

@@ -39,18 +39,31 @@ pub struct ClientTool {
     pub major: u32,
 }
 
-/// Directories searched when `tools.bin_dirs` is empty: Debian's versioned client directories,
+/// Directories searched when `tools.bin_dirs` is empty: the versioned client directories of
+/// Debian (`/usr/lib/postgresql/<major>/bin`) and Alpine (`/usr/libexec/postgresql<major>`),
 /// newest first, then `PATH`.
 pub fn default_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path().join("bin"))
-                .collect()
-        })
-        .unwrap_or_default();
-    dirs.sort();
-    dirs.reverse();
+    let listed = |dir: &str, map: fn(PathBuf) -> PathBuf| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| map(e.path())).collect())
+            .unwrap_or_default()
+    };
+    let mut dirs = listed("/usr/lib/postgresql", |p| p.join("bin"));
+    dirs.extend(listed("/usr/libexec", |p| p).into_iter().filter(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("postgresql"))
+            .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+    }));
+    // Newest major first: compare the numbers, not the text ("9" sorts after "18").
+    let major = |p: &PathBuf| -> u32 {
+        p.to_string_lossy()
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .find(|s| !s.is_empty())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    dirs.sort_by_key(|p| std::cmp::Reverse(major(p)));
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }

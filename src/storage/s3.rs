@@ -152,6 +152,15 @@ impl S3Storage {
         if let Some(endpoint) = &cfg.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
+        if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id.expose(),
+                secret.expose(),
+                None,
+                None,
+                "pgsidecar configuration",
+            ));
+        }
         Self::with_sdk_config(cfg, bucket, &loader.load().await)
     }
 

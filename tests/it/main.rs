@@ -10,6 +10,10 @@ mod config_cli;
 mod daemon;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
 mod failures;
+/// Client-side encryption with age: round trips, wrong or missing identities, tampering.
+mod encryption;
+/// The container files: Dockerfile lint, Compose schema, configuration names without drift.
+mod packaging;
 /// Retention: prune and its safety floor; every database of a server.
 mod prune;
 /// Restores, refusals, drills and the command names.

@@ -1,0 +1,1 @@
+//! Client-side encryption with age (tests to come).

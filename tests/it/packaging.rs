@@ -1,0 +1,1 @@
+//! The container files (tests to come).
