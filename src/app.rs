@@ -16,7 +16,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let config = match config::load(&Sources::from_process(cli.config.clone())) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
             return ExitCode::Usage;
         }
     };
@@ -34,10 +34,12 @@ pub fn run(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
             let usage = e.downcast_ref::<config::ConfigError>().is_some()
                 || e.downcast_ref::<RestoreError>()
-                    .is_some_and(RestoreError::is_usage);
+                    .is_some_and(RestoreError::is_usage)
+                || e.downcast_ref::<crate::verify::VerifyError>()
+                    .is_some_and(crate::verify::VerifyError::is_usage);
             if usage {
                 ExitCode::Usage
             } else {
@@ -100,7 +102,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     Ok(done) => println!("{}", done.manifest.key),
                     // With several databases one failure does not stop the others.
                     Err(e) if job.databases.len() > 1 || job.databases[0] == "*" => {
-                        eprintln!("error: {e}");
+                        eprintln!("error: {}", crate::secret::redact(&e.to_string()));
                         failed += 1;
                     }
                     Err(e) => return Err(e.into()),
@@ -132,8 +134,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             no_owner,
             jobs,
             with_globals,
+            identity,
         } => {
             let job = config.job(job.as_deref())?;
+            let encryption = encryption_with(&config, identity.as_deref())?;
             let storage = Storage::from_config(&config.storage).await;
             let catalog = load_catalog(&config, &storage, Some(job.name.clone()), db).await?;
             let entry = select(&catalog, &backup)?;
@@ -161,6 +165,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 jobs,
                 progress: true,
                 with_globals,
+                encryption,
             };
             let mut server = job.database.clone();
             server.dbname = entry.manifest.database.clone();
@@ -225,7 +230,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 ExitCode::Failure
             })
         }
-        Command::Drill { job, db } => {
+        Command::Drill { job, db, identity } => {
+            let encryption = encryption_with(&config, identity.as_deref())?;
             let storage = Storage::from_config(&config.storage).await;
             let cancel = crate::shutdown::on_signal();
             let jobs: Vec<&crate::config::Job> = match &job {
@@ -234,6 +240,10 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             };
             let mut failed = 0;
             for job in jobs {
+                let job = &crate::config::Job {
+                    encryption: encryption.clone(),
+                    ..job.clone()
+                };
                 for database in job
                     .databases
                     .iter()
@@ -252,7 +262,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                         Ok(report) => println!("ok: {} {}", report.key, report.summary()),
                         Err(e) => {
                             failed += 1;
-                            eprintln!("error: {e}");
+                            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
                         }
                     }
                 }
@@ -263,11 +273,17 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 ExitCode::Failure
             })
         }
-        Command::Verify { backup, job, db } => {
+        Command::Verify {
+            backup,
+            job,
+            db,
+            identity,
+        } => {
+            let encryption = encryption_with(&config, identity.as_deref())?;
             let storage = Storage::from_config(&config.storage).await;
             let catalog = load_catalog(&config, &storage, job, db).await?;
             let entry = select(&catalog, &backup)?;
-            let done = crate::verify::verify(&storage, &config.tools, entry).await?;
+            let done = crate::verify::verify(&storage, &config.tools, entry, &encryption).await?;
             println!(
                 "ok: {} ({} stored, {} raw, {} archive entries, sha256 matches the manifest)",
                 entry.manifest.key,
@@ -296,6 +312,26 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             }
             Ok(ExitCode::Success)
         }
+    }
+}
+
+/// The configured encryption, with the identities of `--identity FILE` when given (it wins
+/// over `encryption.identity_file`).
+fn encryption_with(
+    config: &Config,
+    identity: Option<&std::path::Path>,
+) -> Result<crate::encryption::Encryption, config::ConfigError> {
+    match identity {
+        None => Ok(config.encryption.clone()),
+        Some(path) => config
+            .encryption
+            .clone()
+            .with_identity_file(path, "--identity")
+            .map_err(|e| config::ConfigError::Invalid {
+                key: "--identity".into(),
+                source_name: None,
+                message: e.to_string(),
+            }),
     }
 }
 

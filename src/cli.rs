@@ -19,7 +19,7 @@ pub struct Cli {
 
 /// Names under which the binary runs one command directly (`restore latest` is
 /// `pgsidecar restore latest`), so that `docker exec sidecar restore latest` works.
-pub const MULTI_CALL: &[&str] = &["backup", "restore", "list", "verify", "drill"];
+pub const MULTI_CALL: &[&str] = &["backup", "restore", "list", "verify", "drill", "prune"];
 
 impl Cli {
     /// Parses the process's arguments, dispatching on the name the binary was invoked by.
@@ -77,6 +77,9 @@ pub enum Command {
         /// Only backups of this database.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
+        /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Restore a backup. Shows what will happen and asks first (without a terminal: --yes).
     /// By default restores into the backup's own database in one transaction: on any error
@@ -117,6 +120,9 @@ pub enum Command {
         /// Parallel pg_restore jobs (with --full or --target-db; needs a local temp copy).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,
+        /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Delete the backups the retention policy no longer keeps (and leftovers of interrupted
     /// backups), printing what is kept and why.
@@ -140,6 +146,9 @@ pub enum Command {
         /// Only this database.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
+        /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
     /// otherwise print why and exit 1.
@@ -166,6 +175,21 @@ mod tests {
             parse(&["pgsidecar", "list"]).unwrap().command,
             Command::List { .. }
         ));
+    }
+
+    #[test]
+    fn identity_is_accepted_where_backups_are_read() {
+        for cmd in ["restore", "verify", "drill"] {
+            let cli = parse(&["pgsidecar", cmd, "--identity", "/run/secrets/age"]).unwrap();
+            let identity = match cli.command {
+                Command::Restore { identity, .. }
+                | Command::Verify { identity, .. }
+                | Command::Drill { identity, .. } => identity,
+                _ => None,
+            };
+            assert_eq!(identity, Some(PathBuf::from("/run/secrets/age")), "{cmd}");
+        }
+        assert!(parse(&["pgsidecar", "backup", "--identity", "x"]).is_err());
     }
 
     #[test]

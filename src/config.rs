@@ -95,6 +95,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub drill: RawDrill,
     pub retention: RawRetention,
+    pub encryption: RawEncryption,
     /// Databases the single job leaves out (with `databases = ["*"]`).
     #[serde(deserialize_with = "lenient::opt_string_list")]
     pub exclude: Option<Vec<String>>,
@@ -202,6 +203,24 @@ pub struct RawDrill {
     pub timezone: Option<String>,
     /// Server to restore drills into, over the job's connection settings (default: the job's).
     pub database: Option<RawDatabase>,
+}
+
+/// `[encryption]`: client-side encryption with age, for every job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEncryption {
+    /// age X25519 public keys (`age1…`) new backups are encrypted to; from the environment
+    /// one comma-separated string.
+    #[serde(deserialize_with = "lenient::opt_string_list")]
+    pub recipients: Option<Vec<String>>,
+    /// A file with one recipient per line (`#` comments).
+    pub recipients_file: Option<PathBuf>,
+    /// age identity file (`AGE-SECRET-KEY-1…`) for restore, verify and drills.
+    pub identity_file: Option<PathBuf>,
+    /// Passphrase (scrypt) instead of recipients; a secret, with a `_file` form.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub passphrase: Option<String>,
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// `[health]`
@@ -433,6 +452,8 @@ pub struct Config {
     /// When restore drills run (they also run by hand with `pgsidecar drill`).
     #[serde(serialize_with = "ser_schedule")]
     pub drill_schedule: Option<crate::schedule::Schedule>,
+    /// Client-side encryption (one section for every job).
+    pub encryption: crate::encryption::Encryption,
 }
 
 /// One backup job: what to dump, when, where, and how hard to try.
@@ -459,6 +480,10 @@ pub struct Job {
     pub retry: RetryPolicy,
     /// Where this job's restore drills restore into.
     pub drill_server: DatabaseConfig,
+    /// The top-level `[encryption]`, here so the job's stages receive it ready (not repeated
+    /// in `config` output).
+    #[serde(skip)]
+    pub encryption: crate::encryption::Encryption,
 }
 
 fn ser_schedule<S: serde::Serializer>(
@@ -891,6 +916,7 @@ fn secret_value(
 /// Turns the raw layers into a checked [`Config`].
 pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
     let storage = validate_storage(raw.storage)?;
+    let encryption = validate_encryption(raw.encryption)?;
     let base_prefix = storage.base_prefix();
     let default_tz = raw
         .timezone
@@ -1043,6 +1069,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             compression,
             retry,
             drill_server,
+            encryption: encryption.clone(),
         });
     }
     let drill_schedule = match raw.drill.schedule.as_deref().map(str::trim) {
@@ -1085,7 +1112,47 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
         },
         log: validate_log(raw.log)?,
         drill_schedule,
+        encryption,
     })
+}
+
+/// Checks that every configured key parses. Errors name the key and, for files, the line;
+/// none quotes a key or the passphrase. An empty value (a compose file's `${VAR:-}`) means
+/// unset.
+fn validate_encryption(raw: RawEncryption) -> Result<crate::encryption::Encryption, ConfigError> {
+    use crate::encryption::{self, Encryption};
+    let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    let mut recipients = encryption::parse_recipients(&raw.recipients.unwrap_or_default())
+        .map_err(|m| ConfigError::invalid("encryption.recipients", m))?;
+    if let Some(path) = nonempty(raw.recipients_file) {
+        recipients.extend(
+            encryption::read_recipients_file(&path)
+                .map_err(|e| ConfigError::invalid("encryption.recipients_file", e.to_string()))?,
+        );
+    }
+    let passphrase = secret_value(
+        "encryption.passphrase",
+        raw.passphrase.filter(|p| !p.is_empty()),
+        nonempty(raw.passphrase_file).as_deref(),
+    )?;
+    if passphrase.as_ref().is_some_and(|p| p.expose().is_empty()) {
+        return Err(ConfigError::invalid(
+            "encryption.passphrase_file",
+            "the file is empty",
+        ));
+    }
+    let mut encryption = Encryption::new(recipients, passphrase).map_err(|m| {
+        ConfigError::invalid(
+            "encryption.passphrase",
+            format!("{m}: encryption.recipients / encryption.recipients_file encrypt to age public keys, encryption.passphrase to a passphrase"),
+        )
+    })?;
+    if let Some(path) = nonempty(raw.identity_file) {
+        encryption = encryption
+            .with_identity_file(&path, "encryption.identity_file")
+            .map_err(|e| ConfigError::invalid("encryption.identity_file", e.to_string()))?;
+    }
+    Ok(encryption)
 }
 
 /// Names a job's key as `jobs[i].section.key` in errors from a shared validator.
@@ -1493,16 +1560,19 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let location = parse_storage_url(&url)?;
     // An empty value (a compose file's `${VAR:-}`) means unset.
     let endpoint = raw.endpoint.filter(|e| !e.trim().is_empty());
-    let access_key_id = secret_value(
+    // Empty values and files mean "use the AWS default chain" (an instance role), so one
+    // compose file serves both.
+    let non_empty = |s: Option<Secret>| s.filter(|s| !s.expose().trim().is_empty());
+    let access_key_id = non_empty(secret_value(
         "storage.access_key_id",
-        raw.access_key_id.filter(|v| !v.is_empty()),
+        raw.access_key_id,
         raw.access_key_id_file.as_deref(),
-    )?;
-    let secret_access_key = secret_value(
+    )?);
+    let secret_access_key = non_empty(secret_value(
         "storage.secret_access_key",
-        raw.secret_access_key.filter(|v| !v.is_empty()),
+        raw.secret_access_key,
         raw.secret_access_key_file.as_deref(),
-    )?;
+    )?);
     if access_key_id.is_some() != secret_access_key.is_some() {
         return Err(ConfigError::invalid(
             if access_key_id.is_some() {
@@ -2055,6 +2125,169 @@ mod tests {
             (l.expire_after_days, l.abort_incomplete_after_days),
             (Some(400), 1)
         );
+    }
+
+    /// A fresh age key pair: (identity text, recipient text).
+    fn age_keys() -> (String, String) {
+        let id = age::x25519::Identity::generate();
+        let secret = age::secrecy::ExposeSecret::expose_secret(&id.to_string()).to_string();
+        (secret, id.to_public().to_string())
+    }
+
+    #[test]
+    fn encryption_recipients_from_env_list_and_file() {
+        let (_, r1) = age_keys();
+        let (_, r2) = age_keys();
+        let (_, r3) = age_keys();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# ops team\n{r3}\n\n")).unwrap();
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_ENCRYPTION__RECIPIENTS", &format!("{r1}, {r2}")),
+            (
+                "PGSIDECAR_ENCRYPTION__RECIPIENTS_FILE",
+                file.to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+        let got: Vec<String> = c
+            .encryption
+            .recipients
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(got, [r1, r2, r3]);
+        assert_eq!(
+            c.jobs[0].encryption.scheme(),
+            Some(crate::encryption::Scheme::X25519)
+        );
+        // Unset, and set to empty values, encryption is off.
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_ENCRYPTION__RECIPIENTS", ""),
+            ("PGSIDECAR_ENCRYPTION__PASSPHRASE", ""),
+            ("PGSIDECAR_ENCRYPTION__IDENTITY_FILE", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.encryption.scheme(), None);
+        assert!(c.jobs[0].encryption.record().is_none());
+    }
+
+    #[test]
+    fn encryption_identity_file_is_read_and_passphrase_is_redacted() {
+        let (secret, recipient) = age_keys();
+        let dir = tempfile::tempdir().unwrap();
+        let id_file = dir.path().join("key.txt");
+        std::fs::write(&id_file, format!("# public key: {recipient}\n{secret}\n")).unwrap();
+        let pw_file = dir.path().join("pw");
+        std::fs::write(&pw_file, "tr0ub4dor&3\n").unwrap();
+        let c = load(&env(&[
+            URL,
+            (
+                "PGSIDECAR_ENCRYPTION__IDENTITY_FILE",
+                id_file.to_str().unwrap(),
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__PASSPHRASE_FILE",
+                pw_file.to_str().unwrap(),
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.encryption.identities[0].recipient().to_string(),
+            recipient
+        );
+        assert_eq!(
+            c.encryption.passphrase.as_ref().unwrap().expose(),
+            "tr0ub4dor&3"
+        );
+        assert_eq!(
+            c.encryption.scheme(),
+            Some(crate::encryption::Scheme::Scrypt)
+        );
+        let out = c.to_redacted_toml();
+        assert!(
+            !out.contains("tr0ub4dor") && !out.contains(&secret) && out.contains("[encryption]"),
+            "{out}"
+        );
+        assert!(!format!("{c:?}").contains(&secret));
+    }
+
+    #[test]
+    fn bad_encryption_settings_name_their_key_and_echo_no_secret() {
+        let (secret, recipient) = age_keys();
+        let dir = tempfile::tempdir().unwrap();
+        let public_as_identity = dir.path().join("wrong-way-round.txt");
+        std::fs::write(&public_as_identity, format!("{recipient}\n")).unwrap();
+        let secret_as_recipient = dir.path().join("recipients.txt");
+        std::fs::write(&secret_as_recipient, format!("# x\n{secret}\n")).unwrap();
+        let missing = dir.path().join("missing");
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "PGSIDECAR_ENCRYPTION__RECIPIENTS",
+                format!("{recipient},age1notakey"),
+                "encryption.recipients",
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__RECIPIENTS",
+                secret.clone(),
+                "encryption.recipients",
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__RECIPIENTS_FILE",
+                secret_as_recipient.display().to_string(),
+                "encryption.recipients_file",
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__IDENTITY_FILE",
+                public_as_identity.display().to_string(),
+                "encryption.identity_file",
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__IDENTITY_FILE",
+                missing.display().to_string(),
+                "encryption.identity_file",
+            ),
+            (
+                "PGSIDECAR_ENCRYPTION__PASSPHRASE_FILE",
+                missing.display().to_string(),
+                "encryption.passphrase_file",
+            ),
+        ];
+        for (k, v, key) in &cases {
+            let err = load(&env(&[URL, (k, v)])).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{k}: {err}");
+            assert!(!err.contains(&secret), "{k}: {err}");
+        }
+        let err = load(&env(&[
+            URL,
+            ("PGSIDECAR_ENCRYPTION__RECIPIENTS", &recipient),
+            ("PGSIDECAR_ENCRYPTION__PASSPHRASE", "hunter2"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`encryption.passphrase`")
+                && err.contains("not both")
+                && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = load(&env(&[
+            URL,
+            ("PGSIDECAR_ENCRYPTION__PASSPHRASE", "hunter2"),
+            ("PGSIDECAR_ENCRYPTION__PASSPHRASE_FILE", "/x"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`encryption.passphrase`") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = load(&env(&[URL, ("PGSIDECAR_ENCRYPTION__KEY", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`encryption.key`"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! restore would need) is measured, and the scratch database is dropped again.
 //!
 //! A drill never touches the database it came from: it only creates and drops its own
-//! `<db>__drill_<time>` database.
+//! `<db>__drill_<time>` database. An encrypted backup is decrypted with the job's
+//! `[encryption]` keys (the identity file, or the passphrase), so the drill also proves that
+//! the key kept for restores still opens the backups.
 
 use std::time::Duration;
 
@@ -102,6 +104,7 @@ pub async fn drill(
     };
     let options = Options {
         progress: false,
+        encryption: job.encryption.clone(),
         ..Options::default()
     };
     tracing::info!(key = %m.key, scratch = %scratch, "restore drill starting");

@@ -375,7 +375,7 @@ pub fn conninfo_dbname(name: &str) -> String {
 }
 
 /// Runs `pg_dumpall --globals-only` (roles, memberships, tablespaces) through `db.dbname`.
-/// Role passwords are included only when the user may read them (a superuser); otherwise the
+/// Role passwords are included only when the user may read them (a superuser, or a member of `pg_read_all_data`); otherwise the
 /// dump is taken with `--no-role-passwords` instead of failing. Returns the SQL and whether
 /// it has the passwords.
 pub async fn dump_globals(

@@ -26,8 +26,14 @@ pub enum GlobalsError {
     Damaged { key: String, reason: String },
 }
 
-/// Reads and checks the SQL stored in `globals`.
-pub async fn fetch(storage: &Storage, globals: &Globals) -> Result<String, GlobalsError> {
+/// Reads and checks the SQL stored in `globals`, decrypting it with `keys` when the backup is
+/// encrypted (`encrypted`, from its manifest).
+pub async fn fetch(
+    storage: &Storage,
+    globals: &Globals,
+    encrypted: Option<&crate::manifest::Encryption>,
+    keys: &crate::encryption::Encryption,
+) -> Result<String, GlobalsError> {
     let damaged = |reason: String| GlobalsError::Damaged {
         key: globals.key.clone(),
         reason,
@@ -48,7 +54,14 @@ pub async fn fetch(storage: &Storage, globals: &Globals) -> Result<String, Globa
             globals.stored_bytes
         )));
     }
-    let sql = zstd::decode_all(&bytes[..]).map_err(|e| damaged(e.to_string()))?;
+    let compressed = match encrypted {
+        None => bytes.to_vec(),
+        Some(record) => keys
+            .decrypt_bytes(record, bytes)
+            .await
+            .map_err(|e| damaged(format!("cannot decrypt: {e}")))?,
+    };
+    let sql = zstd::decode_all(&compressed[..]).map_err(|e| damaged(e.to_string()))?;
     String::from_utf8(sql).map_err(|e| damaged(e.to_string()))
 }
 

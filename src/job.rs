@@ -1,5 +1,6 @@
 //! Job: the one place that knows the order of a backup's stages —
-//! preflight → dump source → transforms (count, compress, hash) → storage sink → manifest.
+//! preflight → dump source → transforms (count, compress, encrypt, hash) → storage sink →
+//! manifest. The hash is over the stored (encrypted) bytes.
 //! Beside the dump, in the snapshot it imports, the tables' rows are counted for the manifest.
 //!
 //! Invariant: a backup is reported complete only when pg_dump exited 0, the upload completed
@@ -119,8 +120,10 @@ async fn remove_leftovers(
     Ok(())
 }
 
-/// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`.
+/// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`, compressed
+/// and encrypted like the dump.
 async fn store_globals(
+    encryption: &crate::encryption::Encryption,
     tools: &ToolsConfig,
     storage: &Storage,
     db: &crate::config::DatabaseConfig,
@@ -145,23 +148,28 @@ async fn store_globals(
         tracing::info!("role passwords are not readable by this user; roles are stored without them (--no-role-passwords)");
     }
     let key = manifest::globals_key(dump_key);
-    let compressed = zstd::encode_all(sql.as_slice(), 3).map_err(|e| BackupError::Storage {
+    let source_err = |e| BackupError::Storage {
         database: database.clone(),
         key: key.clone(),
         source: StorageError::Source {
             key: key.clone(),
             source: e,
         },
-    })?;
+    };
+    let compressed = zstd::encode_all(sql.as_slice(), 3).map_err(source_err)?;
+    let stored = encryption
+        .encrypt_bytes(compressed)
+        .await
+        .map_err(source_err)?;
     let globals = manifest::Globals {
         key: key.clone(),
         raw_bytes: sql.len() as u64,
-        stored_bytes: compressed.len() as u64,
-        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&compressed)),
+        stored_bytes: stored.len() as u64,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored)),
         role_passwords,
     };
     storage
-        .put_bytes(&key, Bytes::from(compressed))
+        .put_bytes(&key, Bytes::from(stored))
         .await
         .map_err(|source| BackupError::Storage {
             database,
@@ -260,7 +268,14 @@ pub async fn backup_database(
     }
 
     let started = Utc::now();
-    let key = manifest::dump_key(&job.prefix, database, started, job.compression);
+    let encryption = job.encryption.record();
+    let key = manifest::dump_key(
+        &job.prefix,
+        database,
+        started,
+        job.compression,
+        encryption.is_some(),
+    );
     let manifest_key = manifest::manifest_key(&key);
     let storage_err = |source| BackupError::Storage {
         database: database.to_string(),
@@ -300,7 +315,10 @@ pub async fn backup_database(
     };
     let source = dump::spawn(&tool, &db, snapshot.as_ref().map(|s| s.id())).map_err(db_err)?;
     let (counted, raw_bytes) = Counted::new(source);
-    let mut stored = Hashed::new(transform::compress(counted, job.compression));
+    let mut stored = Hashed::new(
+        job.encryption
+            .encrypt(transform::compress(counted, job.compression)),
+    );
 
     // Counting runs beside the upload and never holds it up or fails it: a failed count only
     // leaves the manifest without counts.
@@ -357,7 +375,7 @@ pub async fn backup_database(
 
     let globals = if job.globals {
         let stored = tokio::select! {
-            r = store_globals(tools, storage, &db, server.major, &key) => r,
+            r = store_globals(&job.encryption, tools, storage, &db, server.major, &key) => r,
             _ = cancel.cancelled() => Err(cancelled()),
         };
         match stored {
@@ -376,7 +394,7 @@ pub async fn backup_database(
     let finished = Utc::now();
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
-        format_version: manifest::FORMAT_VERSION,
+        format_version: manifest::format_version(encryption.as_ref()),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         job: job.name.clone(),
         database: database.to_string(),
@@ -394,6 +412,7 @@ pub async fn backup_database(
         raw_bytes: raw_bytes.load(Ordering::Relaxed),
         stored_bytes: digest.bytes,
         compression: job.compression,
+        encryption,
         sha256: digest.sha256,
         key: key.clone(),
         objects: pieces,

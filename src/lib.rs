@@ -1,9 +1,9 @@
 //! pgsidecar: streams PostgreSQL backups to S3 on a schedule and restores them.
 //!
 //! Data flows one way: schedule ([`schedule`], [`daemon`]) → job ([`job`]) → dump source
-//! ([`dump`]) → transforms ([`transform`]) → storage sink ([`storage`]) → manifest
-//! ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back, [`status`] keeps
-//! what `health` and `/metrics` report.
+//! ([`dump`]) → transforms ([`transform`], [`encryption`]) → storage sink ([`storage`]) →
+//! manifest ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back,
+//! [`status`] keeps what `health` and `/metrics` report.
 
 pub mod app;
 pub mod catalog;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod drill;
 pub mod dump;
+pub mod encryption;
 pub mod exit;
 pub mod globals;
 pub mod http;

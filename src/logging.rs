@@ -1,19 +1,59 @@
-//! Log output: tracing to stderr, as text or JSON lines.
+//! Log output: tracing to stderr, as text or JSON lines, through the redaction layer.
 
+use std::io::Write;
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::secret::redact;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
+/// Installs the global subscriber and the panic hook. `RUST_LOG`, when set, overrides
+/// `log.level`.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(RedactedStderr);
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    // A panic message can quote any value (a URL, a query); it goes through the same filter.
+    std::panic::set_hook(Box::new(|info| {
+        let _ = writeln!(std::io::stderr(), "{}", redact(&info.to_string()));
+    }));
+}
+
+/// Hands out one [`EventBuffer`] per log event.
+struct RedactedStderr;
+
+impl<'a> MakeWriter<'a> for RedactedStderr {
+    type Writer = EventBuffer;
+    fn make_writer(&'a self) -> EventBuffer {
+        EventBuffer(Vec::new())
+    }
+}
+
+/// Collects one formatted event and writes it redacted, in one piece, when dropped: a secret
+/// split across two `write` calls would escape a per-call filter.
+struct EventBuffer(Vec<u8>);
+
+impl Write for EventBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EventBuffer {
+    fn drop(&mut self) {
+        let text = String::from_utf8_lossy(&self.0);
+        let _ = std::io::stderr().write_all(redact(&text).as_bytes());
+    }
 }

@@ -2,8 +2,9 @@
 //! is complete and checked; `list`, `restore` and retention read manifests only, so an object
 //! without one (a crash mid-upload) is never mistaken for a backup.
 //!
-//! Also the one place that names keys: `<prefix>/<database>/<UTC timestamp>.dump.zst` and the
-//! manifest `<prefix>/<database>/<UTC timestamp>.manifest.json` beside it.
+//! Also the one place that names keys: `<prefix>/<database>/<UTC timestamp>.dump.zst` (with
+//! `.age` appended when encrypted) and the manifest
+//! `<prefix>/<database>/<UTC timestamp>.manifest.json` beside it.
 
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -14,8 +15,13 @@ use crate::storage::StoredPiece;
 
 /// Value of the `format` field; anything else under the prefix is not ours.
 pub const FORMAT: &str = "pgsidecar-manifest";
-/// Bumped when a field changes meaning; readers refuse versions they do not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when a field changes meaning; readers refuse versions they do not know. Version 2
+/// added [`Manifest::encryption`]: encrypted backups are written as version 2, so that a
+/// pgsidecar from before encryption refuses them (asking for an upgrade) instead of taking
+/// the encrypted bytes for a damaged archive. Unencrypted backups stay version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of manifests of unencrypted backups, which every release reads.
+pub const PLAIN_FORMAT_VERSION: u32 = 1;
 /// Suffix of manifest keys.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
@@ -29,7 +35,7 @@ pub enum ManifestError {
     Json { key: String, cause: String },
     #[error("`{key}` is not a pgsidecar manifest (format `{format}`)")]
     Foreign { key: String, format: String },
-    #[error("manifest `{key}` has format version {version}; this pgsidecar reads version {FORMAT_VERSION}: upgrade pgsidecar")]
+    #[error("manifest `{key}` has format version {version}; this pgsidecar reads versions up to {FORMAT_VERSION}: upgrade pgsidecar")]
     Version { key: String, version: u32 },
 }
 
@@ -58,10 +64,13 @@ pub struct Manifest {
     pub database_size_bytes: u64,
     /// Bytes pg_dump wrote.
     pub raw_bytes: u64,
-    /// Bytes stored (after compression), over all pieces.
+    /// Bytes stored (after compression and encryption), over all pieces.
     pub stored_bytes: u64,
     pub compression: Compression,
-    /// sha256 of the stored bytes, all pieces concatenated in order.
+    /// How the stored objects (dump and globals) are encrypted; absent: they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+    /// sha256 of the stored bytes (encrypted, when encrypted), all pieces concatenated in order.
     pub sha256: String,
     /// Key of the first (usually only) piece.
     pub key: String,
@@ -98,7 +107,9 @@ impl Manifest {
             });
         }
         match header.format_version {
-            Some(FORMAT_VERSION) => serde_json::from_slice(bytes).map_err(json),
+            Some(PLAIN_FORMAT_VERSION..=FORMAT_VERSION) => {
+                serde_json::from_slice(bytes).map_err(json)
+            }
             v => Err(ManifestError::Version {
                 key: key.into(),
                 version: v.unwrap_or(0),
@@ -112,26 +123,50 @@ impl Manifest {
     }
 }
 
-/// The `pg_dumpall --globals-only` output stored beside a dump (zstd-compressed SQL).
+/// How a backup is encrypted. Recipients are named by fingerprint only (see
+/// [`crate::encryption::Recipient::fingerprint`]), never by key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Encryption {
+    pub scheme: crate::encryption::Scheme,
+    /// Fingerprints of the age recipients (empty for a passphrase).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
+/// The format version a manifest with `encryption` is written as.
+pub fn format_version(encryption: Option<&Encryption>) -> u32 {
+    match encryption {
+        Some(_) => FORMAT_VERSION,
+        None => PLAIN_FORMAT_VERSION,
+    }
+}
+
+/// The `pg_dumpall --globals-only` output stored beside a dump (zstd-compressed SQL, encrypted
+/// like the dump).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Globals {
     pub key: String,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
-    /// sha256 of the stored bytes.
+    /// sha256 of the stored (compressed, and encrypted when the backup is) bytes.
     pub sha256: String,
     /// Whether role passwords are included: only a user who may read `pg_authid` gets them;
     /// without, roles are restored without passwords and must be given new ones.
     pub role_passwords: bool,
 }
 
-/// The key of the globals stored with the dump `dump_key`.
+/// The key of the globals stored with the dump `dump_key`; encrypted like the dump (`.age`).
 pub fn globals_key(dump_key: &str) -> String {
     let manifest = manifest_key(dump_key);
     let stem = manifest
         .strip_suffix(MANIFEST_SUFFIX)
         .expect("manifest keys end with the suffix");
-    format!("{stem}{GLOBALS_SUFFIX}")
+    let encrypted = if dump_key.ends_with(crate::encryption::SUFFIX) {
+        crate::encryption::SUFFIX
+    } else {
+        ""
+    };
+    format!("{stem}{GLOBALS_SUFFIX}{encrypted}")
 }
 
 /// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
@@ -154,18 +189,25 @@ pub fn database_prefix(base: &str, database: &str) -> String {
     }
 }
 
-/// The key of a dump of `database` started at `started`.
+/// The key of a dump of `database` started at `started`: `.dump`, the compression's suffix,
+/// and `.age` when `encrypted`.
 pub fn dump_key(
     base: &str,
     database: &str,
     started: DateTime<Utc>,
     compression: Compression,
+    encrypted: bool,
 ) -> String {
     format!(
-        "{}{}.dump{}",
+        "{}{}.dump{}{}",
         database_prefix(base, database),
         started.format(TIMESTAMP_FORMAT),
-        compression.suffix()
+        compression.suffix(),
+        if encrypted {
+            crate::encryption::SUFFIX
+        } else {
+            ""
+        }
     )
 }
 
@@ -198,7 +240,7 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
             .unwrap()
             .to_utc();
-        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 });
+        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, false);
         assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst");
         assert_eq!(
             manifest_key(&k),
@@ -213,10 +255,55 @@ mod tests {
             "prod/app/2026-11-24T020000Z.manifest.json"
         );
         assert_eq!(
-            dump_key("", "we/ird 'db'ü", t, Compression::None),
+            dump_key("", "we/ird 'db'ü", t, Compression::None, false),
             "we%2Fird%20%27db%27%C3%BC/2026-11-24T020000Z.dump"
         );
         assert_eq!(database_prefix("p", ".."), "p/%2E%2E/");
+    }
+
+    #[test]
+    fn encrypted_keys_keep_their_suffix_and_map_to_the_same_manifest() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
+            .unwrap()
+            .to_utc();
+        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, true);
+        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst.age");
+        let manifest = "prod/app/2026-11-24T020000Z.manifest.json";
+        assert_eq!(manifest_key(&k), manifest);
+        assert_eq!(manifest_key(&format!("{k}.002")), manifest);
+        let g = globals_key(&k);
+        assert_eq!(g, "prod/app/2026-11-24T020000Z.globals.sql.zst.age");
+        assert_eq!(manifest_key(&g), manifest);
+        let plain = dump_key("p.age", "x.age", t, Compression::None, true);
+        assert_eq!(plain, "p.age/x.age/2026-11-24T020000Z.dump.age");
+        assert_eq!(
+            manifest_key(&plain),
+            "p.age/x.age/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            globals_key(&plain),
+            "p.age/x.age/2026-11-24T020000Z.globals.sql.zst.age"
+        );
+    }
+
+    #[test]
+    fn encryption_is_recorded_by_fingerprint_and_old_manifests_parse() {
+        let mut m = Manifest::parse("k", WITHOUT_TABLES.as_bytes()).unwrap();
+        assert_eq!(m.encryption, None);
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert!(json.get("encryption").is_none(), "{json}");
+        m.encryption = Some(Encryption {
+            scheme: crate::encryption::Scheme::X25519,
+            recipients: vec!["0123456789abcdef".into()],
+        });
+        m.format_version = format_version(m.encryption.as_ref());
+        let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        assert_eq!(json["format_version"], 2);
+        assert_eq!(
+            json["encryption"],
+            serde_json::json!({ "scheme": "age-x25519", "recipients": ["0123456789abcdef"] })
+        );
+        assert_eq!(Manifest::parse("k", &m.to_json()).unwrap(), m);
     }
 
     /// A manifest as written before row counts were recorded.

@@ -5,7 +5,9 @@
 //! transaction, and pg_restore cannot reach its COMMIT before the stored object has proved
 //! intact (see [`crate::verify::Feed::hold_back`]). The other modes restore into a new scratch
 //! database, check it, and only then rename databases; any failure before that drops the
-//! scratch database and leaves everything else as it was.
+//! scratch database and leaves everything else as it was. An encrypted backup is only
+//! planned once the configured key has opened its age header: a missing or wrong key is
+//! refused before anything is touched.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 pub enum RestoreError {
     #[error(transparent)]
     Verify(#[from] VerifyError),
+    /// Found while planning: the backup cannot be decrypted (a missing or wrong key, or a
+    /// damaged age header).
+    #[error("{0}; nothing was changed")]
+    Undecryptable(VerifyError),
     #[error("{source}; {left}")]
     Aborted {
         #[source]
@@ -86,7 +92,11 @@ fn tail(lines: &[String]) -> String {
 impl RestoreError {
     /// Refusals caused by how the command was called (exit status 2: nothing was attempted).
     pub fn is_usage(&self) -> bool {
-        matches!(self, RestoreError::Refused(_) | RestoreError::Declined)
+        match self {
+            RestoreError::Refused(_) | RestoreError::Declined => true,
+            RestoreError::Undecryptable(e) => e.is_usage(),
+            _ => false,
+        }
     }
 }
 
@@ -115,6 +125,8 @@ pub struct Options {
     pub progress: bool,
     /// Create the roles the backup's globals have and the server lacks, before restoring.
     pub with_globals: bool,
+    /// What decrypts an encrypted backup.
+    pub encryption: crate::encryption::Encryption,
 }
 
 /// The target server and database as found before anything changes.
@@ -234,8 +246,8 @@ async fn existing_db(
 }
 
 /// Decides how `entry` will be restored on `server` without changing anything, and refuses
-/// what cannot work: a newer server's backup, a missing or existing target, a pg_restore that
-/// cannot read the archive.
+/// what cannot work: an encrypted backup the configured key does not open, a newer server's
+/// backup, a missing or existing target, a pg_restore that cannot read the archive.
 pub async fn plan(
     entry: &Entry,
     storage: &Storage,
@@ -245,6 +257,9 @@ pub async fn plan(
     options: Options,
 ) -> Result<Plan, RestoreError> {
     let m = &entry.manifest;
+    verify::check_decryptable(storage, entry, &options.encryption)
+        .await
+        .map_err(RestoreError::Undecryptable)?;
     let admin = maintenance(server).await?;
     let row = admin
         .query_one(
@@ -311,7 +326,9 @@ pub async fn plan(
             )))
         }
         (Some(g), true) => {
-            let sql = crate::globals::fetch(storage, g).await?;
+            let sql =
+                crate::globals::fetch(storage, g, m.encryption.as_ref(), &options.encryption)
+                    .await?;
             let existing = admin
                 .query("SELECT rolname::text FROM pg_roles", &[])
                 .await
@@ -347,13 +364,17 @@ impl Plan {
         let hb = crate::notify::human_bytes;
         let age = crate::catalog::human_age(now - m.started_at);
         let mut out = format!(
-            "Backup:  {} (taken {} UTC, {age} ago)\n         database `{}` on PostgreSQL {}, {} stored, {} uncompressed\n",
+            "Backup:  {} (taken {} UTC, {age} ago)\n         database `{}` on PostgreSQL {}, {} stored, {} uncompressed{}\n",
             m.key,
             m.started_at.format("%Y-%m-%d %H:%M:%S"),
             m.database,
             m.server_version,
             hb(m.stored_bytes),
             hb(m.raw_bytes),
+            match &m.encryption {
+                Some(e) => format!(", encrypted ({}; the configured key opens it)", e.scheme),
+                None => String::new(),
+            },
         );
         out.push_str(&format!(
             "Target:  database `{}` on {}:{} (PostgreSQL {})",
@@ -994,7 +1015,7 @@ async fn restore_into(
                 check_after_close: false,
             };
             let streamed = tokio::select! {
-                r = verify::stream_archive(storage, entry, sink, feed, progress_bytes.clone()) => {
+                r = verify::stream_archive(storage, entry, &plan.options.encryption, sink, feed, progress_bytes.clone()) => {
                     r.map_err(|source| RestoreError::Aborted { source: Box::new(source), left: left.to_string() })?
                 }
                 _ = cancel.cancelled() => return Err(cancelled()),
@@ -1027,7 +1048,7 @@ async fn restore_into(
             check_after_close: false,
         };
         let streamed = tokio::select! {
-            r = verify::stream_archive(storage, entry, stdin, feed, progress_bytes) => r,
+            r = verify::stream_archive(storage, entry, &plan.options.encryption, stdin, feed, progress_bytes) => r,
             _ = cancel.cancelled() => return Err(cancelled()),
         };
         match streamed {

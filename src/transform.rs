@@ -1,6 +1,8 @@
 //! Transforms between the dump source and the storage sink: compression, and the counting and
-//! hashing of what is stored. Each is a plain `AsyncRead` wrapper, so the pipeline is one
-//! stream that storage pulls from at its own pace (backpressure reaches pg_dump's pipe).
+//! hashing of what is stored (encryption, between the two, is [`crate::encryption`]). Each is a
+//! plain `AsyncRead` wrapper, so the pipeline is one stream that storage pulls from at its own
+//! pace (backpressure reaches pg_dump's pipe). Stages that run on a thread of their own share
+//! [`read_chunks`] and [`reader_from`].
 //!
 //! zstd compresses on a thread of its own, in independent frames of [`ZSTD_CHUNK`] bytes, while
 //! the stream goes on reading pg_dump's pipe: like `pg_dump | zstd`, dumping and compressing
@@ -11,7 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -46,48 +48,19 @@ pub fn compress(input: impl AsyncRead + Send + 'static, compression: Compression
     }
 }
 
-/// A raw chunk, or the error that ended the input.
-type Chunk = io::Result<bytes::Bytes>;
+/// A chunk of a stage's input or output, or the error that ended it.
+pub(crate) type Chunk = io::Result<bytes::Bytes>;
 
 /// zstd in independent frames, compressed on a blocking thread while the next chunk is read.
 /// At most two raw chunks and three compressed ones exist at a time.
 fn chunked_zstd(
-    mut input: impl AsyncRead + Send + Unpin + 'static,
+    input: impl AsyncRead + Send + Unpin + 'static,
     level: i32,
 ) -> impl AsyncRead + Send {
-    use tokio::io::AsyncReadExt;
-    let (raw_tx, mut raw_rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+    let mut raw_rx = read_chunks(input, ZSTD_CHUNK);
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Chunk>(1);
-    tokio::spawn(async move {
-        loop {
-            // Reserve the slot before reading: at most two raw chunks exist (one being
-            // compressed, one being filled), and reading still overlaps compression.
-            let Ok(slot) = raw_tx.reserve().await else {
-                // The consumer is gone (failure or cancellation): dropping the source ends pg_dump.
-                return;
-            };
-            let mut buf = bytes::BytesMut::with_capacity(ZSTD_CHUNK);
-            let chunk = loop {
-                // A read can wait long (pg_dump blocked on a lock); stop as soon as the
-                // consumer is gone, so the source (and pg_dump with it) is dropped at once.
-                let read = tokio::select! {
-                    r = input.read_buf(&mut buf) => r,
-                    _ = raw_tx.closed() => return,
-                };
-                match read {
-                    Ok(0) => break Ok(buf.freeze()),
-                    Ok(_) if buf.len() == ZSTD_CHUNK => break Ok(buf.freeze()),
-                    Ok(_) => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            let last = !matches!(&chunk, Ok(b) if b.len() == ZSTD_CHUNK);
-            slot.send(chunk);
-            if last {
-                return;
-            }
-        }
-    });
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
     tokio::task::spawn_blocking(move || {
         let mut compressor = match zstd::bulk::Compressor::new(level).and_then(|mut c| {
             c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
@@ -100,6 +73,7 @@ fn chunked_zstd(
             }
         };
         while let Some(chunk) = raw_rx.blocking_recv() {
+            let last = !matches!(&chunk, Ok(raw) if raw.len() == ZSTD_CHUNK);
             let frame = chunk.and_then(|raw| {
                 if raw.is_empty() {
                     Ok(bytes::Bytes::new())
@@ -107,19 +81,96 @@ fn chunked_zstd(
                     compressor.compress(&raw).map(bytes::Bytes::from)
                 }
             });
-            if out_tx.blocking_send(frame).is_err() {
+            let failed = frame.is_err();
+            if out_tx.blocking_send(frame).is_err() || failed {
+                return;
+            }
+            if last {
+                done.store(true, Ordering::Release);
                 return;
             }
         }
     });
-    tokio_util::io::StreamReader::new(tokio_stream_from(out_rx))
+    reader_from(out_rx, finished)
 }
 
-/// The receiving end of a channel as a stream, for `StreamReader`.
-fn tokio_stream_from(
+/// Reads `input` on a task of its own into a channel of chunks of `size` bytes, so that the
+/// stage consuming them (on a blocking thread) overlaps with the reading. The last chunk is
+/// shorter than `size` (possibly empty), or is the error that ended the input; a channel that
+/// closes after a full chunk means the reading stopped abnormally. At most two chunks exist at
+/// a time: one in the channel, one being filled.
+pub(crate) fn read_chunks(
+    mut input: impl AsyncRead + Send + Unpin + 'static,
+    size: usize,
+) -> tokio::sync::mpsc::Receiver<Chunk> {
+    use tokio::io::AsyncReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+    tokio::spawn(async move {
+        loop {
+            // Reserve the slot before reading: at most two chunks exist (one being consumed,
+            // one being filled), and reading still overlaps the consumer's work.
+            let Ok(slot) = tx.reserve().await else {
+                // The consumer is gone (failure or cancellation): dropping the source ends pg_dump.
+                return;
+            };
+            let mut buf = bytes::BytesMut::with_capacity(size);
+            let chunk = loop {
+                // A read can wait long (pg_dump blocked on a lock); stop as soon as the
+                // consumer is gone, so the source (and pg_dump with it) is dropped at once.
+                let read = tokio::select! {
+                    r = input.read_buf(&mut buf) => r,
+                    _ = tx.closed() => return,
+                };
+                match read {
+                    Ok(0) => break Ok(buf.freeze()),
+                    Ok(_) if buf.len() == size => break Ok(buf.freeze()),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            let last = !matches!(&chunk, Ok(b) if b.len() == size);
+            slot.send(chunk);
+            if last {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The output channel of a stage running on a blocking thread, as a stream. The stage sets
+/// `finished` once it has sent its last chunk; a channel that closes without it (the thread
+/// panicked) ends the stream with an error, never with a clean end: reaching the end of the
+/// stream must mean the stage completed.
+pub(crate) fn reader_from(
     mut rx: tokio::sync::mpsc::Receiver<Chunk>,
-) -> impl futures::Stream<Item = Chunk> + Send {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    finished: Arc<AtomicBool>,
+) -> impl AsyncRead + Send {
+    let mut ended = false;
+    let stream = futures::stream::poll_fn(move |cx| {
+        if ended {
+            return Poll::Ready(None);
+        }
+        match ready!(rx.poll_recv(cx)) {
+            Some(Ok(bytes)) => Poll::Ready(Some(Ok(bytes))),
+            Some(Err(e)) => {
+                // The error is the end: what follows it (the closing channel) says nothing more.
+                ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            None => {
+                ended = true;
+                if finished.load(Ordering::Acquire) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(io::Error::other(
+                        "a stream stage stopped before the end of its input",
+                    ))))
+                }
+            }
+        }
+    });
+    tokio_util::io::StreamReader::new(stream)
 }
 
 /// Counts bytes read through it into a shared counter, readable while the stream runs.
@@ -260,6 +311,34 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "boom");
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_stops_without_finishing_is_an_error_not_an_end() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+        tx.send(Ok(bytes::Bytes::from_static(b"partial")))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        let err = Box::pin(reader_from(rx, Arc::default()))
+            .read_to_end(&mut out)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped before the end"), "{err}");
+        assert_eq!(out, b"partial");
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+        tx.send(Ok(bytes::Bytes::from_static(b"whole")))
+            .await
+            .unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        Box::pin(reader_from(rx, Arc::new(AtomicBool::new(true))))
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"whole");
     }
 
     async fn zstd_decode(data: &[u8]) -> Vec<u8> {

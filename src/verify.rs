@@ -1,7 +1,7 @@
 //! Verify: proves a stored backup can be read back, without touching any database. The stored
 //! bytes are streamed once: their sha256 and size are checked against the manifest, they are
-//! decompressed (zstd and gzip check their own frames), and the archive is handed to
-//! `pg_restore --list`, which must accept it.
+//! decrypted when encrypted (age authenticates every chunk), decompressed (zstd and gzip check
+//! their own frames), and the archive is handed to `pg_restore --list`, which must accept it.
 
 use std::process::Stdio;
 
@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::catalog::Entry;
 use crate::config::{Compression, ToolsConfig};
+use crate::encryption::{DecryptError, Encryption};
 use crate::pgtools::{self, ToolError};
 use crate::storage::{Storage, StorageError};
 
@@ -30,10 +31,62 @@ pub enum VerifyError {
     },
     #[error("`{key}` is damaged: {reason}")]
     Damaged { key: String, reason: String },
+    /// The backup is encrypted and the configured keys do not open it.
+    #[error("cannot decrypt `{key}`: {source}")]
+    Key {
+        key: String,
+        #[source]
+        source: DecryptError,
+    },
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("pg_restore rejected the archive in `{key}`: {stderr}")]
     Archive { key: String, stderr: String },
+}
+
+impl VerifyError {
+    /// Refusals caused by how the command was called (a missing or wrong key): nothing was read
+    /// beyond the start of the first object.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, VerifyError::Key { .. })
+    }
+}
+
+/// Checks that `entry` can be decrypted with `encryption`, before anything is changed: that a
+/// key for it is configured, then (reading only the age header at the start of the first
+/// stored object) that the key opens it. Unencrypted backups pass at once.
+pub async fn check_decryptable(
+    storage: &Storage,
+    entry: &Entry,
+    encryption: &Encryption,
+) -> Result<(), VerifyError> {
+    let m = &entry.manifest;
+    let Some(record) = &m.encryption else {
+        return Ok(());
+    };
+    let key_err = |source| VerifyError::Key {
+        key: m.key.clone(),
+        source,
+    };
+    encryption.check_keys(record).map_err(key_err)?;
+    let first = m.objects.first().map_or(&m.key, |p| &p.key);
+    let head = storage
+        .get(first)
+        .await
+        .map_err(|source| VerifyError::Storage {
+            key: first.clone(),
+            source,
+        })?;
+    encryption
+        .check_header(record, head)
+        .await
+        .map_err(|e| match e {
+            e @ DecryptError::Failed(_) => VerifyError::Damaged {
+                key: m.key.clone(),
+                reason: e.to_string(),
+            },
+            other => key_err(other),
+        })
 }
 
 /// The backup `selector` names: `latest`, an RFC 3339 time (the newest backup started at or
@@ -102,11 +155,13 @@ pub struct Streamed {
 }
 
 /// Streams `entry`'s archive into `sink`: the stored bytes are hashed and counted (into
-/// `progress`), decompressed, and written out. Errors when the stored bytes do not match the
-/// manifest or do not decompress to the recorded size, naming the object.
+/// `progress`), decrypted with `encryption` when the backup is encrypted, decompressed, and
+/// written out. Errors when the stored bytes do not match the manifest, fail decryption, or do
+/// not decompress to the recorded size, naming the object.
 pub async fn stream_archive<W: AsyncWrite + Unpin>(
     storage: &Storage,
     entry: &Entry,
+    encryption: &Encryption,
     sink: W,
     feed: Feed,
     progress: Arc<AtomicU64>,
@@ -117,6 +172,17 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
         reason,
     };
     let (tx, rx) = tokio::io::duplex(1 << 20);
+    // Decryption sits after the hash: the sha256 stays over the bytes as stored. A missing key
+    // fails here, before anything is read.
+    let stored_plain: crate::transform::BoxRead = match &m.encryption {
+        None => Box::pin(rx),
+        Some(record) => encryption
+            .decrypt(record, rx)
+            .map_err(|source| VerifyError::Key {
+                key: m.key.clone(),
+                source,
+            })?,
+    };
     let mut stored = open_pieces(storage, entry).await?;
     let hasher = tokio::spawn(async move {
         let mut tx = tx;
@@ -139,16 +205,18 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
     });
     let mut raw: Box<dyn AsyncRead + Send + Unpin> = match m.compression {
         Compression::Zstd { .. } => {
-            let mut d = async_compression::tokio::bufread::ZstdDecoder::new(BufReader::new(rx));
+            let mut d =
+                async_compression::tokio::bufread::ZstdDecoder::new(BufReader::new(stored_plain));
             d.multiple_members(true);
             Box::new(d)
         }
         Compression::Gzip { .. } => {
-            let mut d = async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(rx));
+            let mut d =
+                async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(stored_plain));
             d.multiple_members(true);
             Box::new(d)
         }
-        Compression::None => Box::new(rx),
+        Compression::None => Box::new(stored_plain),
     };
     let mut sink = Some(sink);
     let mut held: Vec<u8> = Vec::new();
@@ -195,6 +263,19 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
         )));
     }
     if let Some(e) = decode_error {
+        if crate::encryption::as_decrypt_error(&e).is_some() {
+            let source = *e
+                .into_inner()
+                .and_then(|inner| inner.downcast::<DecryptError>().ok())
+                .expect("checked above");
+            return Err(match source {
+                e @ DecryptError::Failed(_) => damaged(e.to_string()),
+                other => VerifyError::Key {
+                    key: m.key.clone(),
+                    source: other,
+                },
+            });
+        }
         return Err(damaged(format!("decompression failed: {e}")));
     }
     if raw_bytes != m.raw_bytes {
@@ -221,13 +302,16 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
     })
 }
 
-/// Verifies `entry` as described in the module documentation.
+/// Verifies `entry` as described in the module documentation; `encryption` decrypts it when it
+/// is encrypted.
 pub async fn verify(
     storage: &Storage,
     tools: &ToolsConfig,
     entry: &Entry,
+    encryption: &Encryption,
 ) -> Result<Verified, VerifyError> {
     let m = &entry.manifest;
+    check_decryptable(storage, entry, encryption).await?;
     let tool = pgtools::for_server("pg_restore", &tools.bin_dirs, m.pg_dump_major).await?;
     let mut child = tokio::process::Command::new(&tool.path)
         .arg("--list")
@@ -250,7 +334,7 @@ pub async fn verify(
         hold_back: false,
         check_after_close: true,
     };
-    let streamed = stream_archive(storage, entry, stdin, feed, Arc::default()).await?;
+    let streamed = stream_archive(storage, entry, encryption, stdin, feed, Arc::default()).await?;
     let status = child.wait().await.map_err(|e| VerifyError::Damaged {
         key: m.key.clone(),
         reason: format!("pg_restore did not finish: {e}"),
@@ -266,7 +350,7 @@ pub async fn verify(
         });
     }
     if let Some(g) = &m.globals {
-        crate::globals::fetch(storage, g)
+        crate::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
             .await
             .map_err(|e| VerifyError::Damaged {
                 key: g.key.clone(),
@@ -342,7 +426,8 @@ mod tests {
         let len = 3 * 1024 * 1024;
         let (storage, entry) = stored(dir.path(), len, Some(&"0".repeat(64))).await;
         let mut received = Vec::new();
-        let err = stream_archive(&storage, &entry, &mut received, HOLD, Arc::default())
+        let none = Encryption::default();
+        let err = stream_archive(&storage, &entry, &none, &mut received, HOLD, Arc::default())
             .await
             .unwrap_err();
         assert!(
@@ -363,9 +448,17 @@ mod tests {
         let (storage, entry) = stored(dir.path(), len, None).await;
         let mut received = Vec::new();
         let progress = Arc::new(AtomicU64::new(0));
-        let s = stream_archive(&storage, &entry, &mut received, HOLD, progress.clone())
-            .await
-            .unwrap();
+        let none = Encryption::default();
+        let s = stream_archive(
+            &storage,
+            &entry,
+            &none,
+            &mut received,
+            HOLD,
+            progress.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(received.len(), len);
         assert_eq!((s.stored_bytes, s.raw_bytes), (len as u64, len as u64));
         assert_eq!(progress.load(Ordering::Relaxed), len as u64);

@@ -259,10 +259,18 @@ impl Dispatcher {
     }
 
     /// Queues `event` for every notifier that wants it; returns at once.
-    pub fn dispatch(&self, event: Event) {
+    pub fn dispatch(&self, mut event: Event) {
         if !self.selected(&event) {
             return;
         }
+        // Errors and pg_dump's stderr can quote anything; nothing secret leaves the sidecar.
+        let clean = |t: &mut String| *t = crate::secret::redact(t).into_owned();
+        event
+            .error
+            .iter_mut()
+            .chain(event.summary.iter_mut())
+            .chain(event.stderr_tail.iter_mut())
+            .for_each(clean);
         let event = Arc::new(event);
         for index in 0..self.notifiers.len() {
             if !self.notifiers[index].wants(event.kind) {

@@ -260,13 +260,14 @@ pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
 pub const AUTO_PART_CEILING: u64 = 64 * 1024 * 1024;
 
 /// Whether `key` is a dump object (or a continuation piece) or a globals object that
-/// pgsidecar writes: the objects a manifest accounts for.
+/// pgsidecar writes, encrypted or not: the objects a manifest accounts for.
 pub fn is_dump_key(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     let base = match name.rsplit_once('.') {
         Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
         _ => name,
     };
+    let base = base.strip_suffix(crate::encryption::SUFFIX).unwrap_or(base);
     base.ends_with(".dump")
         || base.ends_with(".dump.zst")
         || base.ends_with(".dump.gz")
@@ -305,6 +306,12 @@ mod tests {
         assert!(is_dump_key("db/x.dump"));
         assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json"));
         assert!(!is_dump_key("p/other.tar"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.age"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.gz.age.003"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.age"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.globals.sql.zst.age"));
+        assert!(!is_dump_key("p/db/notes.age"));
+        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json.age"));
         assert_eq!(piece_key("a.dump.zst", 1), "a.dump.zst");
         assert_eq!(piece_key("a.dump.zst", 12), "a.dump.zst.012");
     }

@@ -150,6 +150,12 @@ impl S3Storage {
             loader = loader.region(Region::new(region.clone()));
         }
         if let Some(endpoint) = &cfg.endpoint {
+            if endpoint.starts_with("http://") {
+                tracing::warn!(
+                    endpoint = %endpoint,
+                    "storage endpoint uses plain HTTP: backups cross the network unencrypted unless client-side encryption is on; use https:// outside a private network"
+                );
+            }
             loader = loader.endpoint_url(endpoint);
         }
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {

@@ -318,3 +318,55 @@ fn manifest_records_row_counts_postgres_17() {
 fn manifest_records_row_counts_postgres_18() {
     manifest_records_row_counts(pg(18));
 }
+
+/// The minimal backup role of docs/THREAT-MODEL.md: `pg_read_all_data`, no superuser.
+fn backup_role_can_back_up(pg: &Pg) {
+    let role = harness::unique("reader");
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'reader-pw'; GRANT pg_read_all_data TO {role}"),
+    );
+    let db = pg.create_db("ro");
+    pg.psql(
+        &db,
+        "CREATE SCHEMA s; CREATE TABLE s.t(id serial PRIMARY KEY, v text); \
+         INSERT INTO s.t(v) SELECT 'v' || g FROM generate_series(1, 50) g",
+    );
+    let bucket = s3().bucket("ro");
+    let key = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .env("PGUSER", &role)
+        .env("PGPASSWORD", "reader-pw")
+        .env("PGSIDECAR_GLOBALS", "true")
+        .args(&["backup"])
+        .run()
+        .expect_code(0)
+        .stdout;
+    let manifest: Value = serde_json::from_slice(
+        &s3().get(&bucket, &key.trim().replace(".dump.zst", ".manifest.json")),
+    )
+    .unwrap();
+    // pg_read_all_data reads every table, pg_authid included: the password hashes come along.
+    assert_eq!(manifest["globals"]["role_passwords"], true, "{manifest}");
+    assert_eq!(manifest["tables"][0]["rows"], 50, "{manifest}");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("a.dump");
+    std::fs::write(&archive, harness::unzstd(&s3().get(&bucket, key.trim()))).unwrap();
+    let copy = pg.create_db("ro_copy");
+    harness::pg_restore(pg, &archive, &copy);
+    assert_eq!(pg.dump_sql(&db), pg.dump_sql(&copy));
+}
+
+#[test]
+fn backup_role_with_pg_read_all_data_postgres_15() {
+    backup_role_can_back_up(pg(15));
+}
+
+#[test]
+fn backup_role_with_pg_read_all_data_postgres_17() {
+    backup_role_can_back_up(pg(17));
+}
+
+#[test]
+fn backup_role_with_pg_read_all_data_postgres_18() {
+    backup_role_can_back_up(pg(18));
+}

@@ -8,10 +8,10 @@ mod backup;
 mod config_cli;
 /// The daemon: schedules, retries, notifications, overlap, shutdown, catch-up, health.
 mod daemon;
-/// Backups that fail: each leaves no object, no manifest and no open upload.
-mod failures;
 /// Client-side encryption with age: round trips, wrong or missing identities, tampering.
 mod encryption;
+/// Backups that fail: each leaves no object, no manifest and no open upload.
+mod failures;
 /// The container files: Dockerfile lint, Compose schema, configuration names without drift.
 mod packaging;
 /// Retention: prune and its safety floor; every database of a server.
