@@ -260,6 +260,8 @@ pub struct RawDatabase {
     pub dbname: Option<String>,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub sslmode: Option<String>,
+    /// CA certificate(s) the server's certificate must chain to (`verify-ca`, `verify-full`).
+    pub sslrootcert: Option<PathBuf>,
     pub passfile: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
@@ -550,6 +552,7 @@ pub struct DatabaseConfig {
     pub password: Option<Secret>,
     pub dbname: String,
     pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -560,6 +563,9 @@ pub struct DatabaseConfig {
 pub enum SslMode {
     Disable,
     Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 impl SslMode {
@@ -568,6 +574,9 @@ impl SslMode {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
         }
     }
 }
@@ -1193,6 +1202,7 @@ fn merge_database(base: RawDatabase, over: RawDatabase) -> RawDatabase {
         password_file,
         dbname,
         sslmode,
+        sslrootcert,
         passfile,
         connect_timeout
     )
@@ -1444,21 +1454,37 @@ fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConf
     let sslmode = match sslmode_text.as_str() {
         "disable" => SslMode::Disable,
         "prefer" | "allow" => SslMode::Prefer,
-        "require" | "verify-ca" | "verify-full" => {
-            return Err(ConfigError::invalid(
-                "database.sslmode",
-                format!(
-                    "`{sslmode_text}` is not supported by this version: use `disable` or `prefer`"
-                ),
-            ))
-        }
+        "require" => SslMode::Require,
+        "verify-ca" => SslMode::VerifyCa,
+        "verify-full" => SslMode::VerifyFull,
         other => {
             return Err(ConfigError::invalid(
                 "database.sslmode",
-                format!("`{other}` is not an sslmode (disable, allow, prefer)"),
+                format!("`{other}` is not an sslmode (disable, allow, prefer, require, verify-ca, verify-full)"),
             ))
         }
     };
+    let sslrootcert = raw
+        .sslrootcert
+        .or(from_url.sslrootcert)
+        .or_else(|| sources.var("PGSSLROOTCERT").map(PathBuf::from));
+    if matches!(sslmode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        match &sslrootcert {
+            None => {
+                return Err(ConfigError::invalid(
+                    "database.sslrootcert",
+                    format!("is required with sslmode `{sslmode_text}`: the CA certificate the server's certificate must chain to (PGSIDECAR_DATABASE__SSLROOTCERT)"),
+                ))
+            }
+            Some(p) if !p.is_file() => {
+                return Err(ConfigError::invalid(
+                    "database.sslrootcert",
+                    format!("`{}` is not a readable file", p.display()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let mut password = secret_value(
         "database.password",
         raw.password,
@@ -1482,6 +1508,7 @@ fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConf
         password,
         dbname,
         sslmode,
+        sslrootcert,
         connect_timeout: raw.connect_timeout.unwrap_or(Duration::from_secs(10)),
     })
 }
@@ -1494,6 +1521,7 @@ struct UrlParts {
     password: Option<Secret>,
     dbname: Option<String>,
     sslmode: Option<String>,
+    sslrootcert: Option<PathBuf>,
 }
 
 /// Parses `postgres://user:pass@host:port/db?sslmode=…`. Errors never quote the URL: it may
@@ -1526,10 +1554,12 @@ fn parse_database_url(url: &Secret) -> Result<UrlParts, ConfigError> {
             .filter(|d| !d.is_empty())
             .map(decode),
         sslmode: None,
+        sslrootcert: None,
     };
     for (k, v) in parsed.query_pairs() {
         match k.as_ref() {
             "sslmode" => parts.sslmode = Some(v.into_owned()),
+            "sslrootcert" => parts.sslrootcert = Some(PathBuf::from(v.into_owned())),
             "host" => parts.host = Some(v.into_owned()),
             "port" => {
                 parts.port = Some(v.parse().map_err(|_| {

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use tokio::process::{ChildStdout, Command};
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, SslMode};
 use crate::pgtools::ClientTool;
 
 /// How many of pg_dump's last stderr lines an error carries.
@@ -109,8 +109,11 @@ pub fn pg_config(db: &DatabaseConfig, dbname: &str) -> tokio_postgres::Config {
         .application_name("pgsidecar")
         .connect_timeout(db.connect_timeout)
         .ssl_mode(match db.sslmode {
-            crate::config::SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            crate::config::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
         });
     if let Some(pw) = &db.password {
         cfg.password(pw.expose());
@@ -123,25 +126,29 @@ pub async fn connect(
     db: &DatabaseConfig,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, DumpError> {
-    let (client, connection) = pg_config(db, dbname)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            let permanent = e.as_db_error().is_some_and(|d| {
-                use tokio_postgres::error::SqlState;
-                let c = d.code();
-                *c == SqlState::INVALID_PASSWORD
-                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                    || *c == SqlState::INVALID_CATALOG_NAME
-            });
-            DumpError::Connect {
-                endpoint: endpoint(db),
-                user: db.user.clone(),
-                dbname: dbname.to_string(),
-                cause: pg_error_text(&e),
-                permanent,
-            }
-        })?;
+    let tls = crate::tls::connector(db).map_err(|e| DumpError::Connect {
+        endpoint: endpoint(db),
+        user: db.user.clone(),
+        dbname: dbname.to_string(),
+        cause: e.to_string(),
+        permanent: true,
+    })?;
+    let (client, connection) = pg_config(db, dbname).connect(tls).await.map_err(|e| {
+        let permanent = e.as_db_error().is_some_and(|d| {
+            use tokio_postgres::error::SqlState;
+            let c = d.code();
+            *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *c == SqlState::INVALID_CATALOG_NAME
+        });
+        DumpError::Connect {
+            endpoint: endpoint(db),
+            user: db.user.clone(),
+            dbname: dbname.to_string(),
+            cause: pg_error_text(&e),
+            permanent,
+        }
+    })?;
     tokio::spawn(async move {
         // Errors surface on the client's next query; nothing to do with them here.
         let _ = connection.await;
@@ -360,6 +367,9 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
         );
     if let Some(pw) = &db.password {
         cmd.env("PGPASSWORD", pw.expose());
+    }
+    if let Some(root) = &db.sslrootcert {
+        cmd.env("PGSSLROOTCERT", root);
     }
     cmd
 }
@@ -588,6 +598,7 @@ mod tests {
             password: None,
             dbname: "d".into(),
             sslmode: SslMode::Disable,
+            sslrootcert: None,
             connect_timeout: Duration::from_secs(1),
         }
     }

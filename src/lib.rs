@@ -32,5 +32,6 @@ pub mod shutdown;
 pub mod status;
 pub mod storage;
 pub mod tables;
+pub mod tls;
 pub mod transform;
 pub mod verify;

@@ -20,3 +20,5 @@ mod prune;
 mod restore;
 /// S3 features: server-side encryption, tags, object lock, lifecycle rules.
 mod storage_features;
+/// TLS to PostgreSQL: verify-full against a server with a CA the test creates.
+mod tls;
