@@ -134,6 +134,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             no_owner,
             jobs,
             with_globals,
+            allow_system_database,
             identity,
         } => {
             let job = config.job(job.as_deref())?;
@@ -166,6 +167,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 progress: true,
                 with_globals,
                 encryption,
+                allow_system_database,
             };
             let mut server = job.database.clone();
             server.dbname = entry.manifest.database.clone();

@@ -117,6 +117,9 @@ pub enum Command {
         /// (needs backups taken with `globals = true`).
         #[arg(long)]
         with_globals: bool,
+        /// Allow restoring into `postgres`, `template0` or `template1`.
+        #[arg(long)]
+        allow_system_database: bool,
         /// Parallel pg_restore jobs (with --full or --target-db; needs a local temp copy).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
         jobs: Option<u32>,

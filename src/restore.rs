@@ -127,6 +127,8 @@ pub struct Options {
     pub with_globals: bool,
     /// What decrypts an encrypted backup.
     pub encryption: crate::encryption::Encryption,
+    /// Allow `postgres`, `template0` or `template1` as the target.
+    pub allow_system_database: bool,
 }
 
 /// The target server and database as found before anything changes.
@@ -281,6 +283,15 @@ pub async fn plan(
         Mode::InPlace => m.database.clone(),
         Mode::NewDatabase { name, .. } => name.clone(),
     };
+    // Restoring over a system database is almost always a typo with wide consequences (every
+    // tool connects to `postgres`; `template1` seeds every new database).
+    if ["postgres", "template0", "template1"].contains(&name.as_str())
+        && !options.allow_system_database
+    {
+        return Err(RestoreError::Refused(format!(
+            "`{name}` is a system database; restore into another one with --target-db NAME, or add --allow-system-database if this is really meant"
+        )));
+    }
     let existing = existing_db(&admin, &name).await?;
     match (&mode, &existing) {
         (Mode::InPlace, None) => {

@@ -401,6 +401,30 @@ impl S3 {
         name
     }
 
+    /// The object's user metadata, tags and headers as text (to search for leaks).
+    pub fn metadata(&self, bucket: &str, key: &str) -> String {
+        self.rt.block_on(async {
+            let head = self
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            let tags = self
+                .client
+                .get_object_tagging()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map(|t| format!("{:?}", t.tag_set()))
+                .unwrap_or_default();
+            format!("{:?} {:?} {tags}", head.metadata(), head.content_type())
+        })
+    }
+
     /// IDs of the bucket's lifecycle rules.
     pub fn lifecycle_rule_ids(&self, bucket: &str) -> Vec<String> {
         self.rt

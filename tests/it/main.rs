@@ -18,6 +18,8 @@ mod packaging;
 mod prune;
 /// Restores, refusals, drills and the command names.
 mod restore;
+/// Secrets never reach output, notifications, manifests or object metadata.
+mod secrets;
 /// S3 features: server-side encryption, tags, object lock, lifecycle rules.
 mod storage_features;
 /// TLS to PostgreSQL: verify-full against a server with a CA the test creates.

@@ -354,6 +354,23 @@ fn refusals_change_nothing_and_say_why() {
     );
 
     let run = sidecar(pg, &db, &bucket)
+        .args(&[
+            "restore",
+            "latest",
+            "--target-db",
+            "postgres",
+            "--replace-target",
+            "--yes",
+        ])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr.contains("`postgres` is a system database"),
+        "{}",
+        run.stderr
+    );
+
+    let run = sidecar(pg, &db, &bucket)
         .args(&["restore", "latest", "--jobs", "2", "--yes"])
         .run()
         .expect_code(2);
