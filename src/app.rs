@@ -190,6 +190,33 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             );
             Ok(ExitCode::Success)
         }
+        Command::Ack { backup, job, db } => {
+            let storage = Storage::from_config(&config.storage).await;
+            let catalog = load_catalog(&config, &storage, job, db).await?;
+            let entry = select(&catalog, &backup)?;
+            if entry.manifest.anomalies.is_empty() {
+                println!(
+                    "{} has no size anomaly; nothing to acknowledge",
+                    entry.manifest.key
+                );
+                return Ok(ExitCode::Success);
+            }
+            let body = serde_json::json!({
+                "acknowledged_at": chrono::Utc::now(),
+                "anomalies": entry.manifest.anomalies,
+            });
+            storage
+                .put_bytes(
+                    &crate::prune::ack_key(entry),
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await?;
+            println!(
+                "acknowledged the anomaly of {}; prune may now rotate the backup before it",
+                entry.manifest.key
+            );
+            Ok(ExitCode::Success)
+        }
         Command::Prune { job, db, dry_run } => {
             let storage = Storage::from_config(&config.storage).await;
             let jobs: Vec<&crate::config::Job> = match &job {

@@ -127,6 +127,19 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Acknowledge a backup's size anomaly (it was expected): prune may then rotate the
+    /// backup before it away.
+    Ack {
+        /// `latest`, a time, or a key from `list`.
+        #[arg(default_value = "latest")]
+        backup: String,
+        /// Only backups of this job.
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Only backups of this database.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+    },
     /// Delete the backups the retention policy no longer keeps (and leftovers of interrupted
     /// backups), printing what is kept and why.
     Prune {

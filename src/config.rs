@@ -95,6 +95,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub drill: RawDrill,
     pub retention: RawRetention,
+    pub anomaly: RawAnomaly,
     pub encryption: RawEncryption,
     /// Databases the single job leaves out (with `databases = ["*"]`).
     #[serde(deserialize_with = "lenient::opt_string_list")]
@@ -322,6 +323,14 @@ pub struct RawLifecycle {
     pub rule_id_prefix: Option<String>,
 }
 
+/// `[anomaly]`: when a backup counts as suspiciously smaller than the previous one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAnomaly {
+    /// A drop of the dump size or of a table's rows beyond this percentage warns (0: off).
+    pub max_drop_percent: Option<u32>,
+}
+
 /// `[retention]`: which backups `prune` keeps (restic-style GFS buckets and/or an age).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -478,6 +487,8 @@ pub struct Job {
     pub max_parallel: usize,
     /// What `prune` keeps; `None`: prune nothing.
     pub retention: Option<crate::retention::Policy>,
+    /// Shrinkage beyond this percentage is an anomaly (0: not checked).
+    pub max_drop_percent: u32,
     pub compression: Compression,
     pub retry: RetryPolicy,
     /// Where this job's restore drills restore into.
@@ -1021,6 +1032,13 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
                 "`*` (every database) cannot be combined with names; use `exclude` to leave some out",
             ));
         }
+        let max_drop_percent = raw.anomaly.max_drop_percent.unwrap_or(50);
+        if max_drop_percent > 99 {
+            return Err(ConfigError::invalid(
+                "anomaly.max_drop_percent",
+                format!("{max_drop_percent} is outside 0 (off) to 99"),
+            ));
+        }
         let max_parallel = rj.max_parallel.or(raw.max_parallel).unwrap_or(1);
         if !(1..=32).contains(&max_parallel) {
             return Err(ConfigError::invalid(
@@ -1075,6 +1093,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             exclude: rj.exclude.or(raw.exclude.clone()).unwrap_or_default(),
             max_parallel,
             retention,
+            max_drop_percent,
             compression,
             retry,
             drill_server,

@@ -425,6 +425,7 @@ fn event(
         stderr_tail: Vec::new(),
         summary: None,
         pruned: 0,
+        warnings: Vec::new(),
     };
     fill(&mut e);
     e
@@ -577,6 +578,7 @@ async fn backup_with_retries(
                         ));
                     }
                     e.pruned = pruned;
+                    e.warnings = m.anomalies.clone();
                 }));
             true
         }

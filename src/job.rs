@@ -179,6 +179,21 @@ async fn store_globals(
     Ok(globals)
 }
 
+/// The newest complete backup among `objects` (the listing taken at the start), if it can be
+/// read; a comparison with it is a best effort that never fails a backup.
+async fn previous_manifest(
+    storage: &Storage,
+    objects: &[crate::storage::ObjectInfo],
+) -> Option<Manifest> {
+    let newest = objects
+        .iter()
+        .filter(|o| o.key.ends_with(manifest::MANIFEST_SUFFIX))
+        .filter_map(|o| manifest::started_from_key(&o.key).map(|t| (t, &o.key)))
+        .max()?;
+    let bytes = storage.get_bytes(newest.1).await.ok()?;
+    Manifest::parse(newest.1, &bytes).ok()
+}
+
 /// A completed backup.
 #[derive(Debug, Clone)]
 pub struct Completed {
@@ -391,6 +406,17 @@ pub async fn backup_database(
         None
     };
 
+    let raw_total = raw_bytes.load(Ordering::Relaxed);
+    let anomalies = match previous_manifest(storage, &objects).await {
+        Some(prev) => {
+            crate::anomaly::compare(&prev, raw_total, tables.as_deref(), job.max_drop_percent)
+        }
+        None => Vec::new(),
+    };
+    for a in &anomalies {
+        tracing::warn!("size anomaly: {a}");
+    }
+
     let finished = Utc::now();
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
@@ -409,7 +435,7 @@ pub async fn backup_database(
         finished_at: finished,
         duration_ms: clock.elapsed().as_millis() as u64,
         database_size_bytes: server.database_size,
-        raw_bytes: raw_bytes.load(Ordering::Relaxed),
+        raw_bytes: raw_total,
         stored_bytes: digest.bytes,
         compression: job.compression,
         encryption,
@@ -418,6 +444,7 @@ pub async fn backup_database(
         objects: pieces,
         tables,
         globals,
+        anomalies,
     };
     if let Err(e) = storage
         .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))

@@ -5,6 +5,7 @@
 //! manifest ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back,
 //! [`status`] keeps what `health` and `/metrics` report.
 
+pub mod anomaly;
 pub mod app;
 pub mod catalog;
 pub mod cli;

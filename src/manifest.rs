@@ -24,6 +24,8 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const PLAIN_FORMAT_VERSION: u32 = 1;
 /// Suffix of manifest keys.
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of the marker `pgsidecar ack` writes beside a manifest whose anomalies were seen.
+pub const ACK_SUFFIX: &str = ".anomaly-ack";
 /// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
 pub const GLOBALS_SUFFIX: &str = ".globals.sql.zst";
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
@@ -84,6 +86,10 @@ pub struct Manifest {
     /// of earlier versions: an absent list means "not known", never "no tables".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tables: Option<Vec<crate::tables::TableRows>>,
+    /// What shrank compared with the previous backup ([`crate::anomaly`]); empty when nothing
+    /// did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<String>,
 }
 
 impl Manifest {

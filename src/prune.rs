@@ -70,7 +70,8 @@ pub async fn prune_database(
         database: database.to_string(),
         ..DbReport::default()
     };
-    let decisions = retention::select(entries, |e| e.manifest.started_at, policy, tz, now);
+    let mut decisions = retention::select(entries, |e| e.manifest.started_at, policy, tz, now);
+    protect_before_anomalies(storage, &mut decisions).await;
     if newest_attempt_failed {
         report.held = Some(
             "its newest backup attempt failed; nothing is pruned until a backup succeeds".into(),
@@ -134,6 +135,40 @@ async fn locked_until(
     Ok(latest)
 }
 
+/// Keeps each backup whose size anomaly nobody acknowledged yet, and the backup just older
+/// than it, which may be the last good copy. `decisions` are newest first.
+async fn protect_before_anomalies(
+    storage: &Storage,
+    decisions: &mut [retention::Decision<'_, Entry>],
+) {
+    for i in 0..decisions.len() {
+        let e = decisions[i].item;
+        if e.manifest.anomalies.is_empty() || acknowledged(storage, e).await {
+            continue;
+        }
+        for (j, reason) in [(i, Reason::Anomaly), (i + 1, Reason::BeforeAnomaly)] {
+            if let Some(d) = decisions.get_mut(j) {
+                if !d.keep.contains(&reason) {
+                    d.keep.push(reason);
+                }
+            }
+        }
+    }
+}
+
+/// The key of the marker `pgsidecar ack` writes for `entry`.
+pub fn ack_key(entry: &Entry) -> String {
+    let stem = entry
+        .manifest_key
+        .strip_suffix(manifest::MANIFEST_SUFFIX)
+        .unwrap_or(&entry.manifest_key);
+    format!("{stem}{}", manifest::ACK_SUFFIX)
+}
+
+async fn acknowledged(storage: &Storage, entry: &Entry) -> bool {
+    storage.get_bytes(&ack_key(entry)).await.is_ok()
+}
+
 /// Deletes one backup: its objects first, the manifest last.
 async fn delete_backup(storage: &Storage, entry: &Entry) -> Result<(), StorageError> {
     let m = &entry.manifest;
@@ -143,7 +178,12 @@ async fn delete_backup(storage: &Storage, entry: &Entry) -> Result<(), StorageEr
     if let Some(g) = &m.globals {
         storage.delete(&g.key).await?;
     }
-    storage.delete(&entry.manifest_key).await
+    storage.delete(&entry.manifest_key).await?;
+    if !m.anomalies.is_empty() {
+        // The acknowledgement belongs to the backup; a missing one is fine.
+        let _ = storage.delete(&ack_key(entry)).await;
+    }
+    Ok(())
 }
 
 /// Removes objects pgsidecar named that have had no manifest for more than a day (what a crash

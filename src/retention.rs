@@ -73,6 +73,11 @@ pub enum Reason {
     MaxAge,
     /// The policy is empty, so nothing is pruned.
     NoPolicy,
+    /// The last backup before one with an unacknowledged size anomaly (kept by prune, not by
+    /// the policy: see [`crate::anomaly`]).
+    BeforeAnomaly,
+    /// A backup with an unacknowledged size anomaly: the evidence stays with what it protects.
+    Anomaly,
 }
 
 impl fmt::Display for Reason {
@@ -87,6 +92,8 @@ impl fmt::Display for Reason {
             Reason::Yearly => f.write_str("yearly"),
             Reason::MaxAge => f.write_str("max age"),
             Reason::NoPolicy => f.write_str("no policy"),
+            Reason::BeforeAnomaly => f.write_str("before an unacknowledged anomaly"),
+            Reason::Anomaly => f.write_str("unacknowledged anomaly"),
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct Event {
     pub summary: Option<String>,
     /// Backups deleted by prune after this backup.
     pub pruned: u64,
+    /// What shrank since the previous backup: a success with these is a warning.
+    pub warnings: Vec<String>,
 }
 
 /// One notification backend.
@@ -270,6 +272,7 @@ impl Dispatcher {
             .iter_mut()
             .chain(event.summary.iter_mut())
             .chain(event.stderr_tail.iter_mut())
+            .chain(event.warnings.iter_mut())
             .for_each(clean);
         let event = Arc::new(event);
         for index in 0..self.notifiers.len() {
@@ -349,6 +352,7 @@ mod tests {
             stderr_tail: vec![],
             summary: None,
             pruned: 0,
+            warnings: vec![],
         }
     }
 

@@ -35,6 +35,14 @@ pub fn render(event: &Event) -> Value {
         EventKind::DrillPassed => ("good", "passed".to_string()),
         EventKind::DrillFailed => ("danger", "FAILED".to_string()),
     };
+    let (color, status) = if event.warnings.is_empty() {
+        (color, status)
+    } else {
+        (
+            "warning",
+            format!("{status} with a WARNING: it is much smaller than the one before"),
+        )
+    };
     let what = if event.kind.is_drill() {
         "Restore drill"
     } else {
@@ -72,6 +80,12 @@ pub fn render(event: &Event) -> Value {
         ));
     }
     let mut text = String::new();
+    if !event.warnings.is_empty() {
+        text.push_str(&format!(
+            "*Size anomaly* (the backup before it is kept until `pgsidecar ack`):\n• {}\n",
+            event.warnings.join("\n• ")
+        ));
+    }
     if let Some(summary) = &event.summary {
         text.push_str(summary);
     }
@@ -141,6 +155,16 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn an_anomaly_turns_success_into_a_warning_that_says_what_shrank() {
+        let mut e = event(EventKind::Succeeded);
+        e.warnings = vec!["table public.orders is empty (it had 500 rows)".into()];
+        let v = render(&e);
+        assert_eq!(v["attachments"][0]["color"], "warning");
+        assert!(v["text"].as_str().unwrap().contains("WARNING"), "{v}");
+        assert!(v.to_string().contains("public.orders is empty"), "{v}");
     }
 
     #[test]

@@ -287,6 +287,31 @@ impl Pg {
             .join("\n")
     }
 
+    /// Restarts the server (`pg_ctl restart -m fast`): every open connection is terminated.
+    /// Meant for a cluster of the test's own ([`Pg::own`]).
+    pub fn restart(&self) {
+        let mut cmd = Command::new(self.server_bin.join("pg_ctl"));
+        cmd.args(["-D", self.dir.join("data").to_str().unwrap()])
+            .args(["-l", self.dir.join("log").to_str().unwrap()])
+            .args(["-m", "fast", "-w", "restart"]);
+        if let Some(lib) = &self.lib {
+            cmd.env("LD_LIBRARY_PATH", lib);
+        }
+        if let Some((uid, gid)) = postgres_ids() {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        }
+        cmd.current_dir(&self.dir);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for_port(self.port, "PostgreSQL");
+    }
+
     /// The server's log so far (for diagnosing a failed test).
     #[allow(dead_code)]
     pub fn log(&self) -> String {
@@ -484,6 +509,13 @@ impl S3 {
                     .body(body.to_vec().into())
                     .send(),
             )
+            .unwrap();
+    }
+
+    /// Deletes one object.
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.rt
+            .block_on(self.client.delete_object().bucket(bucket).key(key).send())
             .unwrap();
     }
 
@@ -901,4 +933,106 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP proxy in front of S3 that answers the first `fail_parts` UploadPart requests with
+/// 500 InternalError itself and forwards everything else (one request per connection).
+pub struct HttpFaultProxy {
+    pub port: u16,
+    /// UploadPart requests answered with 500 so far.
+    pub injected: Arc<AtomicU64>,
+}
+
+impl HttpFaultProxy {
+    pub fn start(target: u16, fail_parts: u64) -> HttpFaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let injected = Arc::new(AtomicU64::new(0));
+        let inj = injected.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                let inj = inj.clone();
+                std::thread::spawn(move || {
+                    let _ = http_fault_one(client, target, fail_parts, &inj);
+                });
+            }
+        });
+        HttpFaultProxy { port, injected }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn http_fault_one(
+    mut client: TcpStream,
+    target: u16,
+    fail_parts: u64,
+    injected: &AtomicU64,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    while data.len() < end + 4 + len {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+    let request_line = head.lines().next().unwrap_or_default();
+    let is_upload_part = request_line.starts_with("PUT ")
+        && request_line.contains("partNumber=")
+        && request_line.contains("uploadId=");
+    if is_upload_part && injected.fetch_add(1, Ordering::SeqCst) < fail_parts {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+            <Error><Code>InternalError</Code><Message>injected by the test</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/xml\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return Ok(());
+    }
+    if is_upload_part {
+        injected.fetch_sub(1, Ordering::SeqCst);
+    }
+    // Forward with `Connection: close`, so the server's response ends at EOF.
+    let mut out = String::new();
+    for line in head.lines() {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("connection: close\r\n\r\n");
+    let mut server = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], target)))?;
+    server.write_all(out.as_bytes())?;
+    server.write_all(&data[end + 4..end + 4 + len])?;
+    std::io::copy(&mut server, &mut client)?;
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    Ok(())
 }

@@ -12,6 +12,8 @@ mod daemon;
 mod encryption;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
 mod failures;
+/// Faults mid-backup or mid-restore: nothing falsely reported, nothing partial listed, next run succeeds.
+mod faults;
 /// The container files: Dockerfile lint, Compose schema, configuration names without drift.
 mod packaging;
 /// Retention: prune and its safety floor; every database of a server.

@@ -281,3 +281,92 @@ fn backup_puts_the_lifecycle_rules_on_the_bucket() {
     ids.sort();
     assert_eq!(ids, ["pgsidecar-abort-incomplete", "pgsidecar-expire"]);
 }
+
+#[test]
+fn a_shrunken_backup_warns_and_keeps_the_one_before_it_until_acknowledged() {
+    use crate::harness::{Answer, Daemon, FakeHttp};
+    let pg = pg(15);
+    let db = pg.create_db("shrink");
+    pg.psql(
+        &db,
+        "CREATE TABLE orders(id int, note text); \
+         INSERT INTO orders SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g",
+    );
+    let bucket = s3().bucket("shrink");
+    let with_policy = || sidecar(pg, &db, &bucket).env("PGSIDECAR_RETENTION__KEEP_LAST", "1");
+    let first = with_policy().args(&["backup"]).run().expect_code(0).stdout;
+    let first = first.trim().replace(".dump.zst", ".manifest.json");
+    pg.psql(&db, "DELETE FROM orders WHERE id > 10");
+
+    // The daemon takes the next backups: the first one's notification is a warning naming
+    // what shrank.
+    let slack = FakeHttp::start(Answer::Status(200));
+    let d = Daemon::start(
+        with_policy()
+            .env("PGSIDECAR_SCHEDULE", "*/2 * * * * *")
+            .env("PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL", slack.url()),
+    );
+    assert!(
+        crate::harness::wait_until(60, || slack.messages().len() >= 2),
+        "{}",
+        d.stderr()
+    );
+    drop(d);
+    let message = slack.messages()[0].to_string();
+    assert!(
+        message.contains("\"warning\"")
+            && message.contains("WARNING")
+            && message.contains("table public.orders fell from 2000 to 10 rows"),
+        "{message}"
+    );
+
+    // Retention keeps one backup, but the anomalous one and the one before it stay (the
+    // daemon pruned after each backup too) until the anomaly is acknowledged.
+    let list = || -> Vec<Value> {
+        let run = sidecar(pg, &db, &bucket)
+            .args(&["list", "--json"])
+            .run()
+            .expect_code(0);
+        serde_json::from_str::<Value>(&run.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    with_policy().args(&["prune"]).run().expect_code(0);
+    let plan = with_policy()
+        .args(&["prune", "--dry-run"])
+        .run()
+        .expect_code(0);
+    assert!(
+        plan.stdout.contains("before an unacknowledged anomaly")
+            && plan.stdout.contains("unacknowledged anomaly"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        manifests(&bucket).contains(&first),
+        "{:?}",
+        manifests(&bucket)
+    );
+    let anomalous: Vec<String> = list()
+        .iter()
+        .filter(|m| m.get("anomalies").is_some())
+        .map(|m| m["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(anomalous.len(), 1, "{anomalous:?}");
+    assert_eq!(
+        list().len(),
+        3,
+        "newest, the anomalous one, the one before it"
+    );
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["ack", &anomalous[0]])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("acknowledged"), "{}", run.stdout);
+    with_policy().args(&["prune"]).run().expect_code(0);
+    assert_eq!(manifests(&bucket).len(), 1);
+    assert!(!manifests(&bucket).contains(&first));
+}

@@ -1,0 +1,349 @@
+//! Faults in the middle of a backup or restore. Each test checks that no backup is falsely
+//! reported, that no partial object is listed as a backup or left as an open multipart upload,
+//! and that the next run succeeds. Scenario numbers refer to docs/RELIABILITY.md.
+
+use std::time::Instant;
+
+use crate::harness::{self, pg, s3, Daemon, Pg, Proxy, Sidecar};
+
+/// Keys that `list --json` reports for `db` under prefix `p`.
+fn listed(pg: &Pg, db: &str, bucket: &str) -> Vec<String> {
+    let run = Sidecar::new(pg, db, &s3().endpoint(), bucket, "p")
+        .args(&["list", "--json"])
+        .run()
+        .expect_code(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("list --json: {e}: {}", run.stdout));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn manifests(bucket: &str) -> Vec<String> {
+    s3().keys(bucket, "")
+        .into_iter()
+        .filter(|k| k.ends_with(".manifest.json"))
+        .collect()
+}
+
+/// After a failed attempt: nothing listed, no manifest, no object, no open upload.
+fn assert_nothing_stored(pg: &Pg, db: &str, bucket: &str) {
+    assert_eq!(
+        listed(pg, db, bucket),
+        Vec::<String>::new(),
+        "partial backup listed"
+    );
+    assert_eq!(
+        s3().keys(bucket, ""),
+        Vec::<String>::new(),
+        "objects left behind"
+    );
+    assert_eq!(
+        s3().open_uploads(bucket),
+        Vec::<String>::new(),
+        "multipart uploads left open"
+    );
+}
+
+/// After a successful run that printed `key`: it is the only backup listed, with its manifest,
+/// and no upload is left open.
+fn assert_only_backup(pg: &Pg, db: &str, bucket: &str, key: &str) {
+    assert_eq!(listed(pg, db, bucket), vec![key.to_string()]);
+    assert_eq!(manifests(bucket).len(), 1, "{:?}", s3().keys(bucket, ""));
+    assert!(s3().keys(bucket, "").contains(&key.to_string()));
+    assert_eq!(s3().open_uploads(bucket), Vec::<String>::new());
+}
+
+/// Scenario 4: PostgreSQL restarts (fast shutdown) while pg_dump streams a 30 MB database
+/// through a throttled upload. Expected: exit 1 naming pg_dump's failure, nothing stored or
+/// listed, no open upload; the next `backup` succeeds and is the only one listed.
+#[test]
+fn postgres_restart_mid_dump_fails_cleanly_then_next_backup_succeeds() {
+    let pg = Pg::own(15);
+    let db = harness::incompressible_db(&pg, "pgrestart", 30);
+    let bucket = s3().bucket("pgrestart");
+    let proxy = Proxy::start(s3().port);
+    proxy.throttle(2 * 1024 * 1024);
+    let child = Sidecar::new(&pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .env("PGSIDECAR_STORAGE__PARTS_IN_FLIGHT", "1")
+        .args(&["backup"])
+        .spawn();
+    assert!(
+        harness::wait_until(60, || {
+            !harness::children_named(child.id(), "pg_dump").is_empty()
+                && !s3().open_uploads(&bucket).is_empty()
+        }),
+        "the upload never started"
+    );
+    assert!(
+        !harness::children_named(child.id(), "pg_dump").is_empty(),
+        "pg_dump finished before the fault; the database is too small"
+    );
+    pg.restart();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pg_dump"), "{stderr}");
+    assert!(
+        stderr.contains("terminating connection")
+            || stderr.contains("server closed the connection")
+            || stderr.contains("connection to server"),
+        "pg_dump's own message expected: {stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    proxy.throttle(0);
+    assert_nothing_stored(&pg, &db, &bucket);
+
+    let run = Sidecar::new(&pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert_only_backup(&pg, &db, &bucket, run.stdout.trim());
+}
+
+/// Scenario 6: the sidecar is SIGKILLed mid-upload (no chance to abort), then started as a
+/// daemon whose yearly schedule's last firing was missed. Expected: the leftover multipart
+/// upload is aborted and the catch-up run stores one complete backup, the only one listed.
+#[test]
+fn sigkill_mid_upload_then_daemon_catch_up_cleans_up_and_backs_up() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "sigkill", 12);
+    let bucket = s3().bucket("sigkill");
+    let proxy = Proxy::start(s3().port);
+    proxy.throttle(2 * 1024 * 1024);
+    let mut child = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .args(&["backup"])
+        .spawn();
+    assert!(
+        harness::wait_until(60, || !s3().open_uploads(&bucket).is_empty()),
+        "the upload never started"
+    );
+    let dumps = harness::children_named(child.id(), "pg_dump");
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed by a signal");
+    // The orphaned pg_dump dies on its broken pipe; do not wait on the throttled proxy for it.
+    proxy.throttle(0);
+    for pid in dumps {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(manifests(&bucket).is_empty(), "no manifest after a kill");
+    assert_eq!(listed(pg, &db, &bucket), Vec::<String>::new());
+    assert!(
+        !s3().open_uploads(&bucket).is_empty(),
+        "SIGKILL leaves the upload open (the point of this test)"
+    );
+
+    let mut d = Daemon::start(
+        Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+            .env("PGSIDECAR_SCHEDULE", "0 0 1 1 *")
+            .env("PGSIDECAR_CATCH_UP", "true"),
+    );
+    assert!(
+        harness::wait_until(90, || manifests(&bucket).len() == 1),
+        "catch-up backup not stored: {}",
+        d.stderr()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(30), Some(0), "{}", d.stderr());
+    assert!(!d.stderr().contains("backup failed"), "{}", d.stderr());
+    let keys = listed(pg, &db, &bucket);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_only_backup(pg, &db, &bucket, &keys[0]);
+}
+
+/// Scenario 8: `restore --jobs 2` needs a temp file; with TMPDIR pointing at a path that does
+/// not exist, or at a regular file (both fail even for root), the restore fails before
+/// touching the server. Expected: non-zero exit, the error names the path, the target
+/// database does not exist, the source database and the bucket are unchanged.
+#[test]
+fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
+    let pg = pg(15);
+    let db = pg.create_db("badtmp");
+    pg.psql(
+        &db,
+        "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    let bucket = s3().bucket("badtmp");
+    let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
+    let key = sidecar()
+        .args(&["backup"])
+        .run()
+        .expect_code(0)
+        .stdout
+        .trim()
+        .to_string();
+    let before_sql = pg.dump_sql(&db);
+    let before_keys = s3().keys(&bucket, "");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-regular-file");
+    std::fs::write(&file, b"x").unwrap();
+    let missing = dir.path().join("no-such-dir");
+    for tmp in [missing, file] {
+        let target = harness::unique("badtmp_copy");
+        let run = sidecar()
+            .env("TMPDIR", &tmp)
+            .args(&["restore", "--target-db", &target, "--jobs", "2", "--yes"])
+            .run();
+        assert_ne!(run.code, 0, "{tmp:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(tmp.to_str().unwrap()),
+            "error does not name {tmp:?}: {}",
+            run.stderr
+        );
+        let exists = pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'"),
+        );
+        assert_eq!(exists, "0", "{tmp:?}: target database was created");
+    }
+    assert_eq!(pg.dump_sql(&db), before_sql, "source database changed");
+    assert_eq!(s3().keys(&bucket, ""), before_keys, "bucket changed");
+    assert_eq!(listed(pg, &db, &bucket), vec![key]);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "files left in the test directory"
+    );
+
+    // With a usable TMPDIR the same restore succeeds.
+    let target = harness::unique("badtmp_ok");
+    sidecar()
+        .env("TMPDIR", dir.path())
+        .args(&["restore", "--target-db", &target, "--jobs", "2", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.dump_sql(&target), before_sql);
+}
+
+/// Scenario 3 (PostgreSQL side): the network between the sidecar and PostgreSQL is cut while
+/// pg_dump streams (the proxy drops the connections and refuses new ones). Expected: the run
+/// returns within a bounded time (a hang guard, not a speed target) with exit 1, nothing
+/// stored or listed; after the network returns the next backup succeeds.
+#[test]
+fn network_to_postgres_cut_mid_dump_fails_in_bounded_time_then_recovers() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "pgcut", 30);
+    let bucket = s3().bucket("pgcut");
+    let pg_proxy = Proxy::start(pg.port);
+    let s3_proxy = Proxy::start(s3().port);
+    s3_proxy.throttle(2 * 1024 * 1024);
+    let sidecar = |s3_endpoint: &str| {
+        Sidecar::new(pg, &db, s3_endpoint, &bucket, "p")
+            .env("PGPORT", pg_proxy.port.to_string())
+            .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+            .env("PGSIDECAR_STORAGE__PARTS_IN_FLIGHT", "1")
+            .args(&["backup"])
+    };
+    let mut child = sidecar(&s3_proxy.endpoint()).spawn();
+    assert!(
+        harness::wait_until(60, || !s3().open_uploads(&bucket).is_empty()),
+        "the upload never started"
+    );
+    assert!(
+        !harness::children_named(child.id(), "pg_dump").is_empty(),
+        "pg_dump finished before the fault; the database is too small"
+    );
+    let cut_at = Instant::now();
+    pg_proxy.cut();
+    let mut code = None;
+    let returned = harness::wait_until(120, || match child.try_wait().unwrap() {
+        Some(status) => {
+            code = Some(status.code());
+            true
+        }
+        None => false,
+    });
+    if !returned {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        returned,
+        "still running {:?} after the cut: {stderr}",
+        cut_at.elapsed()
+    );
+    assert_eq!(code, Some(Some(1)), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    s3_proxy.throttle(0);
+    assert_nothing_stored(pg, &db, &bucket);
+
+    pg_proxy.restore();
+    let run = sidecar(&s3().endpoint()).run().expect_code(0);
+    assert_only_backup(pg, &db, &bucket, run.stdout.trim());
+}
+
+/// Scenario 9 (manifest pointing at a missing object): the dump object of a listed backup is
+/// deleted behind the sidecar's back. Expected: `verify` and `restore` of it fail non-zero
+/// naming the key, the restore creates no database, and the next `backup` succeeds.
+#[test]
+fn manifest_pointing_at_a_missing_object_is_refused_then_next_backup_succeeds() {
+    let pg = pg(15);
+    let db = pg.create_db("lostobj");
+    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let bucket = s3().bucket("lostobj");
+    let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
+    let key = sidecar()
+        .args(&["backup"])
+        .run()
+        .expect_code(0)
+        .stdout
+        .trim()
+        .to_string();
+    s3().delete(&bucket, &key);
+
+    let verify = sidecar().args(&["verify", "latest"]).run();
+    assert_ne!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(verify.stderr.contains(&key), "{}", verify.stderr);
+    assert!(!verify.stdout.starts_with("ok"), "{}", verify.stdout);
+
+    let target = harness::unique("lostobj_copy");
+    let restore = sidecar()
+        .args(&["restore", "latest", "--target-db", &target, "--yes"])
+        .run();
+    assert_ne!(restore.code, 0, "{}{}", restore.stdout, restore.stderr);
+    assert!(restore.stderr.contains(&key), "{}", restore.stderr);
+    let exists = pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'"),
+    );
+    assert_eq!(exists, "0", "target database was created");
+
+    let run = sidecar().args(&["backup"]).run().expect_code(0);
+    assert!(listed(pg, &db, &bucket).contains(&run.stdout.trim().to_string()));
+    assert_eq!(s3().open_uploads(&bucket), Vec::<String>::new());
+}
+
+/// Scenario 10 (UploadPart 500): S3 answers the first UploadPart with 500 InternalError.
+/// Expected: the part is resent, the backup exits 0, is listed and verifies, and no upload is
+/// left open.
+#[test]
+fn upload_part_answered_with_500_is_retried_and_the_backup_succeeds() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "part500", 8);
+    let bucket = s3().bucket("part500");
+    let proxy = harness::HttpFaultProxy::start(s3().port, 1);
+    let run = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert!(
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no UploadPart went through the proxy: {}",
+        run.stderr
+    );
+    assert_only_backup(pg, &db, &bucket, run.stdout.trim());
+    Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["verify", "latest"])
+        .run()
+        .expect_code(0);
+}
