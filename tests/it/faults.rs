@@ -347,3 +347,63 @@ fn upload_part_answered_with_500_is_retried_and_the_backup_succeeds() {
         .run()
         .expect_code(0);
 }
+
+/// Scenario 2 (S3 throttles): the first two UploadParts are answered 503 SlowDown.
+/// Expected: the parts are retried with backoff and the backup succeeds, listed and verified.
+#[test]
+fn slow_down_503_is_retried_with_backoff_and_the_backup_succeeds() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "slowdown", 6);
+    let bucket = s3().bucket("slowdown");
+    let proxy = harness::HttpFaultProxy::with_fault(
+        s3().port,
+        harness::Fault::Parts {
+            count: 2,
+            status: 503,
+            code: "SlowDown",
+        },
+    );
+    let run = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert!(
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "{}",
+        run.stderr
+    );
+    assert_only_backup(pg, &db, &bucket, run.stdout.trim());
+    Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["verify", "latest"])
+        .run()
+        .expect_code(0);
+}
+
+/// Scenario 10 (CompleteMultipartUpload answered 200 with an error body): S3 reports the
+/// failure inside a 200 response. Expected: the attempt fails and is never reported complete
+/// (exit 1, no manifest, nothing listed, no open upload); the next backup succeeds.
+#[test]
+fn completion_answered_200_with_an_error_body_is_a_failure() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "complete200", 6);
+    let bucket = s3().bucket("complete200");
+    let proxy = harness::HttpFaultProxy::with_fault(s3().port, harness::Fault::CompleteErrorBody);
+    let run = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
+        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+        .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert!(
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "{}",
+        run.stderr
+    );
+    assert_nothing_stored(pg, &db, &bucket);
+    let run = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+        .args(&["backup"])
+        .run()
+        .expect_code(0);
+    assert_only_backup(pg, &db, &bucket, run.stdout.trim());
+}

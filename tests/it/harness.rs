@@ -935,8 +935,23 @@ impl Drop for Daemon {
     }
 }
 
-/// An HTTP proxy in front of S3 that answers the first `fail_parts` UploadPart requests with
-/// 500 InternalError itself and forwards everything else (one request per connection).
+/// What [`HttpFaultProxy`] injects.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// The first `count` UploadPart requests are answered with `status` and the S3 error
+    /// `code` (500 InternalError, 503 SlowDown).
+    Parts {
+        count: u64,
+        status: u16,
+        code: &'static str,
+    },
+    /// Every CompleteMultipartUpload is answered 200 OK with an `<Error>` body, as S3 does
+    /// when a completion fails after it started answering.
+    CompleteErrorBody,
+}
+
+/// An HTTP proxy in front of S3 that answers some requests itself with an injected fault and
+/// forwards everything else (one request per connection).
 pub struct HttpFaultProxy {
     pub port: u16,
     /// UploadPart requests answered with 500 so far.
@@ -945,6 +960,17 @@ pub struct HttpFaultProxy {
 
 impl HttpFaultProxy {
     pub fn start(target: u16, fail_parts: u64) -> HttpFaultProxy {
+        HttpFaultProxy::with_fault(
+            target,
+            Fault::Parts {
+                count: fail_parts,
+                status: 500,
+                code: "InternalError",
+            },
+        )
+    }
+
+    pub fn with_fault(target: u16, fault: Fault) -> HttpFaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let injected = Arc::new(AtomicU64::new(0));
@@ -954,7 +980,7 @@ impl HttpFaultProxy {
                 let Ok(client) = conn else { continue };
                 let inj = inj.clone();
                 std::thread::spawn(move || {
-                    let _ = http_fault_one(client, target, fail_parts, &inj);
+                    let _ = http_fault_one(client, target, fault, &inj);
                 });
             }
         });
@@ -969,7 +995,7 @@ impl HttpFaultProxy {
 fn http_fault_one(
     mut client: TcpStream,
     target: u16,
-    fail_parts: u64,
+    fault: Fault,
     injected: &AtomicU64,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
@@ -1006,19 +1032,37 @@ fn http_fault_one(
     let is_upload_part = request_line.starts_with("PUT ")
         && request_line.contains("partNumber=")
         && request_line.contains("uploadId=");
-    if is_upload_part && injected.fetch_add(1, Ordering::SeqCst) < fail_parts {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
-            <Error><Code>InternalError</Code><Message>injected by the test</Message></Error>";
+    let is_complete = request_line.starts_with("POST ")
+        && request_line.contains("uploadId=")
+        && !request_line.contains("partNumber=");
+    let answer = |client: &mut TcpStream, status: u16, code: &str| {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <Error><Code>{code}</Code><Message>injected by the test</Message></Error>"
+        );
         write!(
             client,
-            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/xml\r\n\
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/xml\r\n\
              content-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
-        )?;
-        return Ok(());
-    }
-    if is_upload_part {
-        injected.fetch_sub(1, Ordering::SeqCst);
+        )
+    };
+    match fault {
+        Fault::Parts {
+            count,
+            status,
+            code,
+        } if is_upload_part => {
+            if injected.fetch_add(1, Ordering::SeqCst) < count {
+                return answer(&mut client, status, code);
+            }
+            injected.fetch_sub(1, Ordering::SeqCst);
+        }
+        Fault::CompleteErrorBody if is_complete => {
+            injected.fetch_add(1, Ordering::SeqCst);
+            return answer(&mut client, 200, "InternalError");
+        }
+        _ => {}
     }
     // Forward with `Connection: close`, so the server's response ends at EOF.
     let mut out = String::new();
