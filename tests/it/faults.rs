@@ -407,3 +407,67 @@ fn completion_answered_200_with_an_error_body_is_a_failure() {
         .expect_code(0);
     assert_only_backup(pg, &db, &bucket, run.stdout.trim());
 }
+
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Scenario 11: 200 consecutive backups at a per-second schedule of a small database.
+/// Expected: every one complete and listed; memory flat (the mean RSS over the last 50 within
+/// 10% of the mean over the first 50).
+#[test]
+fn two_hundred_per_second_backups_are_all_complete_with_flat_memory() {
+    const RUNS: usize = 200;
+    let pg = pg(17);
+    let db = pg.create_db("many");
+    pg.psql(
+        &db,
+        "CREATE TABLE t(x int, s text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g",
+    );
+    let bucket = s3().bucket("many");
+    let d = Daemon::start(
+        Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
+            .env("PGSIDECAR_SCHEDULE", "* * * * * *")
+            .env("PGSIDECAR_CATCH_UP", "false"),
+    );
+    let pid = d.child.id();
+    let mut samples: Vec<u64> = Vec::new();
+    let done = |d: &Daemon| {
+        d.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("backup complete"))
+            .count()
+    };
+    assert!(
+        harness::wait_until(RUNS as u64 * 3, || {
+            let n = done(&d);
+            while samples.len() < n.min(RUNS) {
+                samples.push(rss_kib(pid));
+            }
+            n >= RUNS
+        }),
+        "only {} backups completed:\n{}",
+        done(&d),
+        d.stderr()
+    );
+    drop(d);
+    let listed = listed(pg, &db, &bucket);
+    assert!(listed.len() >= RUNS, "{} listed", listed.len());
+    assert_eq!(manifests(&bucket).len(), listed.len());
+    assert_eq!(s3().open_uploads(&bucket), Vec::<String>::new());
+    let mean = |s: &[u64]| s.iter().sum::<u64>() as f64 / s.len() as f64;
+    let (first, last) = (mean(&samples[..50]), mean(&samples[RUNS - 50..RUNS]));
+    println!("RSS: first 50 backups {first:.0} KiB, last 50 {last:.0} KiB");
+    assert!(
+        last <= first * 1.10,
+        "memory grew: first 50 backups {first:.0} KiB, last 50 {last:.0} KiB"
+    );
+}
