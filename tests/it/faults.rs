@@ -322,23 +322,27 @@ fn manifest_pointing_at_a_missing_object_is_refused_then_next_backup_succeeds() 
     assert_eq!(s3().open_uploads(&bucket), Vec::<String>::new());
 }
 
-/// Scenario 10 (UploadPart 500): S3 answers the first UploadPart with 500 InternalError.
-/// Expected: the part is resent, the backup exits 0, is listed and verifies, and no upload is
-/// left open.
-#[test]
-fn upload_part_answered_with_500_is_retried_and_the_backup_succeeds() {
+/// Backs up a few MB through a proxy that answers the first `count` UploadParts with
+/// `status`/`code`. Expected: the parts are resent, the backup exits 0, is the only one listed,
+/// verifies, and no upload is left open.
+fn failed_parts_are_retried(hint: &str, count: u64, status: u16, code: &'static str) {
     let pg = pg(15);
-    let db = harness::incompressible_db(pg, "part500", 8);
-    let bucket = s3().bucket("part500");
-    let proxy = harness::HttpFaultProxy::start(s3().port, 1);
+    let db = harness::incompressible_db(pg, hint, 6);
+    let bucket = s3().bucket(hint);
+    let fault = harness::Fault::Parts {
+        count,
+        status,
+        code,
+    };
+    let proxy = harness::HttpFaultProxy::with_fault(s3().port, fault);
     let run = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
         .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
         .args(&["backup"])
         .run()
         .expect_code(0);
     assert!(
-        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
-        "no UploadPart went through the proxy: {}",
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= count,
+        "fewer UploadParts than injected faults went through the proxy: {}",
         run.stderr
     );
     assert_only_backup(pg, &db, &bucket, run.stdout.trim());
@@ -348,36 +352,17 @@ fn upload_part_answered_with_500_is_retried_and_the_backup_succeeds() {
         .expect_code(0);
 }
 
-/// Scenario 2 (S3 throttles): the first two UploadParts are answered 503 SlowDown.
-/// Expected: the parts are retried with backoff and the backup succeeds, listed and verified.
+/// Scenario 10 (UploadPart 500): the first UploadPart is answered 500 InternalError.
+#[test]
+fn upload_part_answered_with_500_is_retried_and_the_backup_succeeds() {
+    failed_parts_are_retried("part500", 1, 500, "InternalError");
+}
+
+/// Scenario 2 (S3 throttles): the first two UploadParts are answered 503 SlowDown; they are
+/// retried with backoff.
 #[test]
 fn slow_down_503_is_retried_with_backoff_and_the_backup_succeeds() {
-    let pg = pg(15);
-    let db = harness::incompressible_db(pg, "slowdown", 6);
-    let bucket = s3().bucket("slowdown");
-    let proxy = harness::HttpFaultProxy::with_fault(
-        s3().port,
-        harness::Fault::Parts {
-            count: 2,
-            status: 503,
-            code: "SlowDown",
-        },
-    );
-    let run = Sidecar::new(pg, &db, &proxy.endpoint(), &bucket, "p")
-        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
-        .args(&["backup"])
-        .run()
-        .expect_code(0);
-    assert!(
-        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 2,
-        "{}",
-        run.stderr
-    );
-    assert_only_backup(pg, &db, &bucket, run.stdout.trim());
-    Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
-        .args(&["verify", "latest"])
-        .run()
-        .expect_code(0);
+    failed_parts_are_retried("slowdown", 2, 503, "SlowDown");
 }
 
 /// Scenario 10 (CompleteMultipartUpload answered 200 with an error body): S3 reports the

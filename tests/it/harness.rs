@@ -959,17 +959,6 @@ pub struct HttpFaultProxy {
 }
 
 impl HttpFaultProxy {
-    pub fn start(target: u16, fail_parts: u64) -> HttpFaultProxy {
-        HttpFaultProxy::with_fault(
-            target,
-            Fault::Parts {
-                count: fail_parts,
-                status: 500,
-                code: "InternalError",
-            },
-        )
-    }
-
     pub fn with_fault(target: u16, fault: Fault) -> HttpFaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
