@@ -61,13 +61,7 @@ fn in_place_and_into_a_new_database(pg: &Pg) {
         .run()
         .expect_code(0);
     assert_eq!(pg.dump_sql(&copy), original);
-    assert_eq!(
-        pg.psql(
-            &copy,
-            "SELECT convert_from(lo_get(oid), 'UTF8') FROM pg_largeobject_metadata"
-        ),
-        "large object payload"
-    );
+    crate::backup::assert_large_object_restored(pg, &copy);
 }
 
 #[test]
