@@ -120,7 +120,7 @@ fn list_shows_backups_newest_first_and_skips_foreign_objects() {
     let bucket = s3().bucket("list");
     let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
     let first = sidecar().args(&["backup"]).run().expect_code(0).stdout;
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     let second = sidecar().args(&["backup"]).run().expect_code(0).stdout;
     // Things in the prefix that are not backups must not be listed or break the listing.
     s3().put(&bucket, &format!("p/{db}/notes.txt"), b"hello");

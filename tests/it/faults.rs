@@ -317,6 +317,7 @@ fn manifest_pointing_at_a_missing_object_is_refused_then_next_backup_succeeds() 
     );
     assert_eq!(exists, "0", "target database was created");
 
+    harness::next_key_second();
     let run = sidecar().args(&["backup"]).run().expect_code(0);
     assert!(listed(pg, &db, &bucket).contains(&run.stdout.trim().to_string()));
     assert_eq!(s3().open_uploads(&bucket), Vec::<String>::new());

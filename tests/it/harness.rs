@@ -342,6 +342,12 @@ pub fn unique(hint: &str) -> String {
     format!("{hint}_{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Backup keys have one-second resolution and a stored backup is never overwritten, so a test
+/// that takes a second backup of the same database waits for the next key.
+pub fn next_key_second() {
+    std::thread::sleep(Duration::from_millis(1100));
+}
+
 /// A moto S3 server.
 pub struct S3 {
     pub port: u16,

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
-use crate::harness::{pg, s3, Pg, Sidecar};
+use crate::harness::{self, pg, s3, Pg, Sidecar};
 
 fn sidecar(pg: &Pg, db: &str, bucket: &str) -> Sidecar {
     Sidecar::new(pg, db, &s3().endpoint(), bucket, "prod")
@@ -178,8 +178,7 @@ fn backup_prunes_after_success() {
     let pg = pg(17);
     let (db, bucket, _) = history(pg, "after", 2);
     assert_eq!(manifests(&bucket).len(), 5);
-    // Keys have one-second resolution.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     sidecar(pg, &db, &bucket)
         .env("PGSIDECAR_RETENTION__KEEP_LAST", "2")
         .args(&["backup"])
@@ -236,7 +235,7 @@ fn every_database_is_found_and_one_failure_does_not_stop_the_others() {
         "CREATE TABLE t(x int); GRANT SELECT ON t TO backup_role",
     );
     pg.psql("postgres", "DROP DATABASE broken");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     star().args(&["backup"]).run().expect_code(0);
     assert_eq!(backed_up(&bucket), ["app1", "app2", "app3"]);
 }
@@ -253,7 +252,7 @@ fn prune_skips_locked_backups_and_reports_them() {
             .env("PGSIDECAR_RETENTION__KEEP_LAST", "1")
     };
     locked().args(&["backup"]).run().expect_code(0);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     locked().args(&["backup"]).run().expect_code(0);
     // The backup pruned after the second one is locked: kept, and said so.
     assert_eq!(manifests(&bucket).len(), 2);

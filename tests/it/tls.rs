@@ -1,7 +1,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{s3, Pg, Sidecar};
+use crate::harness::{self, s3, Pg, Sidecar};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -147,7 +147,7 @@ fn verify_full_checks_the_server_for_the_sidecar_and_pg_dump() {
 
     // The certificate names `localhost`, not `127.0.0.1`: verify-full refuses, verify-ca
     // (chain only) accepts.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     let run = sidecar("127.0.0.1", "verify-full", &ca_crt).expect_code(1);
     assert!(run.stderr.contains("certificate"), "{}", run.stderr);
     sidecar("127.0.0.1", "verify-ca", &ca_crt).expect_code(0);
@@ -158,6 +158,6 @@ fn verify_full_checks_the_server_for_the_sidecar_and_pg_dump() {
     assert!(run.stderr.contains("certificate"), "{}", run.stderr);
 
     // `require` encrypts without checking, as in libpq.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    harness::next_key_second();
     sidecar("127.0.0.1", "require", &ca_crt).expect_code(0);
 }
