@@ -6,6 +6,9 @@ set -euo pipefail
 DEPS="${PGSC_TEST_DEPS:-$HOME/.cache/pgsidecar-test}"
 PG17_NPM_VERSION="17.10.0-beta.17"
 PG18_PYPI_VERSION="18.6.3"
+# A second S3 implementation (Rust, on the file system), so no test result rests on one
+# emulator's leniency. 0.14 is the newest release that builds with Rust 1.95.
+S3S_FS_VERSION="0.14.1"
 mkdir -p "$DEPS"
 log() { echo "test-deps: $*" >&2; }
 SUDO=""
@@ -55,6 +58,14 @@ for lib in "$PG17_NATIVE"/lib/*.so.*.*; do
   soname="${base%.*}"          # libfoo.so.5.1 -> libfoo.so.5
   [ -e "$PG17_NATIVE/lib/$soname" ] || ln -s "$base" "$PG17_NATIVE/lib/$soname"
 done
+# Debug build: it serves a few test objects, and compiles in half the time of a release build.
+S3S_FS="$DEPS/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
+if [ ! -x "$S3S_FS" ]; then
+  log "cargo install s3s-fs@$S3S_FS_VERSION"
+  env -u CARGO_TARGET_DIR cargo install --quiet --locked --debug --features binary \
+    --root "$DEPS/s3s-fs-$S3S_FS_VERSION" "s3s-fs@$S3S_FS_VERSION" >&2
+fi
+
 # The cache may live under root's home: the `postgres` user must reach the binaries.
 d="$DEPS"; while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
 chmod -R a+rX "$VENV/lib" 2>/dev/null || true
@@ -65,5 +76,6 @@ export PGSC_TEST_PG17_BIN=$PG17_NATIVE/bin
 export PGSC_TEST_PG17_LIB=$PG17_NATIVE/lib
 export PGSC_TEST_PG18_BIN=$PG18_BIN
 export PGSC_TEST_MOTO=$VENV/bin/moto_server
+export PGSC_TEST_S3S_FS=$S3S_FS
 export PGSC_TEST_VENV=$VENV
 OUT

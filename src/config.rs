@@ -145,6 +145,8 @@ pub struct RawRetry {
     #[serde(with = "humantime_serde")]
     pub max_interval: Option<Duration>,
     pub jitter: Option<bool>,
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// `[notify]`
@@ -520,6 +522,10 @@ pub struct RetryPolicy {
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
     pub jitter: bool,
+    /// Longest one attempt may run before it is given up and counted as failed: the bound
+    /// for a connection that hangs without ever being closed.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
 }
 
 /// Which outcomes are notified.
@@ -710,6 +716,9 @@ pub enum LogFormat {
 /// Default zstd level: measured as the best size-for-time trade-off in bench/ (see README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 const DEFAULT_GZIP_LEVEL: i32 = 6;
+/// Long enough for a multi-terabyte dump at a few hundred MB/s, short enough that a hung
+/// attempt is retried the same day.
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 /// S3 allows at most 10,000 parts per multipart upload.
 pub const S3_MAX_PARTS: u32 = 10_000;
 /// S3's smallest part (all but the last).
@@ -1239,7 +1248,8 @@ fn merge_retry(base: RawRetry, over: RawRetry) -> RawRetry {
         interval,
         backoff,
         max_interval,
-        jitter
+        jitter,
+        attempt_timeout
     )
 }
 
@@ -1319,12 +1329,20 @@ fn validate_retry(raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
         .max_interval
         .unwrap_or(Duration::from_secs(3600))
         .max(interval);
+    let attempt_timeout = raw.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+    if attempt_timeout < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "retry.attempt_timeout",
+            "must be at least 1s",
+        ));
+    }
     Ok(RetryPolicy {
         attempts,
         interval,
         exponential,
         max_interval,
         jitter: raw.jitter.unwrap_or(false),
+        attempt_timeout,
     })
 }
 

@@ -45,6 +45,11 @@ pub enum BackupError {
     },
     #[error("backup of database `{database}` was cancelled; nothing was stored")]
     Cancelled { database: String },
+    #[error("backup of database `{database}` gave up after {} (retry.attempt_timeout): a connection stopped answering or the dump is slower than the limit allows; nothing was stored", humantime::format_duration(*.limit))]
+    TimedOut {
+        database: String,
+        limit: std::time::Duration,
+    },
     #[error("another backup of database `{database}` is running (another pgsidecar holds its lock); this one was skipped")]
     Busy { database: String },
 }
@@ -57,6 +62,7 @@ impl BackupError {
             BackupError::Tool { .. } => true,
             BackupError::Storage { source, .. } => source.is_permanent(),
             BackupError::Cancelled { .. } | BackupError::Busy { .. } => true,
+            BackupError::TimedOut { .. } => false,
         }
     }
 
@@ -110,12 +116,20 @@ async fn remove_leftovers(
             storage.delete(&o.key).await?;
         }
     }
-    let stale = storage.abort_stale_uploads(prefix).await?;
-    if stale > 0 {
-        tracing::info!(
+    match storage.abort_stale_uploads(prefix).await {
+        Ok(0) => {}
+        Ok(stale) => tracing::info!(
             count = stale,
             "aborted unfinished uploads from an earlier run"
-        );
+        ),
+        // Housekeeping, not the backup: some S3-compatible stores cannot list uploads, and a
+        // least-privilege key may not be allowed to.
+        Err(e @ (StorageError::Unsupported { .. } | StorageError::Denied { .. })) => {
+            tracing::warn!(
+                "cannot look for unfinished uploads of earlier runs ({e}); their parts stay stored until a lifecycle rule aborts them (storage.lifecycle.abort_incomplete_after_days)"
+            )
+        }
+        Err(e) => return Err(e),
     }
     Ok(())
 }
@@ -211,9 +225,40 @@ pub enum WhenBusy {
     Wait,
 }
 
-/// Takes one backup of `database` for `job` and stores it with its manifest.
+/// Takes one backup of `database` for `job` and stores it with its manifest, giving up after
+/// `job.retry.attempt_timeout`.
 #[tracing::instrument(name = "backup", skip_all, fields(job = %job.name, database = %database))]
 pub async fn backup_database(
+    job: &Job,
+    tools: &ToolsConfig,
+    storage: &Storage,
+    database: &str,
+    when_busy: WhenBusy,
+    cancel: &CancellationToken,
+) -> Result<Completed, BackupError> {
+    // A connection that stops answering without being closed (a black-holed network) leaves
+    // pg_dump or an S3 request waiting forever; the deadline cancels the attempt through the
+    // same path as SIGTERM, so the upload is aborted and nothing is left behind.
+    let limit = job.retry.attempt_timeout;
+    let attempt = cancel.child_token();
+    let deadline = async {
+        tokio::time::sleep(limit).await;
+        attempt.cancel();
+        std::future::pending::<()>().await;
+    };
+    let result = tokio::select! {
+        r = backup_attempt(job, tools, storage, database, when_busy, &attempt) => r,
+        _ = deadline => unreachable!("the deadline never completes"),
+    };
+    match result {
+        Err(BackupError::Cancelled { database }) if !cancel.is_cancelled() => {
+            Err(BackupError::TimedOut { database, limit })
+        }
+        r => r,
+    }
+}
+
+async fn backup_attempt(
     job: &Job,
     tools: &ToolsConfig,
     storage: &Storage,

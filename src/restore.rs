@@ -617,7 +617,7 @@ impl Restorer {
         }
         match &plan.via_psql {
             None => {
-                cmd.arg(format!("--dbname={}", dump::conninfo_dbname(database)));
+                cmd.arg(format!("--dbname={}", dump::conninfo(database)));
             }
             Some(_) => {
                 cmd.arg("--file=-");
@@ -646,7 +646,7 @@ impl Restorer {
         if let Some(psql) = &plan.via_psql {
             let mut cmd = dump::client_command(psql, &plan.server, database);
             cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"])
-                .arg(format!("--dbname={}", dump::conninfo_dbname(database)))
+                .arg(format!("--dbname={}", dump::conninfo(database)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())

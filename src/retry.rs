@@ -82,6 +82,7 @@ mod tests {
             exponential,
             max_interval: Duration::from_millis(40),
             jitter: false,
+            attempt_timeout: Duration::from_secs(60),
         }
     }
 

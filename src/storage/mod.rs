@@ -72,6 +72,9 @@ pub enum StorageError {
         action: &'static str,
         bucket: String,
     },
+    /// The store does not implement an optional operation (HTTP 501).
+    #[error("the S3 store of bucket `{bucket}` does not implement {op}")]
+    Unsupported { op: &'static str, bucket: String },
     #[error("object `{key}` already exists; refusing to overwrite a stored backup")]
     AlreadyExists { key: String },
     #[error("cancelled")]
@@ -85,6 +88,7 @@ impl StorageError {
             StorageError::NoSuchBucket { .. }
             | StorageError::AccessDenied { .. }
             | StorageError::Denied { .. }
+            | StorageError::Unsupported { .. }
             | StorageError::NotFound { .. }
             | StorageError::AlreadyExists { .. }
             | StorageError::Cancelled => true,

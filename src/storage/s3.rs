@@ -537,7 +537,20 @@ impl S3Storage {
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
-                .map_err(|e| self.map_err("list uploads in", prefix, e))?;
+                .map_err(|e| {
+                    if not_implemented(&e) {
+                        StorageError::Unsupported {
+                            op: "ListMultipartUploads",
+                            bucket: self.bucket.clone(),
+                        }
+                    } else {
+                        denied(
+                            &self.bucket,
+                            "s3:ListBucketMultipartUploads",
+                            self.map_err("list uploads in", prefix, e),
+                        )
+                    }
+                })?;
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
                     out.push((k.to_string(), id.to_string()));

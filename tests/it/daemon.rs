@@ -121,29 +121,36 @@ fn all_attempts_failing_sends_one_failure_message_with_the_cause() {
     assert_eq!(msgs[0]["attachments"][0]["color"], "danger");
 }
 
+/// Scenario 7: Slack, the webhook and the ping URLs all answer 500, all hang, or are all
+/// down (nothing listens). Expected: the backup is stored and the daemon exits 0 within
+/// bounded time, each failed delivery is logged, and no URL is.
 #[test]
-fn slack_failing_or_hanging_never_fails_the_backup() {
-    for answer in [Answer::Status(500), Answer::Hang] {
-        let db = small_db("slackdown");
-        let bucket = s3().bucket("slackdown");
-        let slack = FakeHttp::start(answer);
+fn failing_hanging_or_down_notification_endpoints_never_fail_the_backup() {
+    for answer in [Answer::Status(500), Answer::Hang, Answer::Down] {
+        let db = small_db("notifydown");
+        let bucket = s3().bucket("notifydown");
+        let endpoint = FakeHttp::start(answer);
         let started = Instant::now();
         let mut d = Daemon::start(
             Sidecar::new(pg(15), &db, &s3().endpoint(), &bucket, "p")
                 .env("PGSIDECAR_NOTIFY__TIMEOUT", "1s")
-                .env("PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL", slack.url()),
+                .env("PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL", endpoint.url())
+                .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", endpoint.url())
+                .env("PGSIDECAR_NOTIFY__PING__START_URL", endpoint.url())
+                .env("PGSIDECAR_NOTIFY__PING__SUCCESS_URL", endpoint.url()),
         );
         assert_eq!(d.wait_exit(60), Some(0), "{answer:?}: {}", d.stderr());
         assert_eq!(manifests(&bucket).len(), 1, "{answer:?}");
-        assert!(!slack.messages().is_empty(), "{answer:?}: Slack was called");
-        assert!(
-            d.stderr().contains("notification not delivered"),
-            "{answer:?}: {}",
-            d.stderr()
-        );
+        if answer != Answer::Down {
+            // Slack, the webhook, and the start and success pings.
+            let called = endpoint.bodies.lock().unwrap().len();
+            assert!(called >= 4, "{answer:?}: {called} of 4 endpoints called");
+        }
+        let undelivered = d.stderr().matches("not delivered").count();
+        assert!(undelivered >= 4, "{answer:?}: {}", d.stderr());
         assert!(
             !d.stderr().contains("T000-secret-path"),
-            "webhook URL leaked"
+            "notification URL leaked"
         );
         assert!(started.elapsed() < Duration::from_secs(45), "{answer:?}");
     }

@@ -4,11 +4,15 @@
 
 use std::time::Instant;
 
-use crate::harness::{self, pg, s3, Daemon, Pg, Proxy, Sidecar};
+use crate::harness::{self, pg, s3, Daemon, Pg, Proxy, Sidecar, S3};
 
 /// Keys that `list --json` reports for `db` under prefix `p`.
 fn listed(pg: &Pg, db: &str, bucket: &str) -> Vec<String> {
-    let run = Sidecar::new(pg, db, &s3().endpoint(), bucket, "p")
+    listed_at(&s3().endpoint(), pg, db, bucket)
+}
+
+fn listed_at(endpoint: &str, pg: &Pg, db: &str, bucket: &str) -> Vec<String> {
+    let run = Sidecar::new(pg, db, endpoint, bucket, "p")
         .args(&["list", "--json"])
         .run()
         .expect_code(0);
@@ -223,24 +227,31 @@ fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
     assert_eq!(pg.dump_sql(&target), before_sql);
 }
 
-/// Scenario 3 (PostgreSQL side): the network between the sidecar and PostgreSQL is cut while
-/// pg_dump streams (the proxy drops the connections and refuses new ones). Expected: the run
-/// returns within a bounded time (a hang guard, not a speed target) with exit 1, nothing
-/// stored or listed; after the network returns the next backup succeeds.
-#[test]
-fn network_to_postgres_cut_mid_dump_fails_in_bounded_time_then_recovers() {
+/// Backs up a 30 MB database through a proxy to PostgreSQL and applies `fault` to it once the
+/// upload runs. Expected: the run returns within a bounded time (a hang guard, not a speed
+/// target) with exit 1, nothing stored or listed; after `heal` the next backup succeeds.
+/// Returns the failed run's stderr.
+fn postgres_link_fails_mid_dump(
+    hint: &str,
+    env: &[(&str, &str)],
+    fault: fn(&Proxy),
+    heal: fn(&Proxy),
+) -> String {
     let pg = pg(15);
-    let db = harness::incompressible_db(pg, "pgcut", 30);
-    let bucket = s3().bucket("pgcut");
+    let db = harness::incompressible_db(pg, hint, 30);
+    let bucket = s3().bucket(hint);
     let pg_proxy = Proxy::start(pg.port);
     let s3_proxy = Proxy::start(s3().port);
     s3_proxy.throttle(2 * 1024 * 1024);
     let sidecar = |s3_endpoint: &str| {
-        Sidecar::new(pg, &db, s3_endpoint, &bucket, "p")
+        let mut s = Sidecar::new(pg, &db, s3_endpoint, &bucket, "p")
             .env("PGPORT", pg_proxy.port.to_string())
             .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
-            .env("PGSIDECAR_STORAGE__PARTS_IN_FLIGHT", "1")
-            .args(&["backup"])
+            .env("PGSIDECAR_STORAGE__PARTS_IN_FLIGHT", "1");
+        for (k, v) in env {
+            s = s.env(k, v);
+        }
+        s.args(&["backup"])
     };
     let mut child = sidecar(&s3_proxy.endpoint()).spawn();
     assert!(
@@ -251,8 +262,8 @@ fn network_to_postgres_cut_mid_dump_fails_in_bounded_time_then_recovers() {
         !harness::children_named(child.id(), "pg_dump").is_empty(),
         "pg_dump finished before the fault; the database is too small"
     );
-    let cut_at = Instant::now();
-    pg_proxy.cut();
+    let fault_at = Instant::now();
+    fault(&pg_proxy);
     let mut code = None;
     let returned = harness::wait_until(120, || match child.try_wait().unwrap() {
         Some(status) => {
@@ -265,20 +276,42 @@ fn network_to_postgres_cut_mid_dump_fails_in_bounded_time_then_recovers() {
         let _ = child.kill();
     }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         returned,
-        "still running {:?} after the cut: {stderr}",
-        cut_at.elapsed()
+        "still running {:?} after the fault: {stderr}",
+        fault_at.elapsed()
     );
     assert_eq!(code, Some(Some(1)), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty());
     s3_proxy.throttle(0);
     assert_nothing_stored(pg, &db, &bucket);
 
-    pg_proxy.restore();
+    heal(&pg_proxy);
     let run = sidecar(&s3().endpoint()).run().expect_code(0);
     assert_only_backup(pg, &db, &bucket, run.stdout.trim());
+    stderr
+}
+
+/// Scenario 3 (PostgreSQL side, connection closed): the proxy drops the connections while
+/// pg_dump streams and refuses new ones.
+#[test]
+fn network_to_postgres_cut_mid_dump_fails_in_bounded_time_then_recovers() {
+    postgres_link_fails_mid_dump("pgcut", &[], Proxy::cut, Proxy::restore);
+}
+
+/// Scenario 3 (PostgreSQL side, black hole): the proxy stops forwarding but closes nothing,
+/// so neither side ever sees a FIN or RST. Expected: `retry.attempt_timeout` ends the attempt
+/// (pg_dump killed, upload aborted) and the error names the setting.
+#[test]
+fn black_holed_postgres_connection_ends_at_the_attempt_timeout() {
+    let stderr = postgres_link_fails_mid_dump(
+        "pghole",
+        &[("PGSIDECAR_RETRY__ATTEMPT_TIMEOUT", "25s")],
+        Proxy::freeze,
+        Proxy::thaw,
+    );
+    assert!(stderr.contains("retry.attempt_timeout"), "{stderr}");
 }
 
 /// Scenario 9 (manifest pointing at a missing object): the dump object of a listed backup is
@@ -456,4 +489,76 @@ fn two_hundred_per_second_backups_are_all_complete_with_flat_memory() {
         last <= first * 1.10,
         "memory grew: first 50 backups {first:.0} KiB, last 50 {last:.0} KiB"
     );
+}
+
+/// Scenario 12: the whole round trip against s3s-fs, a second S3 implementation (Rust, one
+/// file per object), so that no result rests on moto's leniency. Expected: a multipart backup
+/// with globals is listed and verifies; it restores into a new database and in place with
+/// every row; prune deletes the older of two backups and leaves no open upload.
+#[test]
+fn a_second_s3_implementation_passes_the_round_trip() {
+    let store = S3::start_s3s_fs();
+    let pg = pg(17);
+    let db = harness::incompressible_db(pg, "s3sfs", 12);
+    pg.psql(
+        &db,
+        "CREATE TABLE t(id int PRIMARY KEY, name text); \
+         INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g",
+    );
+    let blobs = pg.psql(&db, "SELECT count(*) FROM r");
+    let bucket = store.bucket("s3sfs");
+    let sidecar = || {
+        Sidecar::new(pg, &db, &store.endpoint(), &bucket, "p")
+            .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+            .env("PGSIDECAR_GLOBALS", "true")
+    };
+    let first = sidecar().args(&["backup"]).run().expect_code(0);
+    assert!(
+        first.stderr.contains("cannot look for unfinished uploads"),
+        "{}",
+        first.stderr
+    );
+    let first = first.stdout.trim().to_string();
+    assert_eq!(
+        listed_at(&store.endpoint(), pg, &db, &bucket),
+        vec![first.clone()]
+    );
+    let keys = store.keys(&bucket, "");
+    assert!(keys.iter().any(|k| k.contains(".globals.")), "{keys:?}");
+    let verify = sidecar().args(&["verify", "latest"]).run().expect_code(0);
+    assert!(verify.stdout.starts_with("ok"), "{}", verify.stdout);
+
+    let target = harness::unique("s3sfs_copy");
+    sidecar()
+        .args(&["restore", "latest", "--target-db", &target, "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.psql(&target, "SELECT count(*) FROM t"), "1000");
+    assert_eq!(pg.psql(&target, "SELECT count(*) FROM r"), blobs);
+
+    pg.psql(&db, "DELETE FROM t WHERE id > 10");
+    sidecar()
+        .args(&["restore", "latest", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM t"), "1000");
+
+    harness::next_key_second();
+    let second = sidecar().args(&["backup"]).run().expect_code(0);
+    let second = second.stdout.trim().to_string();
+    sidecar()
+        .env("PGSIDECAR_RETENTION__KEEP_LAST", "1")
+        .args(&["prune"])
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        listed_at(&store.endpoint(), pg, &db, &bucket),
+        vec![second.clone()]
+    );
+    // Dump, manifest and globals of the second backup, nothing else. (s3s-fs cannot list
+    // multipart uploads: the sidecar warns and carries on, and so cannot this test.)
+    let stem = second.trim_end_matches(".dump.zst");
+    let keys = store.keys(&bucket, "");
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with(stem)), "{keys:?}");
 }

@@ -348,7 +348,7 @@ pub fn next_key_second() {
     std::thread::sleep(Duration::from_millis(1100));
 }
 
-/// A moto S3 server.
+/// A local S3 server: moto (shared by the tests), or s3s-fs, a second implementation.
 pub struct S3 {
     pub port: u16,
     child: Mutex<std::process::Child>,
@@ -367,15 +367,32 @@ impl S3 {
     /// Starts a moto server of its own (for tests that stop it).
     pub fn start() -> S3 {
         let port = free_port();
-        let child = Command::new(env_path("PGSC_TEST_MOTO"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(env_path("PGSC_TEST_MOTO"));
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        S3::serve(cmd, port, "moto S3 server")
+    }
+
+    /// Starts s3s-fs, storing its objects in a temp directory removed at exit.
+    pub fn start_s3s_fs() -> S3 {
+        let port = free_port();
+        let root = tempfile::tempdir().unwrap().keep();
+        on_exit(&format!("rm -rf '{}'", root.display()));
+        let mut cmd = Command::new(env_path("PGSC_TEST_S3S_FS"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "test", "--secret-key", "test"])
+            .arg(&root);
+        S3::serve(cmd, port, "s3s-fs S3 server")
+    }
+
+    fn serve(mut cmd: Command, port: u16, what: &str) -> S3 {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server");
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         on_exit(&format!("kill {} 2>/dev/null", child.id()));
-        wait_for_port(port, "moto S3 server");
+        wait_for_port(port, what);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -542,6 +559,8 @@ impl S3 {
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    /// Keeps the connections open but forwards nothing: a black hole, no FIN or RST.
+    frozen: Arc<AtomicBool>,
     /// Bytes per second allowed towards the server; 0 means unlimited.
     rate: Arc<AtomicU64>,
 }
@@ -551,8 +570,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let rate = Arc::new(AtomicU64::new(0));
-        let (c, r) = (cut.clone(), rate.clone());
+        let (c, f, r) = (cut.clone(), frozen.clone(), rate.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
@@ -564,16 +584,38 @@ impl Proxy {
                 else {
                     continue;
                 };
+                let link = Link {
+                    cut: c.clone(),
+                    frozen: f.clone(),
+                    rate: r.clone(),
+                };
                 pump(
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
-                    c.clone(),
-                    r.clone(),
+                    link.clone(),
                 );
-                pump(server, client, c.clone(), Arc::new(AtomicU64::new(0)));
+                let back = Link {
+                    rate: Arc::new(AtomicU64::new(0)),
+                    ..link
+                };
+                pump(server, client, back);
             }
         });
-        Proxy { port, cut, rate }
+        Proxy {
+            port,
+            cut,
+            frozen,
+            rate,
+        }
+    }
+
+    /// Stops forwarding in both directions without closing anything, until [`Proxy::thaw`].
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     /// Drops every connection and refuses new ones until [`Proxy::restore`].
@@ -595,15 +637,28 @@ impl Proxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, rate: Arc<AtomicU64>) {
+/// What one direction of a proxied connection obeys.
+#[derive(Clone)]
+struct Link {
+    cut: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    /// Bytes per second; 0 means unlimited.
+    rate: Arc<AtomicU64>,
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, link: Link) {
     use std::io::{Read, Write};
     std::thread::spawn(move || {
         from.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            if cut.load(Ordering::SeqCst) {
+            if link.cut.load(Ordering::SeqCst) {
                 break;
+            }
+            if link.frozen.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
@@ -621,7 +676,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, rate: Arc<
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
-            let r = rate.load(Ordering::SeqCst);
+            let r = link.rate.load(Ordering::SeqCst);
             if r > 0 {
                 std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
             }
@@ -802,6 +857,8 @@ pub enum Answer {
     Status(u16),
     /// Never answers (until the connection is dropped).
     Hang,
+    /// Nothing listens on the port: connections are refused.
+    Down,
 }
 
 /// A real local HTTP server standing in for Slack or a webhook: records every request body.
@@ -815,6 +872,10 @@ impl FakeHttp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        if answer == Answer::Down {
+            drop(listener);
+            return FakeHttp { port, bodies };
+        }
         let b = bodies.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -847,6 +908,7 @@ impl FakeHttp {
                     b.lock().unwrap().push(body);
                     match answer {
                         Answer::Hang => std::thread::sleep(Duration::from_secs(120)),
+                        Answer::Down => unreachable!("nothing listens"),
                         Answer::Status(code) => {
                             let _ = write!(
                                 stream,
