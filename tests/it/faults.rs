@@ -163,17 +163,14 @@ fn sigkill_mid_upload_then_daemon_catch_up_cleans_up_and_backs_up() {
 }
 
 /// Scenario 8: `restore --jobs 2` needs a temp file; with TMPDIR pointing at a path that does
-/// not exist, or at a regular file (both fail even for root), the restore fails before
-/// touching the server. Expected: non-zero exit, the error names the path, the target
-/// database does not exist, the source database and the bucket are unchanged.
+/// not exist, at a regular file (both fail even for root), or at a 1 MiB file system too small
+/// for the 3 MB dump (disk full), the restore fails before touching the server. Expected:
+/// non-zero exit, the error names the path, the target database does not exist, no temp file
+/// is left, the source database and the bucket are unchanged.
 #[test]
 fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
     let pg = pg(15);
-    let db = pg.create_db("badtmp");
-    pg.psql(
-        &db,
-        "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 1000)",
-    );
+    let db = harness::incompressible_db(pg, "badtmp", 3);
     let bucket = s3().bucket("badtmp");
     let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
     let key = sidecar()
@@ -190,7 +187,13 @@ fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
     let file = dir.path().join("a-regular-file");
     std::fs::write(&file, b"x").unwrap();
     let missing = dir.path().join("no-such-dir");
-    for tmp in [missing, file] {
+    let full = harness::SmallFs::mount(1);
+    let cases = [
+        (missing, "No such file"),
+        (file, "Not a directory"),
+        (full.path().to_path_buf(), "No space left"),
+    ];
+    for (tmp, cause) in cases {
         let target = harness::unique("badtmp_copy");
         let run = sidecar()
             .env("TMPDIR", &tmp)
@@ -198,8 +201,8 @@ fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
             .run();
         assert_ne!(run.code, 0, "{tmp:?}: {}{}", run.stdout, run.stderr);
         assert!(
-            run.stderr.contains(tmp.to_str().unwrap()),
-            "error does not name {tmp:?}: {}",
+            run.stderr.contains(tmp.to_str().unwrap()) && run.stderr.contains(cause),
+            "error does not name {tmp:?} and `{cause}`: {}",
             run.stderr
         );
         let exists = pg.psql(
@@ -208,6 +211,11 @@ fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
         );
         assert_eq!(exists, "0", "{tmp:?}: target database was created");
     }
+    assert_eq!(
+        std::fs::read_dir(full.path()).unwrap().count(),
+        0,
+        "temp file left on the full file system"
+    );
     assert_eq!(pg.dump_sql(&db), before_sql, "source database changed");
     assert_eq!(s3().keys(&bucket, ""), before_keys, "bucket changed");
     assert_eq!(listed(pg, &db, &bucket), vec![key]);

@@ -851,6 +851,41 @@ pub fn pg_restore(pg: &Pg, archive: &Path, db: &str) {
     );
 }
 
+/// A tmpfs of a few MiB (the tests run as root), for a disk that fills up; unmounted on drop.
+pub struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    pub fn mount(mib: u32) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0777"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs (needs root): {status}");
+        on_exit(&format!("umount '{}' 2>/dev/null", dir.path().display()));
+        SmallFs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
 /// How the fake Slack answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Answer {
