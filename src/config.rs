@@ -2100,6 +2100,11 @@ mod tests {
             ("PGSIDECAR_STORAGE__URL", "s3://UPPER/y", "storage.url"),
             ("PGSIDECAR_COMPRESSION__LEVEL", "40", "compression.level"),
             (
+                "PGSIDECAR_RETRY__ATTEMPT_TIMEOUT",
+                "0s",
+                "retry.attempt_timeout",
+            ),
+            (
                 "PGSIDECAR_COMPRESSION__ALGORITHM",
                 "lz5",
                 "compression.algorithm",
