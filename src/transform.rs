@@ -19,7 +19,6 @@ use std::task::{ready, Context, Poll};
 
 use async_compression::tokio::bufread::GzipEncoder;
 use async_compression::Level;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
@@ -52,76 +51,47 @@ pub fn compress(input: impl AsyncRead + Send + 'static, compression: Compression
 /// A chunk of a stage's input or output, or the error that ended it.
 pub(crate) type Chunk = io::Result<bytes::Bytes>;
 
-/// Frames compressed at once. One is enough when the machine has a core to spare; on a small
-/// machine that also runs PostgreSQL (and, in the benchmark, the S3 server), a single
-/// compressing thread gets only its fair share of the CPU although every other stage waits for
-/// it. Two keep the slowest stage supplied (docs/PERFORMANCE.md: 1.32× → 1.06× of
-/// `pg_dump | zstd` on two shared cores), for about 9 MiB more memory.
-const FRAMES_IN_FLIGHT: usize = 2;
-
-/// zstd in independent frames, compressed on blocking threads while the next chunks are read,
-/// and put back in order. At most two raw chunks wait and [`FRAMES_IN_FLIGHT`] are compressed
-/// at a time.
+/// zstd in independent frames, compressed on a blocking thread while the next chunk is read.
+/// At most two raw chunks and three compressed ones exist at a time.
 fn chunked_zstd(
     input: impl AsyncRead + Send + Unpin + 'static,
     level: i32,
 ) -> impl AsyncRead + Send {
     let mut raw_rx = read_chunks(input, ZSTD_CHUNK);
-    let mut frames = futures::stream::poll_fn(move |cx| raw_rx.poll_recv(cx))
-        .map(move |chunk: Chunk| async move {
-            let raw = chunk?;
-            let last = raw.len() < ZSTD_CHUNK;
-            if raw.is_empty() {
-                return Ok((bytes::Bytes::new(), last));
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Chunk>(1);
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut compressor = match zstd::bulk::Compressor::new(level).and_then(|mut c| {
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+            Ok(c)
+        }) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = out_tx.blocking_send(Err(e));
+                return;
             }
-            let frame = tokio::task::spawn_blocking(move || compress_frame(&raw, level))
-                .await
-                .map_err(io::Error::other)??;
-            Ok((frame, last))
-        })
-        .buffered(FRAMES_IN_FLIGHT);
-    let mut ended = false;
-    let stream = futures::stream::poll_fn(move |cx| {
-        if ended {
-            return Poll::Ready(None);
-        }
-        match ready!(frames.poll_next_unpin(cx)) {
-            Some(Ok((frame, last))) => {
-                ended = last;
-                Poll::Ready(Some(Ok(frame)))
+        };
+        while let Some(chunk) = raw_rx.blocking_recv() {
+            let last = !matches!(&chunk, Ok(raw) if raw.len() == ZSTD_CHUNK);
+            let frame = chunk.and_then(|raw| {
+                if raw.is_empty() {
+                    Ok(bytes::Bytes::new())
+                } else {
+                    compressor.compress(&raw).map(bytes::Bytes::from)
+                }
+            });
+            let failed = frame.is_err();
+            if out_tx.blocking_send(frame).is_err() || failed {
+                return;
             }
-            Some(Err(e)) => {
-                ended = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            // The reader stopped after a full chunk: never a clean end.
-            None => {
-                ended = true;
-                Poll::Ready(Some(Err(io::Error::other(
-                    "a stream stage stopped before the end of its input",
-                ))))
+            if last {
+                done.store(true, Ordering::Release);
+                return;
             }
         }
     });
-    tokio_util::io::StreamReader::new(stream)
-}
-
-/// One zstd frame with a content checksum. The compression context is kept per blocking
-/// thread: setting one up costs more than a small frame.
-fn compress_frame(raw: &[u8], level: i32) -> io::Result<bytes::Bytes> {
-    thread_local! {
-        static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    COMPRESSOR.with_borrow_mut(|slot| {
-        if !matches!(slot, Some((l, _)) if *l == level) {
-            let mut c = zstd::bulk::Compressor::new(level)?;
-            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-            *slot = Some((level, c));
-        }
-        let (_, c) = slot.as_mut().expect("set above");
-        c.compress(raw).map(bytes::Bytes::from)
-    })
+    reader_from(out_rx, finished)
 }
 
 /// Reads `input` on a task of its own into a channel of chunks of `size` bytes, so that the
@@ -309,8 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn zstd_frames_span_many_chunks_and_decode_as_one_stream() {
-        // Frames are compressed in parallel and must come back in order; an input of whole
-        // chunks ends with an empty one.
+        // An input of whole chunks ends with an empty one.
         for len in [ZSTD_CHUNK * 5 + ZSTD_CHUNK / 2, ZSTD_CHUNK * 2] {
             let data: Vec<u8> = (0..len as u64).map(|i| (i * 7 % 253) as u8).collect();
             let mut out = Vec::new();
