@@ -1,6 +1,6 @@
 //! Log output: tracing to stderr, as text or JSON lines, through the redaction layer.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
@@ -14,8 +14,12 @@ pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal: `docker logs`, files and log shippers get
+    // plain text that grep and the redaction patterns read as written.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(RedactedStderr);
     let _ = match cfg.format {
         LogFormat::Text => builder.try_init(),

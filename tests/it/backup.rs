@@ -69,6 +69,9 @@ fn round_trip(pg: &Pg) {
         key.starts_with(&format!("prod/{db}/")) && key.ends_with(".dump.zst"),
         "{key}"
     );
+    // Not a terminal: plain log lines, no colour codes.
+    assert!(run.stderr.contains("backup complete"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
 
     let manifest_keys = manifests(&bucket, "prod/");
     assert_eq!(manifest_keys.len(), 1, "{manifest_keys:?}");
