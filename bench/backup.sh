@@ -428,22 +428,6 @@ MD=$BENCH_RESULTS_DIR/backup-$(date +%Y-%m-%d-%H%M%S).md
     print_md_table CODEC_HEAD CODEC_ROWS
   fi
   echo
-  echo "## Setup"
-  echo
-  printf -- '- %s\n' "${INFO[@]}"
-  if [ ${#NOTES[@]} -gt 0 ]; then
-    echo
-    echo "## Notes"
-    echo
-    printf -- '- %s\n' "${NOTES[@]}"
-  fi
+  md_setup_and_notes
 } >"$MD"
-echo
-echo "results written to $MD"
-
-nfail=0
-for k in "${!FAILED[@]}"; do nfail=$((nfail + 1)); done
-if [ "$nfail" -gt 0 ]; then
-  log "$nfail command(s) failed: ${!FAILED[*]}"
-  exit 1
-fi
+bench_finish

@@ -435,3 +435,26 @@ bench_describe() {
   CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
   MEM_TOTAL=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
 }
+
+# The sections every markdown report ends with: the setup lines (INFO) and the notes (NOTES).
+md_setup_and_notes() {
+  echo "## Setup"
+  echo
+  printf -- '- %s\n' "${INFO[@]}"
+  if [ ${#NOTES[@]} -gt 0 ]; then
+    echo
+    echo "## Notes"
+    echo
+    printf -- '- %s\n' "${NOTES[@]}"
+  fi
+}
+
+# Says where the report went; exits 1 if any command failed (FAILED is keyed by command).
+bench_finish() {
+  echo
+  echo "results written to $MD"
+  if [ ${#FAILED[@]} -gt 0 ]; then
+    log "${#FAILED[@]} command(s) failed: ${!FAILED[*]}"
+    exit 1
+  fi
+}
