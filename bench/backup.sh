@@ -143,36 +143,8 @@ run_c() {
   else
     comp_env+=(PGSIDECAR_COMPRESSION__LEVEL="${codec#*:}")
   fi
-  rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
-  local t0=$EPOCHREALTIME tpid spl
-  $TIME -f %M -o "$LOGS/$id.1.rss" env "${unset_env[@]}" "${SIDECAR_ENV[@]}" "${comp_env[@]}" \
-    "$PGSIDECAR_BIN" backup >"$LOGS/$id.1.out" 2>"$LOGS/$id.1.err" </dev/null &
-  tpid=$!
-  BG_PIDS+=("$tpid")
-  sample_sidecar "$tpid" "$LOGS/$id.sample" &
-  spl=$!
-  BG_PIDS+=("$spl")
-  wait "$tpid" || R_RC=$?
-  R_WALL=$(elapsed "$t0" "$EPOCHREALTIME")
-  wait "$spl" 2>/dev/null || true
-  BG_PIDS=()
-
-  local hwm=0 tmpmax=0 dfmax=0 tree_rss
-  if [ -f "$LOGS/$id.sample" ]; then read -r hwm tmpmax dfmax <"$LOGS/$id.sample" || true; fi
-  tree_rss=$(rss_of "$LOGS/$id.1.rss")
-  if [ "$hwm" -gt 0 ]; then
-    max_rss "$hwm" pgsidecar
-  else
-    max_rss "$tree_rss" "pgsidecar+children"
-  fi
-  # Local disk: peak bytes seen under TMPDIR during the run, or what is left there after it.
-  local left
-  left=$(files_bytes "$SC_TMP")
-  R_DISK=$(( tmpmax > left ? tmpmax : left ))
-  local leftover
-  leftover=$(find "$SC_TMP" -mindepth 1 | head -n 3 | tr '\n' ' ')
-  SC_DF_GROWTH=$dfmax
-  SC_TREE_RSS=$tree_rss
+  time_sidecar "$id" env "${unset_env[@]}" "${SIDECAR_ENV[@]}" "${comp_env[@]}" \
+    "$PGSIDECAR_BIN" backup
 
   local n bytes
   read -r n bytes < <(prefix_usage bench/)
@@ -189,10 +161,7 @@ run_c() {
       *) R_RC=1; R_NOTE="upload check failed: $v" ;;
     esac
   fi
-  if [ -n "$leftover" ]; then
-    R_NOTE="${R_NOTE:+$R_NOTE; }files left in TMPDIR: $leftover"
-    rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
-  fi
+  note_leftovers
   purge_bucket
 }
 

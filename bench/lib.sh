@@ -458,3 +458,44 @@ bench_finish() {
     exit 1
   fi
 }
+
+# Runs one pgsidecar command ("$@", with its environment through `env`) under /usr/bin/time,
+# with an empty TMPDIR, sampling its own VmHWM so that the pg_dump or pg_restore it spawns is
+# not counted. Sets R_RC, R_WALL, the RSS row (max_rss), R_DISK (peak or leftover bytes under
+# TMPDIR), SC_TREE_RSS (RSS with children), SC_DF_GROWTH and SC_LEFTOVER (files left behind).
+time_sidecar() {
+  local id=$1
+  shift
+  rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
+  local t0=$EPOCHREALTIME tpid spl
+  $TIME -f %M -o "$LOGS/$id.1.rss" "$@" >"$LOGS/$id.1.out" 2>"$LOGS/$id.1.err" </dev/null &
+  tpid=$!
+  BG_PIDS+=("$tpid")
+  sample_sidecar "$tpid" "$LOGS/$id.sample" &
+  spl=$!
+  BG_PIDS+=("$spl")
+  wait "$tpid" || R_RC=$?
+  R_WALL=$(elapsed "$t0" "$EPOCHREALTIME")
+  wait "$spl" 2>/dev/null || true
+  BG_PIDS=()
+
+  local hwm=0 tmpmax=0 dfmax=0 left
+  if [ -f "$LOGS/$id.sample" ]; then read -r hwm tmpmax dfmax <"$LOGS/$id.sample" || true; fi
+  SC_TREE_RSS=$(rss_of "$LOGS/$id.1.rss")
+  if [ "$hwm" -gt 0 ]; then
+    max_rss "$hwm" pgsidecar
+  else
+    max_rss "$SC_TREE_RSS" "pgsidecar+children"
+  fi
+  left=$(files_bytes "$SC_TMP")
+  R_DISK=$(( tmpmax > left ? tmpmax : left ))
+  SC_DF_GROWTH=$dfmax
+  SC_LEFTOVER=$(find "$SC_TMP" -mindepth 1 | head -n 3 | tr '\n' ' ')
+}
+
+# After the caller's own notes: files the run left in TMPDIR are a note, and are removed.
+note_leftovers() {
+  [ -n "$SC_LEFTOVER" ] || return 0
+  R_NOTE="${R_NOTE:+$R_NOTE; }files left in TMPDIR: $SC_LEFTOVER"
+  rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
+}

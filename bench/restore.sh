@@ -119,42 +119,12 @@ run_local() {
 run_sidecar() {
   local id=$1 db=$2 jobs=$3
   reset_r
-  rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
   checkpoint
   local args=(restore latest --target-db "$db" --yes)
   [ -z "$jobs" ] || args+=(--jobs "$jobs")
-  local t0=$EPOCHREALTIME tpid spl
-  $TIME -f %M -o "$LOGS/$id.1.rss" env "${SIDECAR_ENV[@]}" "$PGSIDECAR_BIN" "${args[@]}" \
-    >"$LOGS/$id.1.out" 2>"$LOGS/$id.1.err" </dev/null &
-  tpid=$!
-  BG_PIDS+=("$tpid")
-  sample_sidecar "$tpid" "$LOGS/$id.sample" &
-  spl=$!
-  BG_PIDS+=("$spl")
-  wait "$tpid" || R_RC=$?
-  R_WALL=$(elapsed "$t0" "$EPOCHREALTIME")
-  wait "$spl" 2>/dev/null || true
-  BG_PIDS=()
-
-  local hwm=0 tmpmax=0 dfmax=0 tree_rss
-  if [ -f "$LOGS/$id.sample" ]; then read -r hwm tmpmax dfmax <"$LOGS/$id.sample" || true; fi
-  tree_rss=$(rss_of "$LOGS/$id.1.rss")
-  if [ "$hwm" -gt 0 ]; then
-    max_rss "$hwm" pgsidecar
-  else
-    max_rss "$tree_rss" "pgsidecar+children"
-  fi
-  SC_TREE_RSS=$tree_rss
-  # The --jobs copy of the archive lives under TMPDIR while pg_restore runs.
-  local left leftover
-  left=$(files_bytes "$SC_TMP")
-  R_DISK=$(( tmpmax > left ? tmpmax : left ))
-  leftover=$(find "$SC_TMP" -mindepth 1 | head -n 3 | tr '\n' ' ')
+  time_sidecar "$id" env "${SIDECAR_ENV[@]}" "$PGSIDECAR_BIN" "${args[@]}"
   [ "$R_RC" -eq 0 ] || R_NOTE="exit $R_RC: $(err_tail "$LOGS/$id.1.err")"
-  if [ -n "$leftover" ]; then
-    R_NOTE="${R_NOTE:+$R_NOTE; }files left in TMPDIR: $leftover"
-    rm -rf "${SC_TMP:?}"/* "$SC_TMP"/.[!.]* 2>/dev/null || true
-  fi
+  note_leftovers
 }
 
 # Untimed, after every run: the restored database must hold every row of orders.
