@@ -235,13 +235,7 @@ fn verify_accepts_a_good_backup_and_names_a_damaged_one() {
     pg.psql(&db, SCHEMA);
     let bucket = s3().bucket("verify");
     let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
-    let key = sidecar()
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+    let key = sidecar().backup_key();
 
     let ok = sidecar().args(&["verify", "latest"]).run().expect_code(0);
     assert!(

@@ -92,12 +92,7 @@ fn backed_up(pg: &Pg, hint: &str, keys: &Keys) -> (String, String, String) {
             format!("{},{}", keys.recipient, other.recipient),
         )
         .env("PGSIDECAR_GLOBALS", "true")
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+        .backup_key();
     (db, bucket, key)
 }
 
@@ -324,12 +319,7 @@ fn a_tampered_encrypted_object_is_never_committed() {
     let bucket = s3().bucket("tamper");
     let key = sidecar(pg, &db, &bucket)
         .env("PGSIDECAR_ENCRYPTION__RECIPIENTS", &keys.recipient)
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+        .backup_key();
     pg.psql(
         &db,
         "DELETE FROM r WHERE random() < 0.5; CREATE TABLE marker(x int)",
@@ -431,13 +421,7 @@ fn passphrase_mode_round_trips_and_never_shows_the_passphrase() {
         .expect_code(0);
     assert!(!run.stdout.contains(passphrase), "{}", run.stdout);
 
-    let key = with_passphrase(sidecar(pg, &db, &bucket))
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+    let key = with_passphrase(sidecar(pg, &db, &bucket)).backup_key();
     assert!(key.ends_with(".dump.zst.age"), "{key}");
     assert!(s3().get(&bucket, &key).starts_with(AGE_MAGIC));
     let (text, manifest) = manifest_of(&bucket, &key);

@@ -173,13 +173,7 @@ fn parallel_restore_with_unusable_tmpdir_fails_and_changes_nothing() {
     let db = harness::incompressible_db(pg, "badtmp", 3);
     let bucket = s3().bucket("badtmp");
     let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
-    let key = sidecar()
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+    let key = sidecar().backup_key();
     let before_sql = pg.dump_sql(&db);
     let before_keys = s3().keys(&bucket, "");
 
@@ -332,13 +326,7 @@ fn manifest_pointing_at_a_missing_object_is_refused_then_next_backup_succeeds() 
     pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
     let bucket = s3().bucket("lostobj");
     let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
-    let key = sidecar()
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+    let key = sidecar().backup_key();
     s3().delete(&bucket, &key);
 
     let verify = sidecar().args(&["verify", "latest"]).run();

@@ -783,6 +783,12 @@ impl Sidecar {
         Run::from(self.cmd.output().unwrap())
     }
 
+    /// Runs `backup`, which must succeed, and returns the key it printed.
+    pub fn backup_key(self) -> String {
+        let run = self.args(&["backup"]).run().expect_code(0);
+        run.stdout.trim().to_string()
+    }
+
     pub fn spawn(mut self) -> std::process::Child {
         self.cmd
             .stdout(Stdio::piped())

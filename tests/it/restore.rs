@@ -18,13 +18,7 @@ fn backed_up(pg: &Pg, hint: &str) -> (String, String, String) {
     let db = pg.create_db(hint);
     pg.psql(&db, SCHEMA);
     let bucket = s3().bucket(hint);
-    let key = sidecar(pg, &db, &bucket)
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+    let key = sidecar(pg, &db, &bucket).backup_key();
     (db, bucket, key)
 }
 

@@ -310,12 +310,7 @@ fn object_lock_retains_every_object_and_locked_until_reports_it() {
         .env("PGSIDECAR_GLOBALS", "true")
         .env("PGSIDECAR_STORAGE__OBJECT_LOCK_MODE", "GOVERNANCE")
         .env("PGSIDECAR_STORAGE__OBJECT_LOCK_RETAIN", "1d")
-        .args(&["backup"])
-        .run()
-        .expect_code(0)
-        .stdout
-        .trim()
-        .to_string();
+        .backup_key();
     let after = Utc::now();
     let day = chrono::Duration::days(1);
     let within = |t: chrono::DateTime<Utc>| {
