@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog;
 use crate::config::{DatabaseConfig, Job, ToolsConfig};
 use crate::restore::{self, Mode, Options, RestoreError};
+use crate::shutdown::Bounded;
 use crate::storage::{Storage, StorageError};
 
 /// Why a drill failed.
@@ -29,6 +30,12 @@ pub enum DrillError {
     },
     #[error("there is no complete backup of `{database}` to drill with")]
     NoBackup { database: String },
+    #[error("restore drill of `{key}` gave up after {} (retry.attempt_timeout): a connection stopped answering or the restore is slower than the limit allows; {left}", humantime::format_duration(*.limit))]
+    TimedOut {
+        key: String,
+        limit: Duration,
+        left: String,
+    },
     #[error("restore drill of `{key}` failed: {source}")]
     Restore {
         key: String,
@@ -108,13 +115,35 @@ pub async fn drill(
         ..Options::default()
     };
     tracing::info!(key = %m.key, scratch = %scratch, "restore drill starting");
-    let plan = restore::plan(entry, storage, server, tools, mode, options)
-        .await
-        .map_err(restore_err)?;
-    let restored = restore::execute(&plan, storage, cancel)
-        .await
-        .map_err(restore_err)?;
-    restore::drop_scratch(server, &scratch, plan.target.server_major).await;
+    // A drill holds its database's turn, so a connection that stops answering would also hold
+    // back that database's backups: the drill gets the same time limit as a backup attempt.
+    let limit = job.retry.attempt_timeout;
+    let scratch_name = &scratch;
+    let attempt = crate::shutdown::within(limit, cancel, |token| async move {
+        let plan = restore::plan(entry, storage, server, tools, mode, options).await?;
+        let restored = restore::execute(&plan, storage, &token).await?;
+        restore::drop_scratch(server, scratch_name, plan.target.server_major).await;
+        Ok(restored)
+    })
+    .await;
+    let restored = match attempt {
+        Bounded::Finished(r)
+        | Bounded::TimedOut {
+            cleaned_up: Some(r @ Ok(_)),
+        } => r.map_err(restore_err)?,
+        Bounded::TimedOut { cleaned_up } => {
+            return Err(DrillError::TimedOut {
+                key: m.key.clone(),
+                limit,
+                left: match cleaned_up {
+                    Some(_) => "its scratch database was dropped".to_string(),
+                    None => {
+                        format!("its scratch database `{scratch}` may be left: drop it by hand")
+                    }
+                },
+            })
+        }
+    };
     let report = DrillReport {
         key: m.key.clone(),
         backup_age: Utc::now() - m.started_at,

@@ -18,6 +18,7 @@ use crate::config::{Job, ToolsConfig};
 use crate::dump::{self, DumpError};
 use crate::manifest::{self, Manifest};
 use crate::pgtools::{self, ToolError};
+use crate::shutdown::Bounded;
 use crate::storage::{Storage, StorageError};
 use crate::transform::{self, Counted, Hashed};
 
@@ -240,21 +241,19 @@ pub async fn backup_database(
     // pg_dump or an S3 request waiting forever; the deadline cancels the attempt through the
     // same path as SIGTERM, so the upload is aborted and nothing is left behind.
     let limit = job.retry.attempt_timeout;
-    let attempt = cancel.child_token();
-    let deadline = async {
-        tokio::time::sleep(limit).await;
-        attempt.cancel();
-        std::future::pending::<()>().await;
-    };
-    let result = tokio::select! {
-        r = backup_attempt(job, tools, storage, database, when_busy, &attempt) => r,
-        _ = deadline => unreachable!("the deadline never completes"),
-    };
-    match result {
-        Err(BackupError::Cancelled { database }) if !cancel.is_cancelled() => {
-            Err(BackupError::TimedOut { database, limit })
-        }
-        r => r,
+    let attempt = crate::shutdown::within(limit, cancel, |token| async move {
+        backup_attempt(job, tools, storage, database, when_busy, &token).await
+    })
+    .await;
+    match attempt {
+        Bounded::Finished(r)
+        | Bounded::TimedOut {
+            cleaned_up: Some(r @ Ok(_)),
+        } => r,
+        Bounded::TimedOut { .. } => Err(BackupError::TimedOut {
+            database: database.to_string(),
+            limit,
+        }),
     }
 }
 

@@ -316,6 +316,63 @@ fn black_holed_postgres_connection_ends_at_the_attempt_timeout() {
     assert!(stderr.contains("retry.attempt_timeout"), "{stderr}");
 }
 
+/// Scenario 3 for restore drills: the server a drill restores into stops answering while
+/// pg_restore runs. A scheduled drill holds its database's turn, so it must not hang there.
+/// Expected: the drill ends at `retry.attempt_timeout` naming the setting, pg_restore is
+/// stopped, the scratch database is dropped once the server answers, and the next drill passes.
+#[test]
+fn black_holed_drill_server_ends_at_the_attempt_timeout_and_drops_its_scratch() {
+    let pg = pg(15);
+    let db = harness::incompressible_db(pg, "drillhole", 30);
+    let bucket = s3().bucket("drillhole");
+    let pg_proxy = Proxy::start(pg.port);
+    let sidecar = || Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p");
+    sidecar().backup_key();
+    let drill = || {
+        sidecar()
+            .env("PGSIDECAR_DRILL__DATABASE__PORT", pg_proxy.port.to_string())
+            .env("PGSIDECAR_RETRY__ATTEMPT_TIMEOUT", "15s")
+            .args(&["drill"])
+    };
+    pg_proxy.throttle(2 * 1024 * 1024);
+    let child = drill().spawn();
+    // Frozen while pg_restore is still connecting, it would fail on its own connect_timeout.
+    let copying = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE '{db}\\_\\_drill\\_%' AND query LIKE 'COPY%'"
+    );
+    assert!(
+        harness::wait_until(60, || pg.psql("postgres", &copying) != "0"),
+        "pg_restore never started copying"
+    );
+    pg_proxy.freeze();
+    let frozen_at = Instant::now();
+    assert!(
+        harness::wait_until(60, || harness::children_named(child.id(), "pg_restore")
+            .is_empty()),
+        "pg_restore still runs {:?} after the freeze",
+        frozen_at.elapsed()
+    );
+    // Dropping the scratch database needs the server: it answers again after the limit.
+    pg_proxy.thaw();
+    pg_proxy.throttle(0);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("retry.attempt_timeout"), "{stderr}");
+    assert!(
+        stderr.contains("its scratch database was dropped"),
+        "{stderr}"
+    );
+    let scratch = pg.psql(
+        "postgres",
+        &format!("SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE '{db}\\_\\_drill\\_%'"),
+    );
+    assert_eq!(scratch, "", "a scratch database was left");
+
+    let again = drill().run().expect_code(0);
+    assert!(again.stdout.starts_with("ok: "), "{}", again.stdout);
+}
+
 /// Scenario 9 (manifest pointing at a missing object): the dump object of a listed backup is
 /// deleted behind the sidecar's back. Expected: `verify` and `restore` of it fail non-zero
 /// naming the key, the restore creates no database, and the next `backup` succeeds.
