@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Backup benchmark: pgsidecar versus the usual shell pipelines, on one throwaway
-# PostgreSQL 18 cluster and a local moto S3 server. See bench/README.md.
+# PostgreSQL 18 cluster and a local S3 server (moto, or s3s-fs). See bench/README.md.
 #
 #   cargo build --release && bench/backup.sh
 #
@@ -51,13 +51,13 @@ case " ${CODECS[*]} " in
 esac
 
 # ---------------------------------------------------------------------------
-# Setup: tools, work area, moto, PostgreSQL 18 with the `bench` database (bench/lib.sh)
+# Setup: tools, work area, S3 server, PostgreSQL 18 with the `bench` database (bench/lib.sh)
 # ---------------------------------------------------------------------------
 bench_tools
 bench_workdir pgsidecar-bench
 FILE_DIR=$WORK/file        # dump file of command (e)
 mkdir -p "$FILE_DIR"
-bench_moto
+bench_s3
 bench_postgres
 bench_dataset
 sidecar_env
@@ -127,7 +127,7 @@ verify_upload() {
   esac
 }
 
-# (c) pgsidecar backup to moto, configured by environment only. The first successful run of
+# (c) pgsidecar backup to the S3 server, configured by environment only. The first successful run of
 # each codec is checked by reading the upload back.
 declare -A VERIFIED=()
 run_c() {
@@ -346,7 +346,7 @@ INFO=(
   "compressed, zstd -$L -T1 (from d): $(human "$ZSTD_SIZE")"
   "pg_dump -Fc default compression (from e): $(human "${DISK[e]:-}")"
   "uploaded by pgsidecar (from c): $(human "${BYTES[c]:-}")${SIDECAR_VERIFIED:+; $SIDECAR_VERIFIED}"
-  "rounds: $BENCH_ROUNDS (round robin: $BENCH_COMMANDS), zstd level $L, S3: moto on 127.0.0.1"
+  "rounds: $BENCH_ROUNDS (round robin: $BENCH_COMMANDS), zstd level $L, S3: $BENCH_S3_SERVER on 127.0.0.1"
 )
 if [ -n "${MED[c]:-}" ] && [ -z "${FAILED[c]:-}" ]; then
   INFO+=("pgsidecar TMPDIR: peak $(human "${DISK[c]:-0}") written; peak growth of used space on its file system during a run: $(human "$SC_DF_MAX") (includes other activity)"

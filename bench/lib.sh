@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2317  # variables and as_pg are used by the scripts that source this
 # Shared by bench/backup.sh and bench/restore.sh (sourced, not run): the PostgreSQL 18
-# cluster with the `bench` database, the moto S3 server, cleanup, and the report helpers.
+# cluster with the `bench` database, the S3 server (moto, or s3s-fs), cleanup, and the report
+# helpers.
 # One copy, so that both benchmarks measure the same data on the same setup.
 #
 # The caller sets BENCH_DIR and REPO_DIR, runs with `set -euo pipefail`, and then calls, in
-# this order: bench_check_knobs, bench_tools, bench_workdir NAME, bench_moto, bench_postgres,
+# this order: bench_check_knobs, bench_tools, bench_workdir NAME, bench_s3, bench_postgres,
 # bench_dataset. A caller that leaves something in the cluster names a function in
 # BENCH_CLEANUP_HOOK; it runs on exit while the server is still up.
 
@@ -17,6 +18,8 @@ BENCH_TMP_PARENT=${BENCH_TMP_PARENT:-${TMPDIR:-/tmp}}
 PGSIDECAR_BIN=${PGSIDECAR_BIN:-$REPO_DIR/target/release/pgsidecar}
 # pgsidecar would read an exported PGSIDECAR_BIN as its configuration key `bin` and refuse it.
 export -n PGSIDECAR_BIN
+BENCH_S3_SERVER=${BENCH_S3_SERVER:-moto}
+BENCH_S3S_FS=${BENCH_S3S_FS:-}
 BENCH_CLEANUP_HOOK=""   # never from the environment: it names a command to run
 BUCKET=pgsidecar-bench
 
@@ -31,6 +34,11 @@ bench_check_knobs() {
   [[ $BENCH_SIZE_GB =~ ^[0-9]*\.?[0-9]+$ ]] || die "BENCH_SIZE_GB must be a number (GiB)"
   TARGET_BYTES=$(awk -v g="$BENCH_SIZE_GB" 'BEGIN { printf "%.0f", g * 1024 * 1024 * 1024 }')
   [ "$TARGET_BYTES" -gt 0 ] || die "BENCH_SIZE_GB must be > 0"
+  case $BENCH_S3_SERVER in
+    moto) ;;
+    s3s-fs) [ -x "$BENCH_S3S_FS" ] || die "BENCH_S3_SERVER=s3s-fs needs BENCH_S3S_FS, the path of an s3s-fs binary (see bench/README.md)" ;;
+    *) die "BENCH_S3_SERVER must be moto or s3s-fs, not '$BENCH_S3_SERVER'" ;;
+  esac
 }
 
 # ---------------------------------------------------------------------------
@@ -46,7 +54,7 @@ bench_tools() {
   AWS=$PGSC_TEST_VENV/bin/aws
   local t
   for t in initdb pg_ctl psql pg_dump pg_restore; do [ -x "$PG_BIN/$t" ] || die "$PG_BIN/$t not found"; done
-  [ -x "$MOTO" ] || die "moto server not found at $MOTO"
+  [ "$BENCH_S3_SERVER" != moto ] || [ -x "$MOTO" ] || die "moto server not found at $MOTO"
   [ -x "$AWS" ] || die "aws cli not found at $AWS"
   command -v zstd >/dev/null || die "zstd not installed"
   if [ ! -x /usr/bin/time ]; then
@@ -72,7 +80,7 @@ bench_tools() {
 # Work area and cleanup
 # ---------------------------------------------------------------------------
 PG_STARTED=""
-MOTO_PID=""
+S3_PID=""
 BG_PIDS=()
 DATA=""
 WORK=""
@@ -90,12 +98,12 @@ bench_workdir() { # name of the work directory under BENCH_TMP_PARENT
   trap 'exit 130' INT
   trap 'exit 143' TERM
 
-  read -r PG_PORT MOTO_PORT < <(python3 -c '
+  read -r PG_PORT S3_PORT < <(python3 -c '
 import socket
 a, b = socket.socket(), socket.socket()
 a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
 print(a.getsockname()[1], b.getsockname()[1])')
-  EP=http://127.0.0.1:$MOTO_PORT
+  EP=http://127.0.0.1:$S3_PORT
 }
 
 cleanup() {
@@ -118,20 +126,20 @@ cleanup() {
     as_pg "$PG_BIN/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null 2>&1 \
       || log "could not stop PostgreSQL (data dir $DATA)"
   fi
-  if [ -n "$MOTO_PID" ]; then
-    kill "$MOTO_PID" 2>/dev/null
-    wait "$MOTO_PID" 2>/dev/null
+  if [ -n "$S3_PID" ]; then
+    kill "$S3_PID" 2>/dev/null
+    wait "$S3_PID" 2>/dev/null
   fi
   [ -z "$WORK" ] || rm -rf "$WORK"
   exit "$rc"
 }
 
 # ---------------------------------------------------------------------------
-# S3 (moto)
+# S3 (moto, or s3s-fs with BENCH_S3_SERVER=s3s-fs)
 # ---------------------------------------------------------------------------
 aws_() { "$AWS" --endpoint-url "$EP" "$@"; }
 
-bench_moto() {
+bench_s3() {
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_PROFILE
   : >"$WORK/aws-config"
   export AWS_CONFIG_FILE=$WORK/aws-config AWS_SHARED_CREDENTIALS_FILE=$WORK/aws-config
@@ -139,19 +147,26 @@ bench_moto() {
   export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
   export AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL=$EP
 
-  log "starting moto on 127.0.0.1:$MOTO_PORT"
-  "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
-  MOTO_PID=$!
+  log "starting $BENCH_S3_SERVER on 127.0.0.1:$S3_PORT"
+  if [ "$BENCH_S3_SERVER" = s3s-fs ]; then
+    mkdir -p "$WORK/s3"
+    "$BENCH_S3S_FS" --host 127.0.0.1 --port "$S3_PORT" --access-key test --secret-key test \
+      "$WORK/s3" >"$LOGS/s3.log" 2>&1 &
+  else
+    "$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$LOGS/s3.log" 2>&1 &
+  fi
+  S3_PID=$!
   for _ in $(seq 1 150); do
     curl -s -o /dev/null "$EP/" && break
-    kill -0 "$MOTO_PID" 2>/dev/null || { cat "$LOGS/moto.log" >&2; die "moto exited"; }
+    kill -0 "$S3_PID" 2>/dev/null || { cat "$LOGS/s3.log" >&2; die "$BENCH_S3_SERVER exited"; }
     sleep 0.2
   done
-  curl -s -o /dev/null "$EP/" || die "moto did not come up"
+  curl -s -o /dev/null "$EP/" || die "$BENCH_S3_SERVER did not come up"
   aws_ s3api create-bucket --bucket "$BUCKET" >/dev/null
 }
 
 # Deletes every object and aborts unfinished multipart uploads: moto keeps them in memory.
+# (s3s-fs cannot list uploads; its leftovers go with the work directory.)
 purge_bucket() {
   aws_ s3 rm "s3://$BUCKET" --recursive --quiet >/dev/null 2>&1 || true
   local key id

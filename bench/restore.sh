@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Restore benchmark: `pgsidecar restore` from S3 versus pg_restore from a local file of the
-# same archive, on the cluster and data of bench/backup.sh and a local moto S3 server. See
+# same archive, on the cluster and data of bench/backup.sh and a local S3 server. See
 # bench/README.md.
 #
 #   cargo build --release && bench/restore.sh
@@ -36,12 +36,12 @@ done
 [ -x "$PGSIDECAR_BIN" ] || die "binary not found: $PGSIDECAR_BIN (cargo build --release)"
 
 # ---------------------------------------------------------------------------
-# Setup: tools, work area, moto, PostgreSQL 18 with the `bench` database (bench/lib.sh)
+# Setup: tools, work area, S3 server, PostgreSQL 18 with the `bench` database (bench/lib.sh)
 # ---------------------------------------------------------------------------
 bench_tools
 bench_workdir pgsidecar-bench-restore
 DUMP_FILE=$WORK/bench.dump   # the local copy r1 and r3 read
-bench_moto
+bench_s3
 bench_postgres
 
 drop_restored() {
@@ -62,7 +62,7 @@ SRC_ROWS=$(sql -c "SELECT count(*) FROM orders")
 
 # One backup (untimed), and the archive it holds as a local file: both kinds of restore read
 # the same bytes.
-log "pgsidecar backup to moto (untimed)"
+log "pgsidecar backup to $BENCH_S3_SERVER (untimed)"
 env "${SIDECAR_ENV[@]}" "$PGSIDECAR_BIN" backup >"$LOGS/backup.out" 2>"$LOGS/backup.err" </dev/null \
   || { tail -n 20 "$LOGS/backup.err" >&2; die "pgsidecar backup failed"; }
 DUMP_KEY=$(largest_key bench/)
@@ -227,7 +227,7 @@ INFO=(
   "dump: $DUMP_KEY, $(human "$STORED_BYTES") stored ($CODEC); archive (bench.dump, decompressed): $(human "$RAW_SIZE")"
   "pg_restore as pgsidecar runs it for --target-db: pg_restore $FLAGS_SERIAL bench.dump (r1); pg_restore $FLAGS_JOBS bench.dump (r3); pgsidecar feeds r2's pg_restore on stdin and gives r4's its checked temp copy"
   "every restore checked afterwards (untimed): orders has $SRC_ROWS rows; each run restores into a new database, dropped afterwards"
-  "rounds: $BENCH_ROUNDS (round robin: $BENCH_RESTORE_COMMANDS), S3: moto on 127.0.0.1"
+  "rounds: $BENCH_ROUNDS (round robin: $BENCH_RESTORE_COMMANDS), S3: $BENCH_S3_SERVER on 127.0.0.1"
 )
 for k in r2 r4; do
   if [ -n "${MED[$k]:-}" ] && [ -z "${FAILED[$k]:-}" ]; then
