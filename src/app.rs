@@ -3,6 +3,8 @@
 
 use std::io::Write;
 
+use futures::StreamExt;
+
 use crate::catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Sources};
@@ -87,40 +89,52 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
             ensure_lifecycle(&config, &storage).await;
+            let databases = job::databases(job).await?;
+            let several = databases.len() > 1 || job.databases.iter().any(|d| d == "*");
+            let results: Vec<_> = futures::stream::iter(&databases)
+                .map(|db| {
+                    let (tools, storage, cancel) = (&config.tools, &storage, &cancel);
+                    async move {
+                        let r =
+                            job::backup_database(job, tools, storage, db, WhenBusy::Wait, cancel)
+                                .await;
+                        (db, r)
+                    }
+                })
+                .buffer_unordered(job.max_parallel)
+                .collect()
+                .await;
             let mut failed = 0;
-            for db in &job::databases(job).await? {
-                match job::backup_database(
-                    job,
-                    &config.tools,
-                    &storage,
-                    db,
-                    WhenBusy::Wait,
-                    &cancel,
-                )
-                .await
-                {
-                    Ok(done) => println!("{}", done.manifest.key),
+            for (db, result) in results {
+                match result {
+                    Ok(done) => {
+                        println!("{}", done.manifest.key);
+                        if job.retention.is_some() {
+                            // Only the database just backed up: another whose newest attempt
+                            // failed keeps everything it has.
+                            let reports =
+                                crate::prune::prune_job(&storage, job, Some(db), &|_| false, false)
+                                    .await?;
+                            for r in &reports {
+                                if !r.deleted.is_empty() {
+                                    tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
+                                }
+                            }
+                        }
+                    }
                     // With several databases one failure does not stop the others.
-                    Err(e) if job.databases.len() > 1 || job.databases[0] == "*" => {
+                    Err(e) if several => {
                         eprintln!("error: {}", crate::secret::redact(&e.to_string()));
                         failed += 1;
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
-            if failed > 0 {
-                return Ok(ExitCode::Failure);
-            }
-            if job.retention.is_some() {
-                let reports =
-                    crate::prune::prune_job(&storage, job, None, &|_| false, false).await?;
-                for r in &reports {
-                    if !r.deleted.is_empty() {
-                        tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
-                    }
-                }
-            }
-            Ok(ExitCode::Success)
+            Ok(if failed == 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            })
         }
         Command::Restore {
             backup,
@@ -273,8 +287,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     encryption: encryption.clone(),
                     ..job.clone()
                 };
-                for database in job
-                    .databases
+                for database in job::databases(job)
+                    .await?
                     .iter()
                     .filter(|d| db.as_ref().is_none_or(|x| x == *d))
                 {

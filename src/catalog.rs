@@ -52,6 +52,24 @@ pub async fn load(
                     .filter(|p| !objects.iter().any(|o| o.key == p.key))
                     .map(|p| p.key.as_str())
                     .collect();
+                // Prune deletes what a manifest names. pgsidecar names every object after its
+                // manifest, so a manifest naming any other key (edited by hand, or copied from
+                // elsewhere) must not get that object deleted: it is no backup of ours.
+                let foreign: Vec<&str> = m
+                    .objects
+                    .iter()
+                    .map(|p| p.key.as_str())
+                    .chain(m.globals.as_ref().map(|g| g.key.as_str()))
+                    .filter(|k| manifest::manifest_key(k) != object.key)
+                    .collect();
+                if !foreign.is_empty() {
+                    catalog.problems.push(format!(
+                        "manifest `{}` names object(s) that are not its own: {}; it is not listed as a backup",
+                        object.key,
+                        foreign.join(", ")
+                    ));
+                    continue;
+                }
                 if !missing.is_empty() {
                     catalog.problems.push(format!(
                         "manifest `{}` refers to missing object(s) {}; it is not listed as a backup",

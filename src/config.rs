@@ -761,6 +761,13 @@ impl Sources {
 
 /// Loads and validates the configuration from its layers.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    // The AWS SDK's default chain reads these itself; an error or a log line must still not
+    // show them.
+    for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+        if let Some(value) = sources.var(name) {
+            crate::secret::remember(value);
+        }
+    }
     let raw = load_raw(sources)?;
     validate(raw, sources)
 }

@@ -524,7 +524,7 @@ async fn backup_with_retries(
                 let entry = board.db_mut(&job.name, db);
                 entry.attempts_total += 1;
                 entry.last_attempt_at = Some(Utc::now());
-                entry.last_error = Some(e.to_string());
+                entry.last_error = Some(crate::secret::redact(&e.to_string()).into_owned());
             }
             if matches!(e, BackupError::Busy { .. }) {
                 return;

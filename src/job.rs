@@ -78,7 +78,7 @@ impl BackupError {
 
 /// The databases a run of `job` backs up: its list, or with `*` every database found on the
 /// server now (so new ones are picked up), minus `exclude`. Scratch databases of restores and
-/// drills in progress are never backed up.
+/// drills in progress, and the old copies a `--full` restore keeps, are never backed up.
 pub async fn databases(job: &Job) -> Result<Vec<String>, BackupError> {
     let names = if job.databases.iter().any(|d| d == "*") {
         dump::list_databases(&job.database)
@@ -88,7 +88,11 @@ pub async fn databases(job: &Job) -> Result<Vec<String>, BackupError> {
                 source,
             })?
             .into_iter()
-            .filter(|d| !d.contains("__restoring_") && !d.contains("__drill_"))
+            .filter(|d| {
+                !["__restoring_", "__drill_", "__pre_restore_"]
+                    .iter()
+                    .any(|by_restore| d.contains(by_restore))
+            })
             .collect()
     } else {
         job.databases.clone()
@@ -117,21 +121,7 @@ async fn remove_leftovers(
             storage.delete(&o.key).await?;
         }
     }
-    match storage.abort_stale_uploads(prefix).await {
-        Ok(0) => {}
-        Ok(stale) => tracing::info!(
-            count = stale,
-            "aborted unfinished uploads from an earlier run"
-        ),
-        // Housekeeping, not the backup: some S3-compatible stores cannot list uploads, and a
-        // least-privilege key may not be allowed to.
-        Err(e @ (StorageError::Unsupported { .. } | StorageError::Denied { .. })) => {
-            tracing::warn!(
-                "cannot look for unfinished uploads of earlier runs ({e}); their parts stay stored until a lifecycle rule aborts them (storage.lifecycle.abort_incomplete_after_days)"
-            )
-        }
-        Err(e) => return Err(e),
-    }
+    crate::prune::abort_unfinished_uploads(storage, prefix, None).await?;
     Ok(())
 }
 

@@ -49,6 +49,9 @@ pub struct DbReport {
     pub held: Option<String>,
     /// Objects without a manifest (older than a day) removed.
     pub leftovers: Vec<String>,
+    /// Unfinished multipart uploads begun over a day ago that were aborted (never in a dry
+    /// run: an upload is not a backup, and listing its age would need a second query).
+    pub uploads_aborted: usize,
     /// Deletions that failed, with the error.
     pub errors: Vec<String>,
 }
@@ -212,6 +215,31 @@ async fn remove_leftovers(
     Ok(removed)
 }
 
+/// Aborts unfinished dump uploads under `prefix` (begun before `started_before`, if given);
+/// returns how many. A store that cannot list uploads, or a key not allowed to, is only
+/// warned about: this is housekeeping, and the lifecycle rule covers it.
+pub async fn abort_unfinished_uploads(
+    storage: &Storage,
+    prefix: &str,
+    started_before: Option<DateTime<Utc>>,
+) -> Result<usize, StorageError> {
+    match storage.abort_stale_uploads(prefix, started_before).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(count = n, "aborted unfinished uploads from an earlier run");
+            }
+            Ok(n)
+        }
+        Err(e @ (StorageError::Unsupported { .. } | StorageError::Denied { .. })) => {
+            tracing::warn!(
+                "cannot look for unfinished uploads of earlier runs ({e}); their parts stay stored until a lifecycle rule aborts them (storage.lifecycle.abort_incomplete_after_days)"
+            );
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Prunes every database of `job` found in storage (`only`: just that one).
 pub async fn prune_job(
     storage: &Storage,
@@ -260,6 +288,13 @@ pub async fn prune_job(
         match remove_leftovers(storage, &prefix, now, dry_run).await {
             Ok(keys) => report.leftovers = keys,
             Err(e) => report.errors.push(format!("{prefix}: {e}")),
+        }
+        // A day old: a backup running now (in this daemon or another) has a younger upload.
+        if !dry_run {
+            match abort_unfinished_uploads(storage, &prefix, Some(now - LEFTOVER_AGE)).await {
+                Ok(n) => report.uploads_aborted = n,
+                Err(e) => report.errors.push(format!("{prefix}: {e}")),
+            }
         }
         reports.push(report);
     }
@@ -319,6 +354,13 @@ pub fn render(job: &str, reports: &[DbReport], dry_run: bool) -> String {
         }
         for key in &r.leftovers {
             let _ = writeln!(out, "  {del:<12} leftover without manifest: {key}");
+        }
+        if r.uploads_aborted > 0 {
+            let _ = writeln!(
+                out,
+                "  aborted      {} unfinished upload(s) begun over a day ago",
+                r.uploads_aborted
+            );
         }
         for e in &r.errors {
             let _ = writeln!(out, "  error: {e}");

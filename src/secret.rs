@@ -18,7 +18,9 @@ static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
 /// and such a secret is no secret.
 const MIN_LEN: usize = 4;
 
-fn remember(value: &str) {
+/// Adds `value` to the secrets [`redact`] removes, for secrets that are never held as a
+/// [`Secret`] (the AWS SDK reads its keys from the environment itself).
+pub fn remember(value: &str) {
     if value.len() < MIN_LEN {
         return;
     }

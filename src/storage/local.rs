@@ -181,12 +181,25 @@ impl Backend for LocalStorage {
         }
     }
 
-    async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
-        let stale = self.pending_uploads(prefix).await?;
-        for key in &stale {
-            let _ = tokio::fs::remove_file(self.path(key)).await;
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        started_before: Option<DateTime<Utc>>,
+    ) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for key in self.pending_uploads(prefix).await? {
+            let path = self.path(&key);
+            // A temp file's last write is the newest sign of life of its upload.
+            let written = tokio::fs::metadata(&path)
+                .await
+                .and_then(|m| m.modified())
+                .map(DateTime::<Utc>::from);
+            let old_enough = started_before.is_none_or(|cutoff| written.is_ok_and(|t| t < cutoff));
+            if old_enough && tokio::fs::remove_file(&path).await.is_ok() {
+                n += 1;
+            }
         }
-        Ok(stale.len())
+        Ok(n)
     }
 
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -222,5 +235,47 @@ impl Backend for LocalStorage {
         _prefix: &str,
     ) -> Result<LifecycleChange, StorageError> {
         Ok(LifecycleChange::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Backend;
+
+    #[tokio::test]
+    async fn only_uploads_older_than_the_cutoff_are_aborted() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("p/app");
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join(format!(".2026-11-20T020000Z.dump.zst{TMP_MARK}1"));
+        let young = dir.join(format!(".2026-11-25T020000Z.dump.zst{TMP_MARK}2"));
+        for f in [&old, &young] {
+            std::fs::write(f, b"part").unwrap();
+        }
+        let two_days_ago =
+            std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let storage = LocalStorage::new(root.path());
+        let cutoff = Utc::now() - chrono::TimeDelta::days(1);
+        assert_eq!(
+            storage
+                .abort_stale_uploads("p/app/", Some(cutoff))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!old.exists(), "the day-old upload is aborted");
+        assert!(young.exists(), "a running backup's upload is left alone");
+        assert_eq!(
+            storage.abort_stale_uploads("p/app/", None).await.unwrap(),
+            1
+        );
+        assert!(!young.exists());
     }
 }

@@ -159,8 +159,13 @@ pub trait Backend {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     /// Removes `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Aborts unfinished uploads of dumps under `prefix` left by an earlier crash; returns how many.
-    async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError>;
+    /// Aborts unfinished uploads of dumps under `prefix` left by an earlier crash (with
+    /// `started_before`, only those begun before it); returns how many.
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        started_before: Option<DateTime<Utc>>,
+    ) -> Result<usize, StorageError>;
     /// Unfinished uploads under `prefix` (for checks and tests).
     async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
     /// The date until which object lock retention keeps `key` from being deleted, if that
@@ -225,8 +230,12 @@ impl Storage {
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         dispatch!(self, b => b.delete(key).await)
     }
-    pub async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
-        dispatch!(self, b => b.abort_stale_uploads(prefix).await)
+    pub async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        started_before: Option<DateTime<Utc>>,
+    ) -> Result<usize, StorageError> {
+        dispatch!(self, b => b.abort_stale_uploads(prefix, started_before).await)
     }
     pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         dispatch!(self, b => b.pending_uploads(prefix).await)

@@ -150,12 +150,6 @@ impl S3Storage {
             loader = loader.region(Region::new(region.clone()));
         }
         if let Some(endpoint) = &cfg.endpoint {
-            if endpoint.starts_with("http://") {
-                tracing::warn!(
-                    endpoint = %endpoint,
-                    "storage endpoint uses plain HTTP: backups cross the network unencrypted unless client-side encryption is on; use https:// outside a private network"
-                );
-            }
             loader = loader.endpoint_url(endpoint);
         }
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
@@ -167,7 +161,20 @@ impl S3Storage {
                 "pgsidecar configuration",
             ));
         }
-        Self::with_sdk_config(cfg, bucket, &loader.load().await)
+        let sdk = loader.load().await;
+        // The endpoint may also come from the SDK's own variables (AWS_ENDPOINT_URL, or its
+        // S3-only form), which the configuration never sees.
+        let endpoint = sdk
+            .endpoint_url()
+            .map(str::to_string)
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok());
+        if let Some(endpoint) = endpoint.filter(|e| e.starts_with("http://")) {
+            tracing::warn!(
+                endpoint = %endpoint,
+                "storage endpoint uses plain HTTP: backups cross the network unencrypted unless client-side encryption is on; use https:// outside a private network"
+            );
+        }
+        Self::with_sdk_config(cfg, bucket, &sdk)
     }
 
     /// Builds a client from `sdk` (credentials, region, endpoint), with the storage settings
@@ -523,7 +530,11 @@ impl S3Storage {
         }
     }
 
-    async fn list_uploads(&self, prefix: &str) -> Result<Vec<(String, String)>, StorageError> {
+    /// Key, upload id and start time of every unfinished upload under `prefix`.
+    async fn list_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, Option<DateTime<Utc>>)>, StorageError> {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
@@ -553,7 +564,10 @@ impl S3Storage {
                 })?;
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                    out.push((k.to_string(), id.to_string()));
+                    let initiated = u
+                        .initiated()
+                        .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                    out.push((k.to_string(), id.to_string(), initiated));
                 }
             }
             if page.is_truncated() != Some(true) {
@@ -713,10 +727,16 @@ impl Backend for S3Storage {
         Ok(())
     }
 
-    async fn abort_stale_uploads(&self, prefix: &str) -> Result<usize, StorageError> {
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        started_before: Option<DateTime<Utc>>,
+    ) -> Result<usize, StorageError> {
         let mut n = 0;
-        for (key, id) in self.list_uploads(prefix).await? {
-            if super::is_dump_key(&key) {
+        for (key, id, initiated) in self.list_uploads(prefix).await? {
+            let old_enough =
+                started_before.is_none_or(|cutoff| initiated.is_some_and(|t| t < cutoff));
+            if super::is_dump_key(&key) && old_enough {
                 tracing::info!(key, "aborting an unfinished upload left by an earlier run");
                 self.abort(&key, &id).await;
                 n += 1;
@@ -730,7 +750,7 @@ impl Backend for S3Storage {
             .list_uploads(prefix)
             .await?
             .into_iter()
-            .map(|(k, _)| k)
+            .map(|(k, _, _)| k)
             .collect())
     }
 

@@ -78,7 +78,26 @@ fn prune_keeps_what_the_policy_keeps_and_touches_nothing_else() {
     for k in &foreign {
         s3().put(&bucket, k, b"not ours");
     }
+    // An old manifest edited to name another tool's object as its globals: not a backup of
+    // pgsidecar's, so prune must delete neither it nor that object.
+    let edited = forge(&bucket, &newest, Utc::now() - Duration::days(40));
+    let mut m: Value = serde_json::from_slice(&s3().get(&bucket, &edited)).unwrap();
+    m["globals"] = serde_json::json!({
+        "key": "prod/other-tool/backup.sql", "raw_bytes": 8, "stored_bytes": 8,
+        "sha256": "00", "role_passwords": false,
+    });
+    s3().put(&bucket, &edited, m.to_string().as_bytes());
     let before = s3().keys(&bucket, "");
+    // The keys a prune's output lists as deleted ("would delete" in a dry run).
+    let deleted = |stdout: &str, word: &str| -> Vec<String> {
+        let mut keys: Vec<String> = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(word) && !l.contains("leftover"))
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+            .collect();
+        keys.sort();
+        keys
+    };
 
     let plan = sidecar(pg, &db, &bucket)
         .env("PGSIDECAR_RETENTION__KEEP_DAILY", "3")
@@ -94,6 +113,8 @@ fn prune_keeps_what_the_policy_keeps_and_touches_nothing_else() {
     );
     assert!(plan.stdout.contains("newest, daily"), "{}", plan.stdout);
     assert_eq!(s3().keys(&bucket, ""), before, "a dry run deletes nothing");
+    let planned = deleted(&plan.stdout, "would delete");
+    assert_eq!(planned.len(), 10, "{}", plan.stdout);
 
     let run = sidecar(pg, &db, &bucket)
         .env("PGSIDECAR_RETENTION__KEEP_DAILY", "3")
@@ -101,7 +122,16 @@ fn prune_keeps_what_the_policy_keeps_and_touches_nothing_else() {
         .run()
         .expect_code(0);
     assert!(run.stdout.contains("kept 3, deleted 10"), "{}", run.stdout);
+    assert_eq!(deleted(&run.stdout, "deleted"), planned, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("not its own: prod/other-tool/backup.sql"),
+        "the edited manifest is reported: {}",
+        run.stderr
+    );
     let left = manifests(&bucket);
+    assert!(left.contains(&edited), "{left:?}");
+    let left: Vec<_> = left.into_iter().filter(|k| *k != edited).collect();
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.contains(&newest), "{left:?}");
     // Every remaining manifest still has its dump; every deleted backup lost its dump too.
@@ -109,9 +139,15 @@ fn prune_keeps_what_the_policy_keeps_and_touches_nothing_else() {
     let dumps = keys.iter().filter(|k| k.ends_with(".dump.zst")).count();
     assert_eq!(
         dumps,
-        3 + 1,
-        "three backups and the foreign `.dump.zst`: {keys:?}"
+        3 + 1 + 1,
+        "three backups, the edited one and the foreign `.dump.zst`: {keys:?}"
     );
+    for k in &planned {
+        assert!(
+            !keys.contains(k),
+            "{k} was listed as deleted but is still there"
+        );
+    }
     for k in &foreign {
         assert!(keys.contains(k), "{k} was deleted");
     }
@@ -202,6 +238,11 @@ fn every_database_is_found_and_one_failure_does_not_stop_the_others() {
             pg.psql(db, "GRANT SELECT ON t TO backup_role");
         }
     }
+    // What a `--full` restore keeps is not a database to back up.
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE app1__pre_restore_20260101000000",
+    );
     let bucket = s3().bucket("star");
     let star = || {
         sidecar(&pg, "postgres", &bucket)
@@ -228,6 +269,19 @@ fn every_database_is_found_and_one_failure_does_not_stop_the_others() {
     };
     assert_eq!(backed_up(&bucket), ["app1", "app2"]);
 
+    // With `broken` still failing, the databases that succeeded are still pruned.
+    harness::next_key_second();
+    star()
+        .env("PGSIDECAR_RETENTION__KEEP_LAST", "1")
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    assert_eq!(
+        manifests(&bucket).len(),
+        2,
+        "one backup each of app1 and app2"
+    );
+
     // A database created later is picked up by the next run.
     pg.psql("postgres", "CREATE DATABASE app3");
     pg.psql(
@@ -238,6 +292,20 @@ fn every_database_is_found_and_one_failure_does_not_stop_the_others() {
     harness::next_key_second();
     star().args(&["backup"]).run().expect_code(0);
     assert_eq!(backed_up(&bucket), ["app1", "app2", "app3"]);
+
+    // `drill` finds the same databases (as a user allowed to create its scratch databases).
+    let drill = sidecar(&pg, "postgres", &bucket)
+        .env("PGSIDECAR_DATABASES", "*")
+        .env("PGSIDECAR_EXCLUDE", "skipme, postgres")
+        .args(&["drill"])
+        .run()
+        .expect_code(0);
+    let drilled: Vec<&str> = drill
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok: ")?.split('/').nth(1))
+        .collect();
+    assert_eq!(drilled, ["app1", "app2", "app3"], "{}", drill.stdout);
 }
 
 #[test]
