@@ -193,9 +193,11 @@ impl Backend for LocalStorage {
             let written = tokio::fs::metadata(&path)
                 .await
                 .and_then(|m| m.modified())
+                .ok()
                 .map(DateTime::<Utc>::from);
-            let old_enough = started_before.is_none_or(|cutoff| written.is_ok_and(|t| t < cutoff));
-            if old_enough && tokio::fs::remove_file(&path).await.is_ok() {
+            if super::begun_before(written, started_before)
+                && tokio::fs::remove_file(&path).await.is_ok()
+            {
                 n += 1;
             }
         }

@@ -272,6 +272,12 @@ pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
 /// Largest part size chosen automatically: 10,000 parts of it hold 640 GiB per object.
 pub const AUTO_PART_CEILING: u64 = 64 * 1024 * 1024;
 
+/// Whether an unfinished upload begun at `started` is older than `cutoff` (with no cutoff,
+/// every one is). One of unknown age is never old enough: it may be a running backup's.
+pub(crate) fn begun_before(started: Option<DateTime<Utc>>, cutoff: Option<DateTime<Utc>>) -> bool {
+    cutoff.is_none_or(|cutoff| started.is_some_and(|t| t < cutoff))
+}
+
 /// Whether `key` is a dump object (or a continuation piece) or a globals object that
 /// pgsidecar writes, encrypted or not: the objects a manifest accounts for.
 pub fn is_dump_key(key: &str) -> bool {

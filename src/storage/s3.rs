@@ -734,9 +734,7 @@ impl Backend for S3Storage {
     ) -> Result<usize, StorageError> {
         let mut n = 0;
         for (key, id, initiated) in self.list_uploads(prefix).await? {
-            let old_enough =
-                started_before.is_none_or(|cutoff| initiated.is_some_and(|t| t < cutoff));
-            if super::is_dump_key(&key) && old_enough {
+            if super::is_dump_key(&key) && super::begun_before(initiated, started_before) {
                 tracing::info!(key, "aborting an unfinished upload left by an earlier run");
                 self.abort(&key, &id).await;
                 n += 1;
