@@ -11,6 +11,8 @@ ARG ALPINE_VERSION=3.23
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS build
+# Build tools only, in a stage that is thrown away: pinning their versions would only make the
+# build break whenever the Alpine branch moves on.
 # hadolint ignore=DL3018
 RUN apk add --no-cache build-base cmake perl
 WORKDIR /src

@@ -57,9 +57,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::Success)
         }
-        Command::Health => {
+        Command::Health { live } => {
             let status = crate::status::Status::read(&config.health.status_file)?;
-            let mut problems = status.problems(chrono::Utc::now());
+            let now = chrono::Utc::now();
+            let mut problems = if live {
+                status.liveness_problems(now)
+            } else {
+                status.problems(now)
+            };
             if !crate::status::pid_alive(status.pid) {
                 problems.insert(0, format!("the daemon (pid {}) is not running", status.pid));
             }

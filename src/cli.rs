@@ -168,7 +168,12 @@ pub enum Command {
     },
     /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
     /// otherwise print why and exit 1.
-    Health,
+    Health {
+        /// Check only that the daemon runs and updates its status, not the backups' age: for
+        /// orchestrators that restart unhealthy containers (a restart cures no stale backup).
+        #[arg(long)]
+        live: bool,
+    },
     /// Print the effective configuration, secrets redacted.
     Config,
 }

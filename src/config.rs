@@ -938,15 +938,20 @@ fn secret_value(
     value: Option<String>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, ConfigError> {
-    match (value, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(
-            key,
-            format!("set either `{key}` or `{key}_file`, not both"),
-        )),
-        (Some(v), None) => Ok(Some(Secret::new(v))),
-        (None, Some(p)) => read_secret_file(key, p).map(Some),
-        (None, None) => Ok(None),
-    }
+    let secret = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                key,
+                format!("set either `{key}` or `{key}_file`, not both"),
+            ))
+        }
+        (Some(v), None) => Secret::new(v),
+        (None, Some(p)) => read_secret_file(key, p)?,
+        (None, None) => return Ok(None),
+    };
+    // Blank means unset: a compose file's `${VAR:-}` gives an empty value, and Docker refuses
+    // an empty secret, so "none" (no Slack, an instance role) is stored as a lone newline.
+    Ok(Some(secret).filter(|s| !s.expose().trim().is_empty()))
 }
 
 /// Turns the raw layers into a checked [`Config`].
@@ -1634,19 +1639,18 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let location = parse_storage_url(&url)?;
     // An empty value (a compose file's `${VAR:-}`) means unset.
     let endpoint = raw.endpoint.filter(|e| !e.trim().is_empty());
-    // Empty values and files mean "use the AWS default chain" (an instance role), so one
+    // Blank values and files mean "use the AWS default chain" (an instance role), so one
     // compose file serves both.
-    let non_empty = |s: Option<Secret>| s.filter(|s| !s.expose().trim().is_empty());
-    let access_key_id = non_empty(secret_value(
+    let access_key_id = secret_value(
         "storage.access_key_id",
         raw.access_key_id,
         raw.access_key_id_file.as_deref(),
-    )?);
-    let secret_access_key = non_empty(secret_value(
+    )?;
+    let secret_access_key = secret_value(
         "storage.secret_access_key",
         raw.secret_access_key,
         raw.secret_access_key_file.as_deref(),
-    )?);
+    )?;
     if access_key_id.is_some() != secret_access_key.is_some() {
         return Err(ConfigError::invalid(
             if access_key_id.is_some() {
@@ -2505,5 +2509,25 @@ retry = { attempts = 1 }
             err.contains("`notify.slack.webhook_url`") && !err.contains("secret-part"),
             "{err}"
         );
+    }
+
+    /// The quick start's compose file passes an unset Slack URL as an empty value, and a
+    /// Swarm secret for "none" holds a newline: both mean "not configured", not a bad URL.
+    #[test]
+    fn blank_secrets_mean_unset() {
+        let newline = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(newline.path(), "\n").unwrap();
+        let path = newline.path().to_str().unwrap();
+        let c = load(&env(&[
+            URL,
+            ("PGSIDECAR_NOTIFY__SLACK__WEBHOOK_URL", ""),
+            ("PGSIDECAR_NOTIFY__WEBHOOK__URL_FILE", path),
+            ("PGSIDECAR_STORAGE__ACCESS_KEY_ID_FILE", path),
+            ("PGSIDECAR_STORAGE__SECRET_ACCESS_KEY", " "),
+        ]))
+        .unwrap();
+        assert!(c.notify.slack_webhook_url.is_none());
+        assert!(c.notify.webhook_url.is_none());
+        assert!(c.storage.access_key_id.is_none() && c.storage.secret_access_key.is_none());
     }
 }

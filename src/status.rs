@@ -116,15 +116,28 @@ impl Status {
 
     /// Why the sidecar is unhealthy at `now`, or nothing when it is healthy (pure).
     pub fn problems(&self, now: DateTime<Utc>) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.liveness_problems(now);
+        out.extend(self.staleness_problems(now));
+        out
+    }
+
+    /// Whether the daemon has stopped updating its status (wedged, or gone).
+    pub fn liveness_problems(&self, now: DateTime<Utc>) -> Vec<String> {
         let beat = now - self.heartbeat_at;
         if beat > HEARTBEAT_LIMIT {
-            out.push(format!(
+            vec![format!(
                 "the daemon has not updated its status for {}s (pid {})",
                 beat.num_seconds(),
                 self.pid
-            ));
+            )]
+        } else {
+            Vec::new()
         }
+    }
+
+    /// Databases whose newest successful backup is missing or older than its job allows.
+    pub fn staleness_problems(&self, now: DateTime<Utc>) -> Vec<String> {
+        let mut out = Vec::new();
         for job in &self.jobs {
             let Some(max_age) = job.max_age_secs else {
                 continue;

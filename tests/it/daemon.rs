@@ -316,8 +316,14 @@ fn health_flips_when_the_newest_success_is_too_old() {
         "{}",
         why.stdout
     );
+    // A stale backup is no reason for an orchestrator to restart a running daemon.
+    let live = sidecar().args(&["health", "--live"]).run();
+    assert_eq!(live.code, 0, "{}{}", live.stdout, live.stderr);
     d.signal("TERM");
     assert_eq!(d.wait_exit(30), Some(0), "{}", d.stderr());
+    let gone = sidecar().args(&["health", "--live"]).run();
+    assert_eq!(gone.code, 1, "{}{}", gone.stdout, gone.stderr);
+    assert!(gone.stdout.contains("is not running"), "{}", gone.stdout);
 }
 
 #[test]

@@ -123,12 +123,25 @@ fn no_secret_reaches_output_notifications_manifests_or_metadata() {
     );
 
     // The daemon: a success and a failure, both notified.
-    let d = Daemon::start(sidecar(&wrong).env("PGSIDECAR_RETRY__ATTEMPTS", "1"));
+    let d = Daemon::start(
+        sidecar(&wrong)
+            .env("PGSIDECAR_RETRY__ATTEMPTS", "1")
+            // Keys the AWS SDK reads itself, never held by the configuration.
+            .env("AWS_SECRET_ACCESS_KEY", format!("aws-env-{MARK}"))
+            .env("AWS_SESSION_TOKEN", format!("aws-token-{MARK}")),
+    );
     assert!(
         crate::harness::wait_until(30, || !slack.messages().is_empty()),
         "{}",
         d.stderr()
     );
+    // The failure as `health` and the status file show it, while it is the newest attempt.
+    record(
+        "health, after a failure",
+        sidecar(&wrong).args(&["health"]).run(),
+    );
+    seen.push(std::fs::read_to_string(&status_file).unwrap_or_default());
+    seen.push(d.stderr());
     drop(d);
     let d = Daemon::start(sidecar(&db_pw));
     assert!(
