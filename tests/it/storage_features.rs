@@ -128,6 +128,7 @@ fn dump_globals_and_manifest_are_encrypted_and_tagged() {
         .env("PGSIDECAR_STORAGE__TAGS__ENV", "prod")
         // Encoded, or `/`, `+` and spaces would not survive the header.
         .env("PGSIDECAR_STORAGE__TAGS__OWNER", "data ops/team+1")
+        .env("PGSIDECAR_STORAGE__STORAGE_CLASS", "STANDARD_IA")
         .args(&["backup"])
         .run()
         .expect_code(0);
@@ -142,6 +143,13 @@ fn dump_globals_and_manifest_are_encrypted_and_tagged() {
             Some(&ServerSideEncryption::Aes256),
             "{key}"
         );
+        // The dump in the configured class; the small objects every listing reads are not.
+        let class = head.storage_class().map(|c| c.as_str());
+        if key.contains(".dump") {
+            assert_eq!(class, Some("STANDARD_IA"), "{key}");
+        } else {
+            assert_ne!(class, Some("STANDARD_IA"), "{key}");
+        }
         let tagging = api
             .rt
             .block_on(
