@@ -842,50 +842,44 @@ pub fn unzstd(data: &[u8]) -> Vec<u8> {
 
 /// Restores a custom-format archive into a fresh database of `pg` with its client tools.
 pub fn pg_restore(pg: &Pg, archive: &Path, db: &str) {
-    if pg.major >= 17 || pg.client_bin != pg18_bin() {
-        let out = pg
-            .client("pg_restore")
-            .args(["--exit-on-error", "--no-owner", "-d", db])
-            .arg(archive)
-            .output()
-            .unwrap();
+    let succeed = |what: &str, cmd: &mut Command| -> Vec<u8> {
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
-            "pg_restore failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    if pg.major >= 17 || pg.client_bin != pg18_bin() {
+        succeed(
+            "pg_restore",
+            pg.client("pg_restore")
+                .args(["--exit-on-error", "--no-owner", "-d", db])
+                .arg(archive),
         );
         return;
     }
     // The 18 tools serve the older servers from npm, which reject pg_restore 17+'s
     // `SET transaction_timeout`: go through a script without it, as pgsidecar does.
-    let script = pg
-        .client("pg_restore")
-        .args(["--no-owner", "-f", "-"])
-        .arg(archive)
-        .output()
-        .unwrap();
-    assert!(
-        script.status.success(),
-        "pg_restore -f - failed: {}",
-        String::from_utf8_lossy(&script.stderr)
+    let script = succeed(
+        "pg_restore -f -",
+        pg.client("pg_restore")
+            .args(["--no-owner", "-f", "-"])
+            .arg(archive),
     );
-    let sql: String = String::from_utf8_lossy(&script.stdout)
+    let sql: String = String::from_utf8_lossy(&script)
         .lines()
         .filter(|l| !l.starts_with("SET transaction_timeout"))
         .flat_map(|l| [l, "\n"])
         .collect();
     let sql_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(sql_file.path(), sql).unwrap();
-    let out = pg
-        .client("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f"])
-        .arg(sql_file.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql of the restore script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        "psql of the restore script",
+        pg.client("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db, "-f"])
+            .arg(sql_file.path()),
     );
 }
 
