@@ -185,12 +185,17 @@ fn local_directory_storage_round_trip() {
         .run()
         .expect_code(0);
     assert!(listed.stdout.contains(key), "{}", listed.stdout);
-    // No temp files left beside the backup.
-    let names: Vec<String> = std::fs::read_dir(dir.path().join(&db))
+    // No temp files left beside the backup, and what is stored is readable by its owner only.
+    let files: Vec<std::fs::DirEntry> = std::fs::read_dir(dir.path().join(&db))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .map(Result::unwrap)
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{:?}", f.path());
+    }
 }
 
 /// A dump larger than `max_parts` parts continues in further objects, listed in order.

@@ -304,6 +304,11 @@ fn health_flips_when_the_newest_success_is_too_old() {
         "never healthy: {}",
         d.stderr()
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&status).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the status file is the owner's only");
+    }
     proxy.cut();
     assert!(
         harness::wait_until(30, || sidecar().args(&["health"]).run().code == 1),
