@@ -117,12 +117,27 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                         if job.retention.is_some() {
                             // Only the database just backed up: another whose newest attempt
                             // failed keeps everything it has.
-                            let reports =
-                                crate::prune::prune_job(&storage, job, Some(db), &|_| false, false)
-                                    .await?;
-                            for r in &reports {
-                                if !r.deleted.is_empty() {
-                                    tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
+                            match crate::prune::prune_job(
+                                &storage,
+                                job,
+                                Some(db),
+                                &|_| false,
+                                false,
+                            )
+                            .await
+                            {
+                                Ok(reports) => {
+                                    for r in &reports {
+                                        if !r.deleted.is_empty() {
+                                            tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
+                                        }
+                                    }
+                                }
+                                // The backup is stored; a prune that fails is reported, not
+                                // allowed to hide the other databases' results.
+                                Err(e) => {
+                                    eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+                                    failed += 1;
                                 }
                             }
                         }
@@ -292,8 +307,17 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     encryption: encryption.clone(),
                     ..job.clone()
                 };
-                for database in job::databases(job)
-                    .await?
+                // Finding the databases of `*` needs the source server; a drill does not, so
+                // an unreachable source fails this job's drills only.
+                let databases = match job::databases(job).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+                        continue;
+                    }
+                };
+                for database in databases
                     .iter()
                     .filter(|d| db.as_ref().is_none_or(|x| x == *d))
                 {

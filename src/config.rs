@@ -938,20 +938,27 @@ fn secret_value(
     value: Option<String>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, ConfigError> {
-    let secret = match (value, file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::invalid(
-                key,
-                format!("set either `{key}` or `{key}_file`, not both"),
-            ))
-        }
-        (Some(v), None) => Secret::new(v),
-        (None, Some(p)) => read_secret_file(key, p)?,
-        (None, None) => return Ok(None),
-    };
-    // Blank means unset: a compose file's `${VAR:-}` gives an empty value, and Docker refuses
-    // an empty secret, so "none" (no Slack, an instance role) is stored as a lone newline.
-    Ok(Some(secret).filter(|s| !s.expose().trim().is_empty()))
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            key,
+            format!("set either `{key}` or `{key}_file`, not both"),
+        )),
+        (Some(v), None) => Ok(Some(Secret::new(v))),
+        (None, Some(p)) => read_secret_file(key, p).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A secret whose absence is a valid choice (no Slack, an instance role instead of keys).
+/// Blank means unset: a compose file's `${VAR:-}` gives an empty value, and Docker refuses an
+/// empty secret, so "none" is stored as a lone newline. Not for the passphrase: a blank one
+/// must stop the sidecar, not turn encryption off.
+fn optional_secret(
+    key: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    Ok(secret_value(key, value, file)?.filter(|s| !s.expose().trim().is_empty()))
 }
 
 /// Turns the raw layers into a checked [`Config`].
@@ -1363,7 +1370,7 @@ fn validate_url_secret(
     value: Option<String>,
     file: Option<&Path>,
 ) -> Result<Option<Secret>, ConfigError> {
-    let secret = secret_value(key, value, file)?;
+    let secret = optional_secret(key, value, file)?;
     if let Some(s) = &secret {
         match url::Url::parse(s.expose()) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -1452,7 +1459,7 @@ impl Config {
 
 fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConfig, ConfigError> {
     // Precedence: explicit `database.*` keys, then `database.url`, then libpq's variables.
-    let url = secret_value(
+    let url = optional_secret(
         "database.url",
         raw.url,
         raw.url_file.as_deref().map(Path::new),
@@ -1534,7 +1541,7 @@ fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConf
             Some(_) => {}
         }
     }
-    let mut password = secret_value(
+    let mut password = optional_secret(
         "database.password",
         raw.password,
         raw.password_file.as_deref(),
@@ -1641,12 +1648,12 @@ fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
     let endpoint = raw.endpoint.filter(|e| !e.trim().is_empty());
     // Blank values and files mean "use the AWS default chain" (an instance role), so one
     // compose file serves both.
-    let access_key_id = secret_value(
+    let access_key_id = optional_secret(
         "storage.access_key_id",
         raw.access_key_id,
         raw.access_key_id_file.as_deref(),
     )?;
-    let secret_access_key = secret_value(
+    let secret_access_key = optional_secret(
         "storage.secret_access_key",
         raw.secret_access_key,
         raw.secret_access_key_file.as_deref(),
@@ -2529,5 +2536,17 @@ retry = { attempts = 1 }
         assert!(c.notify.slack_webhook_url.is_none());
         assert!(c.notify.webhook_url.is_none());
         assert!(c.storage.access_key_id.is_none() && c.storage.secret_access_key.is_none());
+
+        // A passphrase file that came out blank must not quietly turn encryption off.
+        let err = load(&env(&[
+            URL,
+            ("PGSIDECAR_ENCRYPTION__PASSPHRASE_FILE", path),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`encryption.passphrase_file`") && err.contains("empty"),
+            "{err}"
+        );
     }
 }

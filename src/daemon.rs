@@ -73,8 +73,11 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
             })
             .collect(),
     };
-    if let Ok(previous) = Status::read(&config.health.status_file) {
-        status.carry_failures(&previous);
+    // Read before this daemon's first write replaces it; carried again once storage has told
+    // which databases a `*` job has.
+    let previous = Status::read(&config.health.status_file).ok();
+    if let Some(previous) = &previous {
+        status.carry_failures(previous);
     }
     let abort = CancellationToken::new();
     let ctx = Arc::new(Context {
@@ -96,10 +99,17 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
             abort.cancel();
         }
     });
-    // The status file first: `health` must see a live daemon while storage is read.
+    // The status file, and its heartbeat, first: `health` must see a live daemon while
+    // storage is read, however long that takes.
     save_status(&ctx);
-    seed_from_storage(&ctx).await;
     let writer = tokio::spawn(write_status(ctx.clone()));
+    seed_from_storage(&ctx).await;
+    if let Some(previous) = &previous {
+        ctx.board
+            .lock()
+            .expect("not poisoned")
+            .carry_failures(previous);
+    }
     if let Some(addr) = ctx.config.http_listen {
         let (board, stop) = (ctx.board.clone(), ctx.shutdown.clone());
         tokio::spawn(async move {

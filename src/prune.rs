@@ -49,8 +49,8 @@ pub struct DbReport {
     pub held: Option<String>,
     /// Objects without a manifest (older than a day) removed.
     pub leftovers: Vec<String>,
-    /// Unfinished multipart uploads begun over a day ago that were aborted (never in a dry
-    /// run: an upload is not a backup, and listing its age would need a second query).
+    /// Unfinished multipart uploads aborted because they began longer ago than any backup
+    /// attempt may run (at least a day); never in a dry run: an upload is not a backup.
     pub uploads_aborted: usize,
     /// Deletions that failed, with the error.
     pub errors: Vec<String>,
@@ -289,9 +289,15 @@ pub async fn prune_job(
             Ok(keys) => report.leftovers = keys,
             Err(e) => report.errors.push(format!("{prefix}: {e}")),
         }
-        // A day old: a backup running now (in this daemon or another) has a younger upload.
-        if !dry_run {
-            match abort_unfinished_uploads(storage, &prefix, Some(now - LEFTOVER_AGE)).await {
+        // A backup running now (in this daemon or another) began its upload less than an
+        // attempt's time limit ago; a day, when the limit is shorter.
+        let running_at_most =
+            TimeDelta::from_std(job.retry.attempt_timeout + crate::shutdown::CLEANUP_GRACE)
+                .unwrap_or(TimeDelta::MAX)
+                .max(LEFTOVER_AGE);
+        let cutoff = now.checked_sub_signed(running_at_most);
+        if !dry_run && cutoff.is_some() {
+            match abort_unfinished_uploads(storage, &prefix, cutoff).await {
                 Ok(n) => report.uploads_aborted = n,
                 Err(e) => report.errors.push(format!("{prefix}: {e}")),
             }
@@ -358,7 +364,7 @@ pub fn render(job: &str, reports: &[DbReport], dry_run: bool) -> String {
         if r.uploads_aborted > 0 {
             let _ = writeln!(
                 out,
-                "  aborted      {} unfinished upload(s) begun over a day ago",
+                "  aborted      {} unfinished upload(s) older than any running backup",
                 r.uploads_aborted
             );
         }

@@ -191,9 +191,13 @@ fn ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
 }
 
+/// The time in scratch names, and its length.
+const STAMP: &str = "%Y%m%d%H%M%S";
+const STAMP_LEN: usize = 14;
+
 /// `<base>__<tag>_<time>`, cut so that it fits PostgreSQL's identifier length.
 pub fn scratch_name(base: &str, tag: &str, at: chrono::DateTime<Utc>) -> String {
-    let suffix = format!("__{tag}_{}", at.format("%Y%m%d%H%M%S"));
+    let suffix = format!("__{tag}_{}", at.format(STAMP));
     let mut cut = MAX_IDENTIFIER_BYTES
         .saturating_sub(suffix.len())
         .min(base.len());
@@ -867,8 +871,10 @@ pub async fn drop_scratch(server: &DatabaseConfig, name: &str, server_major: u32
     }
 }
 
-/// Drops the scratch databases `<base>__<tag>_<time>` (with their `__restoring_` stage) whose
-/// time is before `before`: what an interrupted drill left behind. Returns the names dropped.
+/// Drops the scratch databases `<base>__<tag>_<time>` whose time is before `before`: what an
+/// interrupted drill left behind. Also their `<…>__restoring_<time>` stage, as long as its
+/// name, cut to PostgreSQL's identifier limit, still holds `<base>__<tag>_` (a `base` of up to
+/// 29 bytes for drills). Returns the names dropped.
 pub async fn drop_stale_scratch(
     server: &DatabaseConfig,
     base: &str,
@@ -876,9 +882,6 @@ pub async fn drop_stale_scratch(
     before: chrono::DateTime<Utc>,
     server_major: u32,
 ) -> Vec<String> {
-    // The name's base is cut to fit PostgreSQL's identifier limit the same way for any time.
-    let template = scratch_name(base, tag, before);
-    let prefix = &template[..template.len() - "YYYYmmddHHMMSS".len()];
     let Ok(admin) = maintenance(server).await else {
         return Vec::new();
     };
@@ -890,18 +893,31 @@ pub async fn drop_stale_scratch(
     };
     let mut dropped = Vec::new();
     for name in rows.iter().map(|r| r.get::<_, String>(0)) {
-        let Some(stamp) = name.strip_prefix(prefix).and_then(|rest| rest.get(..14)) else {
-            continue;
-        };
-        let Ok(at) = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S") else {
-            continue;
-        };
-        if at.and_utc() < before {
+        if scratch_started(&name, base, tag).is_some_and(|t| t < before) {
             drop_database(&admin, &name, server_major).await;
             dropped.push(name);
         }
     }
     dropped
+}
+
+/// When the scratch database `name` of `base` and `tag` was begun: the time in its own name,
+/// or for its `__restoring_` stage, the stage's time. `None` for any other name.
+fn scratch_started(name: &str, base: &str, tag: &str) -> Option<chrono::DateTime<Utc>> {
+    // The base is cut to fit PostgreSQL's identifier limit the same way at any time.
+    let template = scratch_name(base, tag, chrono::DateTime::UNIX_EPOCH);
+    let prefix = &template[..template.len() - STAMP_LEN];
+    let stamp = |s: &str| {
+        s.get(..STAMP_LEN)
+            .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, STAMP).ok())
+            .map(|t| t.and_utc())
+    };
+    const STAGE: &str = "__restoring_";
+    let stage_at = name.len().checked_sub(STAGE.len() + STAMP_LEN);
+    match stage_at.and_then(|i| Some((i, name.get(i..)?.strip_prefix(STAGE)?))) {
+        Some((i, time)) if name[..i].starts_with(prefix) => stamp(time),
+        _ => stamp(name.strip_prefix(prefix)?),
+    }
 }
 
 async fn drop_database(admin: &tokio_postgres::Client, name: &str, server_major: u32) {
@@ -1121,5 +1137,40 @@ async fn restore_into(
     tokio::select! {
         r = restorer.wait() => r.map_err(failed),
         _ = cancel.cancelled() => Err(cancelled()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> chrono::DateTime<Utc> {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn scratch_databases_are_dated_by_their_names() {
+        let drill = at("2026-11-20T02:00:00Z");
+        let stage = at("2026-11-20T02:00:05Z");
+        for base in ["app", "a_database_of_29_bytes_name_x"] {
+            let scratch = scratch_name(base, "drill", drill);
+            assert_eq!(scratch_started(&scratch, base, "drill"), Some(drill));
+            // The stage name is cut to 63 bytes, which for long bases cuts the drill's time.
+            let restoring = scratch_name(&scratch, "restoring", stage);
+            assert_eq!(
+                scratch_started(&restoring, base, "drill"),
+                Some(stage),
+                "{restoring}"
+            );
+        }
+        for other in [
+            "app",
+            "app2__drill_20261120020000",
+            "app__drill_notatime12345",
+            "app__restoring_20261120020000",
+            "app__pre_restore_20261120020000",
+        ] {
+            assert_eq!(scratch_started(other, "app", "drill"), None, "{other}");
+        }
     }
 }

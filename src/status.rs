@@ -98,18 +98,27 @@ impl Status {
     }
 
     /// Takes over each database's failed newest attempt from `previous`, an earlier daemon's
-    /// status, for the jobs this one runs. A restart must not forget a failure: prune holds a
-    /// database whose newest attempt failed, and `health` says why, until a backup succeeds.
+    /// status, for the databases this one backs up (those already listed). A restart must not
+    /// forget a failure: prune holds a database whose newest attempt failed, and `health` says
+    /// why, until a backup succeeds. A database no longer backed up is not brought back.
     pub fn carry_failures(&mut self, previous: &Status) {
-        for job in &previous.jobs {
-            if !self.jobs.iter().any(|j| j.name == job.name) {
+        for old_job in &previous.jobs {
+            let Some(job) = self.jobs.iter_mut().find(|j| j.name == old_job.name) else {
                 continue;
-            }
-            for db in &job.databases {
-                if previous.last_attempt_failed(&job.name, &db.database) {
-                    let entry = self.db_mut(&job.name, &db.database);
-                    entry.last_attempt_at = db.last_attempt_at;
-                    entry.last_error = db.last_error.clone();
+            };
+            for old in &old_job.databases {
+                let failed =
+                    old.last_attempt_at.is_some() && old.last_attempt_at > old.last_success_at;
+                let Some(entry) = job
+                    .databases
+                    .iter_mut()
+                    .find(|d| d.database == old.database)
+                else {
+                    continue;
+                };
+                if failed && old.last_attempt_at > entry.last_success_at {
+                    entry.last_attempt_at = old.last_attempt_at;
+                    entry.last_error = old.last_error.clone();
                 }
             }
         }
@@ -275,8 +284,18 @@ mod tests {
             name: "removed-since".into(),
             ..previous.jobs[0].clone()
         });
-        let mut fresh = status(None);
-        fresh.jobs[0].databases.clear();
+        previous.jobs[0].databases.push(DbStatus {
+            database: "dropped-since".into(),
+            last_attempt_at: Some(t("2026-11-25T02:00:00Z")),
+            ..DbStatus::default()
+        });
+        // After a restart, seeded from storage: the newest success is still the one before.
+        let restarted = || {
+            let mut s = status(Some("2026-11-24T02:00:00Z"));
+            s.jobs[0].databases[0].last_error = None;
+            s
+        };
+        let mut fresh = restarted();
         fresh.carry_failures(&previous);
         assert!(fresh.last_attempt_failed("prod", "app"));
         assert_eq!(
@@ -284,14 +303,20 @@ mod tests {
             Some("S3 down")
         );
         assert_eq!(fresh.jobs.len(), 1, "jobs no longer configured stay out");
+        assert_eq!(
+            fresh.jobs[0].databases.len(),
+            1,
+            "databases no longer backed up stay out"
+        );
 
-        // A success after the failure (seeded from storage) ends the hold.
-        fresh.db_mut("prod", "app").last_success_at = Some(t("2026-11-25T03:00:00Z"));
+        // A success after the failure (found in storage at start) ends the hold.
+        let mut fresh = restarted();
+        fresh.jobs[0].databases[0].last_success_at = Some(t("2026-11-25T03:00:00Z"));
+        fresh.carry_failures(&previous);
         assert!(!fresh.last_attempt_failed("prod", "app"));
 
         // Nothing is carried from a success.
-        let mut fresh = status(None);
-        fresh.jobs[0].databases.clear();
+        let mut fresh = restarted();
         fresh.carry_failures(&status(Some("2026-11-24T02:00:00Z")));
         assert!(!fresh.last_attempt_failed("prod", "app"));
     }
