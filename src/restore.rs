@@ -146,6 +146,7 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct ExistingDb {
     pub size: u64,
+    /// Clients connected to it; autovacuum and other server processes are not counted.
     pub connections: i64,
     pub owner: String,
     pub encoding: String,
@@ -233,7 +234,8 @@ async fn existing_db(
         .query_opt(
             "SELECT pg_database_size(d.oid), \
                     (SELECT count(*) FROM pg_stat_activity a \
-                      WHERE a.datname = d.datname AND a.pid <> pg_backend_pid()), \
+                      WHERE a.datname = d.datname AND a.pid <> pg_backend_pid() \
+                        AND a.backend_type = 'client backend'), \
                     pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), \
                     d.datcollate::text, d.datctype::text \
                FROM pg_database d WHERE d.datname = $1",

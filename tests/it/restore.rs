@@ -247,7 +247,10 @@ fn full_restore_swaps_terminates_clients_and_keeps_the_old_database() {
     assert!(harness::wait_until(10, || {
         pg.psql(
             "postgres",
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND backend_type = 'client backend'"
+            ),
         ) == "1"
     }));
 
