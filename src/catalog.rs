@@ -62,26 +62,29 @@ pub async fn load(
                     .chain(m.globals.as_ref().map(|g| g.key.as_str()))
                     .filter(|k| manifest::manifest_key(k) != object.key)
                     .collect();
-                if !foreign.is_empty() {
-                    catalog.problems.push(format!(
-                        "manifest `{}` names object(s) that are not its own: {}; it is not listed as a backup",
-                        object.key,
+                let rejected = if !foreign.is_empty() {
+                    Some(format!(
+                        "names object(s) that are not its own: {}",
                         foreign.join(", ")
-                    ));
-                    continue;
-                }
-                if !missing.is_empty() {
-                    catalog.problems.push(format!(
-                        "manifest `{}` refers to missing object(s) {}; it is not listed as a backup",
-                        object.key,
+                    ))
+                } else if !missing.is_empty() {
+                    Some(format!(
+                        "refers to missing object(s) {}",
                         missing.join(", ")
-                    ));
-                    continue;
+                    ))
+                } else {
+                    None
+                };
+                match rejected {
+                    Some(why) => catalog.problems.push(format!(
+                        "manifest `{}` {why}; it is not listed as a backup",
+                        object.key
+                    )),
+                    None => catalog.entries.push(Entry {
+                        manifest_key: object.key.clone(),
+                        manifest: m,
+                    }),
                 }
-                catalog.entries.push(Entry {
-                    manifest_key: object.key.clone(),
-                    manifest: m,
-                });
             }
             Err(e) => catalog.problems.push(e.to_string()),
         }
