@@ -13,12 +13,35 @@ use crate::job::{self, WhenBusy};
 use crate::restore::{self, Mode, RestoreError};
 use crate::storage::Storage;
 
+/// Prints `e` as the one-line error of a command, through the redaction layer.
+fn report_error(e: &dyn std::fmt::Display) {
+    eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+}
+
+/// Prunes `db` after `backup` stored a backup of it. Only that database: another whose
+/// newest attempt failed keeps everything it has.
+async fn prune_backed_up(
+    storage: &Storage,
+    job: &crate::config::Job,
+    db: &str,
+) -> Result<(), crate::prune::PruneError> {
+    if job.retention.is_none() {
+        return Ok(());
+    }
+    for r in crate::prune::prune_job(storage, job, Some(db), &|_| false, false).await? {
+        if !r.deleted.is_empty() {
+            tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
+        }
+    }
+    Ok(())
+}
+
 /// Runs `cli` to completion.
 pub fn run(cli: Cli) -> ExitCode {
     let config = match config::load(&Sources::from_process(cli.config.clone())) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+            report_error(&e);
             return ExitCode::Usage;
         }
     };
@@ -36,7 +59,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+            report_error(&e);
             let usage = e.downcast_ref::<config::ConfigError>().is_some()
                 || e.downcast_ref::<RestoreError>()
                     .is_some_and(RestoreError::is_usage)
@@ -114,37 +137,16 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 match result {
                     Ok(done) => {
                         println!("{}", done.manifest.key);
-                        if job.retention.is_some() {
-                            // Only the database just backed up: another whose newest attempt
-                            // failed keeps everything it has.
-                            match crate::prune::prune_job(
-                                &storage,
-                                job,
-                                Some(db),
-                                &|_| false,
-                                false,
-                            )
-                            .await
-                            {
-                                Ok(reports) => {
-                                    for r in &reports {
-                                        if !r.deleted.is_empty() {
-                                            tracing::info!(database = %r.database, count = r.deleted.len(), "pruned old backups");
-                                        }
-                                    }
-                                }
-                                // The backup is stored; a prune that fails is reported, not
-                                // allowed to hide the other databases' results.
-                                Err(e) => {
-                                    eprintln!("error: {}", crate::secret::redact(&e.to_string()));
-                                    failed += 1;
-                                }
-                            }
+                        // The backup is stored; a prune that fails is reported, not allowed
+                        // to hide the other databases' results.
+                        if let Err(e) = prune_backed_up(&storage, job, db).await {
+                            report_error(&e);
+                            failed += 1;
                         }
                     }
                     // With several databases one failure does not stop the others.
                     Err(e) if several => {
-                        eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+                        report_error(&e);
                         failed += 1;
                     }
                     Err(e) => return Err(e.into()),
@@ -313,7 +315,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     Ok(d) => d,
                     Err(e) => {
                         failed += 1;
-                        eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+                        report_error(&e);
                         continue;
                     }
                 };
@@ -334,7 +336,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                         Ok(report) => println!("ok: {} {}", report.key, report.summary()),
                         Err(e) => {
                             failed += 1;
-                            eprintln!("error: {}", crate::secret::redact(&e.to_string()));
+                            report_error(&e);
                         }
                     }
                 }

@@ -123,11 +123,7 @@ pub async fn drill(
         let plan = restore::plan(entry, storage, server, tools, mode, options).await?;
         // Every drill ends within the limit (plus its cleanup), so an older scratch database
         // is one whose drill was killed (a SIGKILL, a lost node) and will never be dropped.
-        let limit_and_cleanup = chrono::TimeDelta::from_std(limit + crate::shutdown::CLEANUP_GRACE);
-        if let Some(stale) = limit_and_cleanup
-            .ok()
-            .and_then(|d| Utc::now().checked_sub_signed(d))
-        {
+        if let Some(stale) = Utc::now().checked_sub_signed(crate::shutdown::longest_run(limit)) {
             let major = plan.target.server_major;
             for name in restore::drop_stale_scratch(server, database, "drill", stale, major).await {
                 tracing::warn!(scratch = %name, "dropped a scratch database left by an interrupted drill");

@@ -121,7 +121,7 @@ async fn remove_leftovers(
             storage.delete(&o.key).await?;
         }
     }
-    crate::prune::abort_unfinished_uploads(storage, prefix, None).await?;
+    storage.abort_stale_uploads(prefix, None).await?;
     Ok(())
 }
 

@@ -215,31 +215,6 @@ async fn remove_leftovers(
     Ok(removed)
 }
 
-/// Aborts unfinished dump uploads under `prefix` (begun before `started_before`, if given);
-/// returns how many. A store that cannot list uploads, or a key not allowed to, is only
-/// warned about: this is housekeeping, and the lifecycle rule covers it.
-pub async fn abort_unfinished_uploads(
-    storage: &Storage,
-    prefix: &str,
-    started_before: Option<DateTime<Utc>>,
-) -> Result<usize, StorageError> {
-    match storage.abort_stale_uploads(prefix, started_before).await {
-        Ok(n) => {
-            if n > 0 {
-                tracing::info!(count = n, "aborted unfinished uploads from an earlier run");
-            }
-            Ok(n)
-        }
-        Err(e @ (StorageError::Unsupported { .. } | StorageError::Denied { .. })) => {
-            tracing::warn!(
-                "cannot look for unfinished uploads of earlier runs ({e}); their parts stay stored until a lifecycle rule aborts them (storage.lifecycle.abort_incomplete_after_days)"
-            );
-            Ok(0)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// Prunes every database of `job` found in storage (`only`: just that one).
 pub async fn prune_job(
     storage: &Storage,
@@ -292,12 +267,10 @@ pub async fn prune_job(
         // A backup running now (in this daemon or another) began its upload less than an
         // attempt's time limit ago; a day, when the limit is shorter.
         let running_at_most =
-            TimeDelta::from_std(job.retry.attempt_timeout + crate::shutdown::CLEANUP_GRACE)
-                .unwrap_or(TimeDelta::MAX)
-                .max(LEFTOVER_AGE);
+            crate::shutdown::longest_run(job.retry.attempt_timeout).max(LEFTOVER_AGE);
         let cutoff = now.checked_sub_signed(running_at_most);
         if !dry_run && cutoff.is_some() {
-            match abort_unfinished_uploads(storage, &prefix, cutoff).await {
+            match storage.abort_stale_uploads(&prefix, cutoff).await {
                 Ok(n) => report.uploads_aborted = n,
                 Err(e) => report.errors.push(format!("{prefix}: {e}")),
             }

@@ -39,6 +39,12 @@ pub fn on_signal() -> CancellationToken {
 /// (60 s idle, then 6 probes 10 s apart) at which a vanished peer is given up.
 pub const CLEANUP_GRACE: Duration = Duration::from_secs(120);
 
+/// The longest work run by [`within`] with `limit` can take, its cleanup included: anything
+/// older was cut short by a crash, not still running.
+pub fn longest_run(limit: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(limit + CLEANUP_GRACE).unwrap_or(chrono::TimeDelta::MAX)
+}
+
 /// How work run by [`within`] ended.
 pub enum Bounded<T> {
     /// It finished before the deadline.

@@ -83,6 +83,13 @@ pub struct DbStatus {
     pub pruned_total: u64,
 }
 
+impl DbStatus {
+    /// Whether the newest backup attempt failed: it came after the newest success.
+    fn attempt_failed(&self) -> bool {
+        self.last_attempt_at.is_some() && self.last_attempt_at > self.last_success_at
+    }
+}
+
 impl Status {
     /// Whether the newest backup attempt of `job`/`database` failed.
     pub fn last_attempt_failed(&self, job: &str, database: &str) -> bool {
@@ -90,11 +97,7 @@ impl Status {
             .iter()
             .filter(|j| j.name == job)
             .flat_map(|j| &j.databases)
-            .any(|d| {
-                d.database == database
-                    && d.last_attempt_at.is_some()
-                    && d.last_attempt_at > d.last_success_at
-            })
+            .any(|d| d.database == database && d.attempt_failed())
     }
 
     /// Takes over each database's failed newest attempt from `previous`, an earlier daemon's
@@ -106,9 +109,7 @@ impl Status {
             let Some(job) = self.jobs.iter_mut().find(|j| j.name == old_job.name) else {
                 continue;
             };
-            for old in &old_job.databases {
-                let failed =
-                    old.last_attempt_at.is_some() && old.last_attempt_at > old.last_success_at;
+            for old in old_job.databases.iter().filter(|d| d.attempt_failed()) {
                 let Some(entry) = job
                     .databases
                     .iter_mut()
@@ -116,7 +117,7 @@ impl Status {
                 else {
                     continue;
                 };
-                if failed && old.last_attempt_at > entry.last_success_at {
+                if old.last_attempt_at > entry.last_success_at {
                     entry.last_attempt_at = old.last_attempt_at;
                     entry.last_error = old.last_error.clone();
                 }

@@ -230,12 +230,31 @@ impl Storage {
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         dispatch!(self, b => b.delete(key).await)
     }
+    /// Aborts unfinished dump uploads under `prefix` (begun before `started_before`, if
+    /// given); returns how many. A store that cannot list uploads, or a key not allowed to, is
+    /// only warned about: this is housekeeping, and the lifecycle rule covers it.
     pub async fn abort_stale_uploads(
         &self,
         prefix: &str,
         started_before: Option<DateTime<Utc>>,
     ) -> Result<usize, StorageError> {
-        dispatch!(self, b => b.abort_stale_uploads(prefix, started_before).await)
+        let aborted: Result<usize, StorageError> =
+            dispatch!(self, b => b.abort_stale_uploads(prefix, started_before).await);
+        match aborted {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(count = n, "aborted unfinished uploads from an earlier run");
+                }
+                Ok(n)
+            }
+            Err(e @ (StorageError::Unsupported { .. } | StorageError::Denied { .. })) => {
+                tracing::warn!(
+                    "cannot look for unfinished uploads of earlier runs ({e}); their parts stay stored until a lifecycle rule aborts them (storage.lifecycle.abort_incomplete_after_days)"
+                );
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
     }
     pub async fn pending_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         dispatch!(self, b => b.pending_uploads(prefix).await)
