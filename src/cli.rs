@@ -19,7 +19,9 @@ pub struct Cli {
 
 /// Names under which the binary runs one command directly (`restore latest` is
 /// `pgsidecar restore latest`), so that `docker exec sidecar restore latest` works.
-pub const MULTI_CALL: &[&str] = &["backup", "restore", "list", "verify", "drill", "prune"];
+pub const MULTI_CALL: &[&str] = &[
+    "backup", "restore", "list", "verify", "drill", "prune", "ack", "health",
+];
 
 impl Cli {
     /// Parses the process's arguments, dispatching on the name the binary was invoked by.

@@ -256,6 +256,36 @@ fn save_status(ctx: &Context) {
     }
 }
 
+/// How long a starting daemon waits for its database server before a catch-up. A Swarm stack
+/// starts the sidecar and the database together (Swarm has no `depends_on`); a catch-up that
+/// failed on a server still starting would be tried again only `retry.interval` later.
+const SERVER_WAIT: Duration = Duration::from_secs(300);
+
+/// Returns once the job's server accepts a connection, refuses it for good (wrong password:
+/// the backup attempt reports that), [`SERVER_WAIT`] has passed, or shutdown began.
+async fn wait_for_server(ctx: &Context, job: &Job) {
+    let start = tokio::time::Instant::now();
+    let mut waiting = false;
+    loop {
+        match crate::dump::connect(&job.database, &job.database.dbname).await {
+            Ok(_) => break,
+            Err(e) if e.is_permanent() || start.elapsed() >= SERVER_WAIT => break,
+            Err(e) if !waiting => {
+                tracing::info!(job = %job.name, "waiting up to {} for the database server: {e}", humantime::format_duration(SERVER_WAIT));
+                waiting = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
+    }
+    if waiting {
+        tracing::info!(job = %job.name, waited_s = start.elapsed().as_secs(), "done waiting for the database server");
+    }
+}
+
 /// Fires job `index` on its schedule until shutdown.
 async fn job_loop(ctx: Arc<Context>, index: usize) {
     let job = &ctx.config.jobs[index];
@@ -263,6 +293,7 @@ async fn job_loop(ctx: Arc<Context>, index: usize) {
     tracing::info!(job = %job.name, schedule = schedule.expr(), timezone = %job.timezone, "scheduled");
     if let Some(missed) = missed_firing(&ctx, job, schedule, Utc::now()).filter(|_| job.catch_up) {
         tracing::info!(job = %job.name, missed = %missed, "the last scheduled backup is missing (was the sidecar down?); catching up now");
+        wait_for_server(&ctx, job).await;
         run_job(&ctx, index, Some(missed)).await;
     }
     let mut after = Utc::now();

@@ -39,6 +39,38 @@ fn compose_files_follow_the_compose_spec() {
     }
 }
 
+#[test]
+fn release_workflow_passes_actionlint() {
+    // actionlint runs shellcheck on the workflow's `run:` steps when it is on PATH.
+    let out = run_ok(
+        Command::new(venv_tool("actionlint"))
+            .arg("-color=false")
+            .arg(repo(".github/workflows/release.yml")),
+    );
+    assert!(out.trim().is_empty(), "actionlint said:\n{out}");
+}
+
+#[test]
+fn shell_scripts_pass_shellcheck() {
+    let scripts = [
+        "scripts/test.sh",
+        "scripts/test-deps.sh",
+        "scripts/e2e.sh",
+        "tests/e2e/lib.sh",
+        "tests/e2e/compose.sh",
+        "tests/e2e/swarm.sh",
+        "tests/e2e/images/postgres/docker-entrypoint.sh",
+        ".ci/run",
+    ];
+    let out = run_ok(
+        Command::new("shellcheck")
+            .current_dir(repo(""))
+            .args(["--external-sources", "--severity=warning"])
+            .args(scripts),
+    );
+    assert!(out.trim().is_empty(), "shellcheck said:\n{out}");
+}
+
 /// `PGSIDECAR_*` names in a text.
 fn variable_names(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -63,6 +95,8 @@ fn variable_names(text: &str) -> Vec<String> {
 const NOT_KEYS: &[&str] = &[
     // compose.yml's image tag.
     "PGSIDECAR_IMAGE",
+    // compose.yml's container name.
+    "PGSIDECAR_CONTAINER_NAME",
     // The configuration file's path.
     "PGSIDECAR_CONFIG",
     // The README's explanation of the naming scheme.

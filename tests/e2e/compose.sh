@@ -1,0 +1,147 @@
+# shellcheck shell=bash
+# Compose, end to end, as the README tells a user (sourced by scripts/e2e.sh after lib.sh).
+# Every `docker` command below is the README's or compose.yml's own wherever the README has it;
+# the only difference from a user's machine is compose.override.yml, which swaps the `db` and
+# `s3` images for stand-ins built here.
+
+# psql in the db container, over its local socket, as the application's user.
+app_sql() { docker compose exec -T db psql -X -q -A -t -v ON_ERROR_STOP=1 -U app "$@"; }
+rows_are() { [ "$(app_sql -d "$1" -c "select count(*) from $2")" = "$3" ]; }
+# Complete backups in a `list --json` on stdin.
+count_listed() { python3 -c 'import json, sys; print(len(json.load(sys.stdin)))'; }
+backups() { docker exec sidecar list --json 2>/dev/null | count_listed; }
+backups_at_least() { [ "$(backups)" -ge "$1" ]; }
+# Files of the stand-in S3 store: s3s-fs keeps `.upload-<id>.json` per open multipart upload
+# and `.upload_id-<id>.part-<n>` per stored part.
+store_files() { docker compose exec -T s3 ls -A /data; }
+part_stored() { store_files | grep -q '^\.upload_id-.*\.part-1$'; }
+no_open_upload() { ! store_files | grep -q '^\.upload'; }
+# Answers a command's confirmation prompt through a terminal, as a person at `docker exec -it`.
+typed() { local answer=$1; shift; (sleep 6; printf '%s\n' "$answer") | script -qefc "$*" /dev/null; }
+output_has() { local text=$1; shift; "$@" 2>&1 | contains "$text"; }
+readme_has() { grep -qF -- "$1" "$E2E_REPO/README.md"; }
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$1")" = healthy ]; }
+
+compose_e2e() {
+  local home="$E2E_TMP/user"
+  user_checkout "$home/pgsidecar" || { fail "compose: user checkout" "copy failed"; return; }
+  cp "$E2E_REPO/tests/e2e/compose.override.yml" "$home/pgsidecar/compose.override.yml"
+  cd "$home" || return
+
+  # The quick start, verbatim but for the clone (the checkout is already here).
+  local quick; quick=$(readme_block "## Quick start" | sed -n '1,/docker compose --profile local-s3 up -d/p')
+  check "the README's quick start ends with compose up" contains "docker compose --profile local-s3 up -d" <<<"$quick"
+  quick=${quick/git clone https:\/\/github.com\/pgsidecar\/pgsidecar && /}
+  log "the quick start:"; printf '    %s\n' "$quick" >&2
+  local up=$SECONDS
+  if ! bash -euc "$quick" >"$E2E_TMP/quick-start.log" 2>&1; then
+    fail "compose: quick start" "$(tail -n 20 "$E2E_TMP/quick-start.log")"
+    return
+  fi
+  cd "$home/pgsidecar" || return
+  check "the catch-up backup is listed within a minute of up" wait_for $((60 - (SECONDS - up))) backups_at_least 1
+  log "first backup listed $((SECONDS - up)) s after up"
+
+  # What the quick start shows next, verbatim (the restore answers its prompt).
+  check "docker compose exec sidecar list" output_has "app/app/" docker compose exec sidecar list
+  check "docker compose exec sidecar verify latest" \
+    output_has "sha256 matches the manifest" docker compose exec sidecar verify latest
+  check "docker compose exec -it sidecar restore latest (typing the name)" \
+    output_has "restored app/app/" typed app docker compose exec -it sidecar restore latest
+  check "docker compose exec sidecar health" output_has healthy docker compose exec sidecar health
+
+  # A non-root user; secrets arrive as files under /run/secrets.
+  check "the daemon runs as uid 10001" output_has "Uid:	10001" docker exec sidecar grep Uid /proc/1/status
+  check "the secrets are mounted under /run/secrets" output_has /run/secrets/s3_secret_access_key \
+    docker inspect -f '{{range .Mounts}}{{.Destination}} {{end}}' sidecar
+  check "the configuration names secret files" output_has "PASSWORD_FILE=/run/secrets/db_password" \
+    docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' sidecar
+
+  # Data, the runbook's manual backup and check, and its restore beside the original.
+  app_sql -d app -c "create table orders (id int primary key, note text);
+    insert into orders select i, 'order ' || i from generate_series(1, 5000) i;"
+  check "the runbook names docker exec sidecar backup" readme_has 'docker exec sidecar backup'
+  check "docker exec sidecar backup" output_has "backup complete" docker exec sidecar backup
+  check "docker exec sidecar verify latest" output_has "sha256 matches" docker exec sidecar verify latest
+  check "the runbook names the restore beside the original" \
+    readme_has 'docker exec -it sidecar restore latest --target-db app_restored'
+  check "docker exec -it sidecar restore latest --target-db app_restored (typing the name)" \
+    output_has "restored" typed app_restored docker exec -it sidecar restore latest --target-db app_restored
+  check "the restored copy has every row" rows_are app_restored orders 5000
+
+  # --full while the application holds a connection: the connection is ended, the restored
+  # copy takes the name, the old database stays beside it.
+  app_sql -d app -c "delete from orders where id > 10"
+  docker compose exec -T db psql -U app -d app -c "select pg_sleep(600)" >"$E2E_TMP/app-conn.log" 2>&1 &
+  local app_conn=$!
+  wait_for 20 sh -c "docker compose exec -T db psql -U app -d postgres -Atc \"select 1 from pg_stat_activity where datname = 'app' and query like '%pg_sleep(600)%' and pid <> pg_backend_pid()\" | grep -q 1" \
+    || fail "compose: the application's connection" "never seen in pg_stat_activity"
+  check "docker compose exec sidecar restore latest --full --yes" \
+    output_has "restored" docker compose exec sidecar restore latest --full --yes
+  wait "$app_conn"
+  check "the application's connection was ended by the swap" grep -q "terminat" "$E2E_TMP/app-conn.log"
+  check "after --full the database has every row again" rows_are app orders 5000
+  check "the replaced database is kept as app__pre_restore_*" output_has "app__pre_restore_" \
+    app_sql -d postgres -c "select datname from pg_database"
+
+  # The image's HEALTHCHECK (first run after its 60 s interval).
+  check "the container's HEALTHCHECK becomes healthy" wait_for 180 healthy sidecar
+
+  compose_stop_mid_backup
+  compose_no_secret_in_the_open
+}
+
+# `docker compose stop sidecar` while a backup is uploading: the daemon gets its shutdown
+# grace, cancels, aborts the upload and exits 0 before stop_grace_period; `start` catches up.
+compose_stop_mid_backup() {
+  # Enough data for parts to be in flight (about 200 MB stored), and a schedule that fires
+  # every minute, set the way a user sets it: in .env, then `up -d` recreates the sidecar.
+  app_sql -d app -c "create table big as select i, md5(i::text) || md5((i * 7)::text) || md5((i * 13)::text) as t
+    from generate_series(1, 4000000) i"
+  sed -i 's/^PGSIDECAR_SCHEDULE=.*/PGSIDECAR_SCHEDULE=* * * * */' .env
+  local before; before=$(backups)
+  docker compose --profile local-s3 up -d sidecar >/dev/null 2>&1
+  if ! wait_for 100 part_stored; then
+    fail "compose: a scheduled backup starts uploading" "no multipart part seen within 100 s"
+    return
+  fi
+  # Hold the store still, as a stalled S3 would: the backup cannot finish within the shutdown
+  # grace (30 s), so the daemon must cancel it cleanly.
+  docker compose pause s3 >/dev/null
+  local t0=$SECONDS
+  docker compose stop sidecar >"$E2E_TMP/stop.log" 2>&1 &
+  local stopper=$!
+  sleep 40
+  docker compose unpause s3 >/dev/null
+  wait "$stopper"
+  local took=$((SECONDS - t0))
+  log "docker compose stop sidecar took ${took} s mid-backup (stop_grace_period: 60 s)"
+  check "stop mid-backup ends before stop_grace_period" test "$took" -lt 60
+  check "the daemon exited 0 (not killed)" output_has 0 docker inspect -f '{{.State.ExitCode}}' sidecar
+  check "the daemon cancelled the running backup" output_has "cancelling the running backup" \
+    docker compose logs sidecar
+  check "the cancelled backup left no manifest" output_has "$before" \
+    sh -c 'docker compose run --rm --no-deps -T sidecar list --json 2>/dev/null | python3 -c "import json, sys; print(len(json.load(sys.stdin)))"'
+  check "the cancelled backup left no open multipart upload" no_open_upload
+
+  local since; since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  sleep 61   # a firing passes while the sidecar is down
+  docker compose start sidecar >/dev/null 2>&1
+  check "docker compose start sidecar catches up" wait_for 90 sh -c \
+    "docker compose logs --since $since sidecar | grep -q 'catching up now'"
+  check "the catch-up backup is stored" wait_for 120 backups_at_least $((before + 1))
+}
+
+# No secret value in the logs of any service, nor in any container's configuration.
+compose_no_secret_in_the_open() {
+  local logs inspect
+  logs=$(docker compose --profile local-s3 logs --no-color 2>&1)
+  # shellcheck disable=SC2046
+  inspect=$(docker inspect $(docker ps -aq) 2>&1)
+  check "the logs were read (the daemon's schedule is in them)" contains "scheduled" <<<"$logs"
+  for s in db_password s3_access_key_id s3_secret_access_key; do
+    local value; value=$(cat "secrets/$s")
+    check "the $s value is in no docker compose logs" lacks "$value" <<<"$logs"
+    check "the $s value is in no docker inspect" lacks "$value" <<<"$inspect"
+  done
+}
