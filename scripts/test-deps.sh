@@ -34,6 +34,7 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 # ShellCheck lints the container tests' scripts, and the release workflow's steps (via actionlint).
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v script >/dev/null || need_apt+=(bsdutils)
+command -v age-keygen >/dev/null || need_apt+=(age)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq >&2

@@ -204,6 +204,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 with_globals,
                 encryption,
                 allow_system_database,
+                scratch: false,
             };
             let mut server = job.database.clone();
             server.dbname = entry.manifest.database.clone();

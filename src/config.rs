@@ -1876,7 +1876,19 @@ pub fn parse_storage_url(text: &str) -> Result<StorageLocation, ConfigError> {
                     "`{bucket}` is not a valid bucket name (3-63 characters: lower-case letters, digits, `.` and `-`)"
                 )));
             }
-            let prefix = parsed.path().trim_matches('/').to_string();
+            // The prefix as written, not as a URL encodes it: `s3://b/nightly backups` means
+            // the keys `nightly backups/…`, as other S3 tools and IAM policies read it (the
+            // URL form would store `nightly%20backups/…`). Only control characters are refused.
+            let after_bucket = &text["s3://".len().min(text.len())..];
+            let written = after_bucket.split_once('/').map_or("", |(_, p)| p);
+            if let Some(c) = written.chars().find(|c| c.is_control()) {
+                return Err(bad(format!(
+                    "the prefix `{}` holds the control character U+{:04X}",
+                    written.escape_debug(),
+                    c as u32
+                )));
+            }
+            let prefix = written.trim_matches('/').to_string();
             Ok(StorageLocation::S3 { bucket, prefix })
         }
         "file" => {
@@ -1961,6 +1973,28 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    /// Regression: `s3://b/nightly backups` was stored as `nightly%20backups/…`.
+    #[test]
+    fn storage_prefixes_are_taken_as_written() {
+        for (url, want) in [
+            ("s3://bucket-a/nightly backups", "nightly backups"),
+            ("s3://bucket-a/sauvegardes/données/", "sauvegardes/données"),
+            ("s3://bucket-a/already%20encoded", "already%20encoded"),
+            ("s3://bucket-a", ""),
+            ("s3://bucket-a/", ""),
+        ] {
+            match super::parse_storage_url(url).unwrap() {
+                super::StorageLocation::S3 { prefix, .. } => assert_eq!(prefix, want, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let err = super::parse_storage_url("s3://bucket-a/a\tb").unwrap_err();
+        assert!(
+            err.to_string().contains("control character U+0009"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Sources {

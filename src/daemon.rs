@@ -110,6 +110,9 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
             .expect("not poisoned")
             .carry_failures(previous);
     }
+    // Now, not at the next heartbeat: `health` reads this file, and must tell what /healthz
+    // and /metrics tell from the moment they serve.
+    save_status(&ctx);
     if let Some(addr) = ctx.config.http_listen {
         let (board, stop) = (ctx.board.clone(), ctx.shutdown.clone());
         tokio::spawn(async move {

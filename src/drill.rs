@@ -112,6 +112,7 @@ pub async fn drill(
     let options = Options {
         progress: false,
         encryption: job.encryption.clone(),
+        scratch: true,
         ..Options::default()
     };
     tracing::info!(key = %m.key, scratch = %scratch, "restore drill starting");
@@ -130,7 +131,12 @@ pub async fn drill(
             }
         }
         let restored = restore::execute(&plan, storage, &token).await?;
-        restore::drop_scratch(server, scratch_name, plan.target.server_major).await;
+        restore::drop_scratch(server, scratch_name, plan.target.server_major)
+            .await
+            .map_err(|cause| restore::RestoreError::ScratchLeft {
+                database: scratch_name.clone(),
+                cause,
+            })?;
         Ok(restored)
     })
     .await;

@@ -158,8 +158,35 @@ pub async fn connect(
         // Errors surface on the client's next query; nothing to do with them here.
         let _ = connection.await;
     });
+    client
+        .simple_query(NEUTRAL_SESSION)
+        .await
+        .map_err(|e| DumpError::Connect {
+            endpoint: endpoint(db),
+            user: db.user.clone(),
+            dbname: dbname.to_string(),
+            cause: format!("cannot reset the session's timeouts: {}", pg_error_text(&e)),
+            permanent: false,
+        })?;
     Ok(client)
 }
+
+/// Resets, for this session, what a role or database setting could impose on the sidecar's
+/// own connections (`ALTER ROLE … SET statement_timeout`, a database's `transaction_timeout`):
+/// the timeouts pg_dump and pg_restore turn off for themselves (pg_dump.c `setup_connection`,
+/// pg_backup_archiver.c `_doSetFixedOutputState`), plus `idle_session_timeout` and a read-only
+/// default. Only the settings the server has (they differ by major) are touched.
+const NEUTRAL_SESSION: &str = "SELECT pg_catalog.set_config(name, \
+       CASE name WHEN 'default_transaction_read_only' THEN 'off' ELSE '0' END, false) \
+  FROM pg_catalog.pg_settings \
+ WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', \
+                'idle_session_timeout', 'transaction_timeout', 'default_transaction_read_only')";
+
+/// The same for the client tools, through `PGOPTIONS`: only settings every supported server
+/// major (13+) knows, since an unknown one refuses the connection. pg_dump and pg_restore set
+/// these themselves; psql, which replays pre-17 restores and globals, does not.
+const NEUTRAL_PGOPTIONS: &str =
+    "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
 
 /// tokio-postgres prints server errors as "db error"; the server's own message is the useful part.
 pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
@@ -366,6 +393,7 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
         .env("PGDATABASE", dbname)
         .env("PGSSLMODE", db.sslmode.as_libpq())
         .env("PGAPPNAME", "pgsidecar")
+        .env("PGOPTIONS", NEUTRAL_PGOPTIONS)
         .env(
             "PGCONNECT_TIMEOUT",
             db.connect_timeout.as_secs().max(1).to_string(),

@@ -101,6 +101,94 @@ enum RoleStatement {
     },
 }
 
+/// Splits SQL as pg_dumpall writes it into statements, each ending in its `;`. A `;` or a
+/// newline inside a literal ('…', E'…', $tag$…$tag$) or a quoted identifier ends nothing, so a
+/// comment spanning lines stays one statement. psql meta-commands (`\restrict`, on a line of
+/// their own) and `--` comments are dropped. The rules are those of the PostgreSQL
+/// documentation, "SQL Syntax: Lexical Structure" (with standard_conforming_strings on, as
+/// pg_dumpall sets it).
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = sql.chars().peekable();
+    let ident_char = |c: char| c.is_alphanumeric() || c == '_';
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if current.trim().is_empty() => {
+                // A meta-command runs to the end of its line.
+                chars.by_ref().find(|&n| n == '\n');
+                current.clear();
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                chars.by_ref().find(|&n| n == '\n');
+                current.push('\n');
+            }
+            '\'' => {
+                let mut before = current.chars().rev();
+                let escapes = matches!(before.next(), Some('E' | 'e'))
+                    && !before.next().is_some_and(ident_char);
+                current.push(c);
+                while let Some(n) = chars.next() {
+                    current.push(n);
+                    if escapes && n == '\\' {
+                        current.extend(chars.next());
+                    } else if n == '\'' {
+                        if chars.peek() == Some(&'\'') {
+                            current.extend(chars.next());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '"' => {
+                current.push(c);
+                while let Some(n) = chars.next() {
+                    current.push(n);
+                    if n == '"' {
+                        if chars.peek() == Some(&'"') {
+                            current.extend(chars.next());
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '$' if !current.chars().last().is_some_and(ident_char) => {
+                // $tag$ … $tag$, the tag possibly empty; `$1` is a parameter, not a quote.
+                current.push(c);
+                let rest: String = chars.clone().collect();
+                let tag = rest
+                    .find(|ch: char| !ident_char(ch))
+                    .filter(|&i| rest[i..].starts_with('$'))
+                    .map(|i| &rest[..i])
+                    .filter(|t| !t.starts_with(|d: char| d.is_ascii_digit()));
+                if let Some(tag) = tag {
+                    let delimiter = format!("${tag}$");
+                    let body = tag.len() + 1;
+                    let end = rest[body..]
+                        .find(&delimiter)
+                        .map_or(rest.len(), |i| body + i + delimiter.len());
+                    current.push_str(&rest[..end]);
+                    for _ in rest[..end].chars() {
+                        chars.next();
+                    }
+                }
+            }
+            ';' => {
+                current.push(';');
+                out.push(current.trim().to_string());
+                current.clear();
+            }
+            _ => current.push(c),
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
+}
+
 fn parse_line(line: &str) -> Option<RoleStatement> {
     for prefix in ["CREATE ROLE ", "ALTER ROLE ", "COMMENT ON ROLE "] {
         if let Some(rest) = line.strip_prefix(prefix) {
@@ -131,7 +219,10 @@ pub struct RolePlan {
 
 /// The statements that create the roles of `sql` missing from `existing` (pure).
 pub fn plan_roles(sql: &str, existing: &BTreeSet<String>) -> RolePlan {
-    let statements: Vec<RoleStatement> = sql.lines().filter_map(parse_line).collect();
+    let statements: Vec<RoleStatement> = statements(sql)
+        .iter()
+        .filter_map(|s| parse_line(s))
+        .collect();
     let missing: BTreeSet<String> = statements
         .iter()
         .filter_map(|s| match s {
@@ -194,6 +285,43 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
                 "COMMENT ON ROLE app_owner IS 'owns the app';",
                 "ALTER ROLE app_owner SET search_path TO 'app';",
                 "GRANT app_owner TO \"Report \"\"Reader\"\"\" WITH INHERIT TRUE;",
+            ]
+        );
+    }
+
+    /// Regression: a role comment spanning lines was cut at its first newline, and the
+    /// restore failed with "unterminated quoted string".
+    #[test]
+    fn statements_keep_newlines_and_semicolons_inside_literals() {
+        let sql = r#"\restrict k
+SET x = 1;
+-- a comment; not a statement
+CREATE ROLE ledger_ro;
+COMMENT ON ROLE ledger_ro IS 'read-only role
+for the reporting team; see ''docs''';
+COMMENT ON ROLE "we;ird
+name" IS E'line\none \' still; in';
+CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;
+SELECT $1;
+\unrestrict k
+"#;
+        assert_eq!(
+            statements(sql),
+            vec![
+                "SET x = 1;",
+                "CREATE ROLE ledger_ro;",
+                "COMMENT ON ROLE ledger_ro IS 'read-only role\nfor the reporting team; see ''docs''';",
+                "COMMENT ON ROLE \"we;ird\nname\" IS E'line\\none \\' still; in';",
+                "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1; $body$ LANGUAGE sql;",
+                "SELECT $1;",
+            ]
+        );
+        let plan = plan_roles(sql, &BTreeSet::new());
+        assert_eq!(
+            plan.statements,
+            vec![
+                "CREATE ROLE ledger_ro;",
+                "COMMENT ON ROLE ledger_ro IS 'read-only role\nfor the reporting team; see ''docs''';",
             ]
         );
     }

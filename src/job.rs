@@ -318,28 +318,33 @@ async fn backup_attempt(
 
     let started = Utc::now();
     let encryption = job.encryption.record();
-    let key = manifest::dump_key(
-        &job.prefix,
-        database,
-        started,
-        job.compression,
-        encryption.is_some(),
-    );
+    // Keys name the second a backup started: a second backup within the same second (a manual
+    // one right after a scheduled one) takes the next free second rather than failing. The
+    // database's lock is held, so no other backup can take that name meanwhile.
+    let taken = |key: &str| {
+        let manifest_key = manifest::manifest_key(key);
+        objects
+            .iter()
+            .any(|o| o.key == manifest_key || o.key == key)
+    };
+    let key = (0..)
+        .map(|s| {
+            manifest::dump_key(
+                &job.prefix,
+                database,
+                started + chrono::TimeDelta::seconds(s),
+                job.compression,
+                encryption.is_some(),
+            )
+        })
+        .find(|k| !taken(k))
+        .expect("an unbounded range has a free second");
     let manifest_key = manifest::manifest_key(&key);
     let storage_err = |source| BackupError::Storage {
         database: database.to_string(),
         key: key.clone(),
         source,
     };
-    if objects
-        .iter()
-        .any(|o| o.key == manifest_key || o.key == key)
-    {
-        return Err(storage_err(StorageError::AlreadyExists {
-            key: manifest_key.clone(),
-        }));
-    }
-
     tracing::info!(
         server = %server.version,
         pg_dump = %tool.version,
@@ -372,20 +377,17 @@ async fn backup_attempt(
     // Counting runs beside the upload and never holds it up or fails it: a failed count only
     // leaves the manifest without counts.
     let counting = async {
-        let snapshot = snapshot.as_ref()?;
-        match snapshot.count_tables().await {
-            Ok(tables) => Some(tables),
-            Err(e) => {
-                tracing::warn!(
-                    error = %dump::pg_error_text(&e),
-                    "cannot count the rows of the tables; the manifest records no row counts"
-                );
-                None
-            }
-        }
+        let Some(snapshot) = snapshot.as_ref() else {
+            return Err("no snapshot could be exported".to_string());
+        };
+        snapshot.count_tables().await.map_err(|e| {
+            let cause = dump::pg_error_text(&e);
+            tracing::warn!(error = %cause, "cannot count the rows of the tables; the manifest records no row counts");
+            cause
+        })
     };
     tokio::pin!(counting);
-    let mut tables = None;
+    let mut tables = Err(String::new());
     let mut counts_done = false;
     let uploaded = {
         let upload = storage.put_stream(&key, &mut stored, server.database_size, cancel);
@@ -417,10 +419,21 @@ async fn backup_attempt(
             t = &mut counting => t,
             _ = cancel.cancelled() => {
                 tracing::warn!("cancelled while counting rows; the manifest records no row counts");
-                None
+                Err("cancelled while counting".to_string())
             }
         };
     }
+    // Drills and the anomaly check compare against these counts: a backup without them is
+    // stored, but said to be incomplete rather than reported as a clean success.
+    let (tables, count_problem) = match tables {
+        Ok(t) => (Some(t), None),
+        Err(cause) => (
+            None,
+            Some(format!(
+                "row counts could not be recorded ({cause}): drills and size checks of this backup have nothing to compare"
+            )),
+        ),
+    };
 
     let globals = if job.globals {
         let stored = tokio::select! {
@@ -450,6 +463,7 @@ async fn backup_attempt(
     for a in &anomalies {
         tracing::warn!("size anomaly: {a}");
     }
+    let anomalies: Vec<String> = anomalies.into_iter().chain(count_problem).collect();
 
     let finished = Utc::now();
     let manifest = Manifest {

@@ -13,7 +13,7 @@ pub enum ToolError {
         searched: String,
         server_major: u32,
     },
-    #[error("`{tool}` {found} is older than the server (PostgreSQL {server_major}) and cannot dump it: install the PostgreSQL {server_major} client tools (or newer) and point tools.bin_dirs (PGSIDECAR_TOOLS__BIN_DIRS) at them, or use the image built for PostgreSQL {server_major}")]
+    #[error("`{tool}` {found} is older than the server (PostgreSQL {server_major}) and cannot dump it: install the PostgreSQL {server_major} client tools (or newer) and point tools.bin_dirs (PGSIDECAR_TOOLS__BIN_DIRS) at them, or, in the image, build it with `--build-arg PG_MAJORS=\"17 {server_major}\"`")]
     TooOld {
         tool: String,
         found: String,

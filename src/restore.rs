@@ -79,6 +79,16 @@ pub enum RestoreError {
     },
     #[error("cannot use a local copy of the archive at `{}`: {cause}; nothing was changed", .path.display())]
     TempFile { path: PathBuf, cause: String },
+    /// A database the sidecar made for a moment (a drill's copy) is still there.
+    #[error("the scratch database `{database}` could not be dropped ({cause}): drop it by hand")]
+    ScratchLeft { database: String, cause: String },
+    /// `--drop-old` after a successful swap: the restore itself is done.
+    #[error("the restore succeeded: `{database}` is the restored database; but the replaced database `{old}` could not be dropped ({cause}): it is kept; drop it by hand once its subscriptions are dealt with")]
+    OldNotDropped {
+        database: String,
+        old: String,
+        cause: String,
+    },
 }
 
 fn tail(lines: &[String]) -> String {
@@ -129,6 +139,9 @@ pub struct Options {
     pub encryption: crate::encryption::Encryption,
     /// Allow `postgres`, `template0` or `template1` as the target.
     pub allow_system_database: bool,
+    /// A throwaway copy (a drill's): subscriptions are not restored, so nothing in it can
+    /// ever reach a publisher or keep the copy from being dropped.
+    pub scratch: bool,
 }
 
 /// The target server and database as found before anything changes.
@@ -618,6 +631,9 @@ impl Restorer {
         if plan.options.no_owner {
             cmd.args(["--no-owner", "--no-privileges"]);
         }
+        if plan.options.scratch {
+            cmd.arg("--no-subscriptions");
+        }
         if let Some(n) = plan.options.jobs {
             cmd.arg(format!("--jobs={n}"));
         }
@@ -717,8 +733,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// A hint for errors with a known cause, so the operator gets one line instead of a wall.
-fn hint_for(stderr: &[String], has_globals: bool) -> String {
+/// Hints for a failed pg_restore's known causes, from its stderr, so the operator gets a way
+/// out instead of a wall: missing roles; for an in-place restore (`in_place`), the failures
+/// only a new database avoids.
+fn hint_for(stderr: &[String], has_globals: bool, in_place: bool) -> String {
     let missing: Vec<&str> = stderr
         .iter()
         .filter_map(|l| {
@@ -727,18 +745,28 @@ fn hint_for(stderr: &[String], has_globals: bool) -> String {
             Some(&rest[..end])
         })
         .collect();
-    if missing.is_empty() {
-        return String::new();
+    let mut hints = String::new();
+    if !missing.is_empty() {
+        hints.push_str(&format!(
+            "\nhint: the role(s) {} do not exist on the target server: {}create them first, or restore with --no-owner to give every object to the restoring user",
+            missing.join(", "),
+            if has_globals {
+                "restore with --with-globals (this backup has the roles), "
+            } else {
+                ""
+            }
+        ));
     }
-    format!(
-        "\nhint: the role(s) {} do not exist on the target server: {}create them first, or restore with --no-owner to give every object to the restoring user",
-        missing.join(", "),
-        if has_globals {
-            "restore with --with-globals (this backup has the roles), "
-        } else {
-            ""
+    if in_place {
+        let said = |needle: &str| stderr.iter().any(|l| l.contains(needle));
+        if said("out of shared memory") || said("max_locks_per_transaction") {
+            hints.push_str("\nhint: an in-place restore locks every object it replaces in one transaction, more than the server's lock table holds: restore with --full or --target-db (a new database, no such transaction), or raise max_locks_per_transaction");
         }
-    )
+        if said("other objects depend on it") {
+            hints.push_str("\nhint: objects created after the backup depend on objects it replaces, so they cannot be dropped in place: restore with --full (a new database, swapped in after checking) or --target-db");
+        }
+    }
+    hints
 }
 
 /// Runs the restore described by `plan`.
@@ -803,23 +831,30 @@ pub async fn execute(
             let tables = match restored {
                 Ok(t) => t,
                 Err(e) => {
-                    drop_database(&admin, &scratch, t.server_major).await;
+                    let _ = drop_database(&admin, &plan.server, &scratch, t.server_major).await;
                     return Err(e);
                 }
             };
             let kept_old = match swap(&admin, &scratch, name, now).await {
                 Ok(k) => k,
                 Err(e) => {
-                    drop_database(&admin, &scratch, t.server_major).await;
+                    let _ = drop_database(&admin, &plan.server, &scratch, t.server_major).await;
                     return Err(e);
                 }
             };
             let kept_old = match (kept_old, drop_old) {
                 (Some(old), true) => {
+                    // The swap is done: a failure now must not read as a failed restore. A
+                    // subscription keeps it from dropping; the user decides what happens to its
+                    // slot on the publisher, so it is not disarmed here.
                     admin
                         .batch_execute(&format!("DROP DATABASE {}", ident(&old)))
                         .await
-                        .map_err(query_err("dropping the replaced database"))?;
+                        .map_err(|e| RestoreError::OldNotDropped {
+                            database: name.clone(),
+                            old: old.clone(),
+                            cause: dump::pg_error_text(&e),
+                        })?;
                     None
                 }
                 (k, _) => k,
@@ -865,12 +900,15 @@ async fn create_database(
         .map_err(query_err(&format!("creating database `{name}`")))
 }
 
-/// Drops a database this module created (a drill's scratch database), warning on failure.
-pub async fn drop_scratch(server: &DatabaseConfig, name: &str, server_major: u32) {
-    match maintenance(server).await {
-        Ok(admin) => drop_database(&admin, name, server_major).await,
-        Err(e) => tracing::warn!("could not drop `{name}`: {e}; drop it by hand"),
-    }
+/// Drops a database this module created (a drill's scratch database); the error says why it
+/// is left.
+pub async fn drop_scratch(
+    server: &DatabaseConfig,
+    name: &str,
+    server_major: u32,
+) -> Result<(), String> {
+    let admin = maintenance(server).await.map_err(|e| e.to_string())?;
+    drop_database(&admin, server, name, server_major).await
 }
 
 /// Drops the scratch databases `<base>__<tag>_<time>` whose time is before `before`: what an
@@ -896,7 +934,12 @@ pub async fn drop_stale_scratch(
     let mut dropped = Vec::new();
     for name in rows.iter().map(|r| r.get::<_, String>(0)) {
         if scratch_started(&name, base, tag).is_some_and(|t| t < before) {
-            drop_database(&admin, &name, server_major).await;
+            if drop_database(&admin, server, &name, server_major)
+                .await
+                .is_err()
+            {
+                continue;
+            }
             dropped.push(name);
         }
     }
@@ -922,21 +965,69 @@ fn scratch_started(name: &str, base: &str, tag: &str) -> Option<chrono::DateTime
     }
 }
 
-async fn drop_database(admin: &tokio_postgres::Client, name: &str, server_major: u32) {
+/// Drops a database this module created. Subscriptions restored into it are disarmed first
+/// (disabled, their slot detached, dropped): they block `DROP DATABASE`, and dropping one that
+/// still names its slot would connect to the publisher to drop that slot there. Warns and
+/// returns the cause when the database is left.
+async fn drop_database(
+    admin: &tokio_postgres::Client,
+    server: &DatabaseConfig,
+    name: &str,
+    server_major: u32,
+) -> Result<(), String> {
+    if let Err(e) = disarm_subscriptions(server, name).await {
+        tracing::warn!("could not disarm the subscriptions of `{name}`: {e}");
+    }
     let force = if server_major >= 13 {
         " WITH (FORCE)"
     } else {
         ""
     };
-    if let Err(e) = admin
+    admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {}{force}", ident(name)))
         .await
-    {
-        tracing::warn!(
-            "could not drop the partial restore `{name}`: {}; drop it by hand",
-            dump::pg_error_text(&e)
-        );
+        .map_err(|e| {
+            let cause = dump::pg_error_text(&e);
+            tracing::warn!("could not drop `{name}`: {cause}; drop it by hand");
+            cause
+        })
+}
+
+/// Disables, detaches from their slots and drops the subscriptions of database `name`, which
+/// never connect to their publishers for it (a database that is gone has none).
+async fn disarm_subscriptions(server: &DatabaseConfig, name: &str) -> Result<(), RestoreError> {
+    let admin = maintenance(server).await?;
+    let any = admin
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_subscription s \
+               JOIN pg_catalog.pg_database d ON d.oid = s.subdbid WHERE d.datname = $1 LIMIT 1",
+            &[&name],
+        )
+        .await
+        .map_err(query_err("listing subscriptions"))?;
+    if any.is_none() {
+        return Ok(());
     }
+    let client = dump::connect(server, name).await?;
+    let subs = client
+        .query(
+            "SELECT subname::text FROM pg_catalog.pg_subscription \
+              WHERE subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .map_err(query_err("listing subscriptions"))?;
+    for sub in subs.iter().map(|r| ident(&r.get::<_, String>(0))) {
+        client
+            .batch_execute(&format!(
+                "ALTER SUBSCRIPTION {sub} DISABLE; \
+                 ALTER SUBSCRIPTION {sub} SET (slot_name = NONE); \
+                 DROP SUBSCRIPTION {sub};"
+            ))
+            .await
+            .map_err(query_err("disarming a subscription"))?;
+    }
+    Ok(())
 }
 
 /// Gives `scratch` the name `name`. An existing `name` is renamed to `<name>__pre_restore_…`
@@ -1103,7 +1194,11 @@ async fn restore_into(
     )?;
     let failed = |(status, stderr): (String, Vec<String>)| RestoreError::Restore {
         database: database.to_string(),
-        hint: hint_for(&stderr, plan.entry.manifest.globals.is_some()),
+        hint: hint_for(
+            &stderr,
+            plan.entry.manifest.globals.is_some(),
+            single_transaction,
+        ),
         status,
         stderr,
         left: left.to_string(),
@@ -1144,6 +1239,27 @@ async fn restore_into(
 
 #[cfg(test)]
 mod tests {
+    /// Regression: an in-place restore that failed on the lock table or on a newer dependent
+    /// view left the database unchanged but named no way out.
+    #[test]
+    fn in_place_failures_name_the_way_out() {
+        let lines = |l: &str| vec![l.to_string()];
+        let locks = lines("pg_restore: error: out of shared memory HINT: You might need to increase \"max_locks_per_transaction\".");
+        assert!(super::hint_for(&locks, false, true).contains("restore with --full or --target-db"));
+        let view = lines("pg_restore: error: could not execute query: ERROR: cannot drop table public.t because other objects depend on it");
+        let hint = super::hint_for(&view, false, true);
+        assert!(
+            hint.contains("--full") && hint.contains("--target-db"),
+            "{hint}"
+        );
+        // A new database has neither problem, and says nothing of them.
+        assert_eq!(super::hint_for(&view, false, false), "");
+        assert_eq!(
+            super::hint_for(&lines("ERROR: syntax error"), true, true),
+            ""
+        );
+    }
+
     use super::*;
 
     fn at(s: &str) -> chrono::DateTime<Utc> {

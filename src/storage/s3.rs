@@ -256,11 +256,16 @@ impl S3Storage {
                 key: key.into(),
                 secs: 0,
             },
-            _ => StorageError::Unreachable {
-                op,
-                key: key.into(),
-                cause: DisplayErrorContext(&err).to_string(),
-            },
+            _ => {
+                // The SDK's own rendering ends with its debug structure: one readable line for
+                // the user, the structure for whoever turns on debug logs.
+                tracing::debug!(error = %DisplayErrorContext(&err), "S3 request failed");
+                StorageError::Unreachable {
+                    op,
+                    key: key.into(),
+                    cause: error_chain(&err),
+                }
+            }
         }
     }
 
@@ -1020,9 +1025,57 @@ fn plan_lifecycle(
     Some(rules)
 }
 
+/// An error and its sources as one line, `outer: inner: root`, each message once (layers
+/// often repeat their source's text).
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    /// Regression: errors printed to the user ended with the SDK's debug structure
+    /// (`(DispatchFailure(DispatchFailure { source: ConnectorError …`).
+    #[test]
+    fn error_chains_are_one_readable_line() {
+        let err = Layer(
+            "dispatch failure",
+            Some(Box::new(Layer(
+                "io error",
+                Some(Box::new(Layer(
+                    "tcp connect error: Connection refused (os error 111)",
+                    Some(Box::new(Layer("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&err),
+            "dispatch failure: io error: tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     fn lifecycle(expire: Option<u32>, transition: Option<(u32, &str)>) -> Lifecycle {
         Lifecycle {

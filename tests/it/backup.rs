@@ -401,3 +401,29 @@ fn backup_role_with_pg_read_all_data_postgres_17() {
 fn backup_role_with_pg_read_all_data_postgres_18() {
     backup_role_can_back_up(pg(18));
 }
+
+/// Regression: keys have one-second resolution, and a second backup of a database started
+/// within the same second as another failed with "manifest already exists".
+#[test]
+fn backups_started_in_the_same_second_get_distinct_keys() {
+    let pg = pg(15);
+    let db = pg.create_db("samesec");
+    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let bucket = s3().bucket("samesec");
+    // Three at once: the database's lock runs them one after the other, well within a second
+    // or two, so at least two start in the same second.
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let backup = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p").args(&["backup"]);
+            std::thread::spawn(move || backup.run())
+        })
+        .collect();
+    let mut keys: Vec<String> = runs
+        .into_iter()
+        .map(|r| r.join().unwrap().expect_code(0).stdout.trim().to_string())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert_eq!(manifests(&bucket, "p/").len(), 3);
+}

@@ -118,6 +118,12 @@ fn all_attempts_failing_sends_one_failure_message_with_the_cause() {
     let text = msgs[0].to_string();
     assert!(text.contains("FAILED") && text.contains("3 of 3"), "{text}");
     assert!(text.contains("cannot reach the S3 endpoint"), "{text}");
+    // One readable cause, not the SDK's debug structure.
+    assert!(
+        !text.contains("DispatchFailure {") && !d.stderr().contains("DispatchFailure {"),
+        "{text}\n{}",
+        d.stderr()
+    );
     assert_eq!(msgs[0]["attachments"][0]["color"], "danger");
 }
 
@@ -270,6 +276,38 @@ fn catch_up_runs_once_at_start_when_the_last_firing_was_missed() {
     off.signal("TERM");
     assert_eq!(again.wait_exit(20), Some(0));
     assert_eq!(off.wait_exit(20), Some(0));
+}
+
+/// Regression: in a Swarm stack the sidecar starts together with its database (Swarm has no
+/// `depends_on`); the catch-up met a server still starting, failed, and its next attempt came
+/// `retry.interval` (10 minutes) later.
+#[test]
+fn catch_up_waits_for_a_database_server_that_is_still_starting() {
+    let db = small_db("waitserver");
+    let bucket = s3().bucket("waitserver");
+    let proxy = Proxy::start(pg(15).port);
+    proxy.cut();
+    let mut d = Daemon::start(
+        Sidecar::new(pg(15), &db, &s3().endpoint(), &bucket, "p")
+            .env("PGPORT", proxy.port.to_string())
+            .env("PGSIDECAR_SCHEDULE", "0 0 1 1 *"),
+    );
+    assert!(
+        d.wait_for("waiting up to 5m for the database server", 30),
+        "{}",
+        d.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(manifests(&bucket).is_empty());
+    proxy.restore();
+    assert!(
+        harness::wait_until(30, || manifests(&bucket).len() == 1),
+        "{}",
+        d.stderr()
+    );
+    assert!(!d.stderr().contains("attempt failed"), "{}", d.stderr());
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(20), Some(0));
 }
 
 #[test]
@@ -459,4 +497,43 @@ fn manual_backup_waits_for_the_running_scheduled_one() {
     assert!(second.0 >= first.1, "the dumps overlapped: {times:?}");
     d.signal("TERM");
     assert_eq!(d.wait_exit(20), Some(0));
+}
+
+/// Regression: for up to a heartbeat (15 s) after start, `health` said "no successful backup
+/// yet" while /healthz already answered from the backups read from storage.
+#[test]
+fn health_and_healthz_agree_from_the_first_answer() {
+    use std::io::{Read, Write};
+    let db = small_db("agree");
+    let bucket = s3().bucket("agree");
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let sidecar = || Sidecar::new(pg(15), &db, &s3().endpoint(), &bucket, "p");
+    sidecar().backup_key();
+    let port = harness::free_port();
+    let d = Daemon::start(
+        sidecar()
+            .env("PGSIDECAR_SCHEDULE", "0 0 1 1 *")
+            .env("PGSIDECAR_CATCH_UP", "false")
+            .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PGSIDECAR_HEALTH__STATUS_FILE", &status),
+    );
+    let healthz = || -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    };
+    assert!(harness::wait_until(30, healthz), "{}", d.stderr());
+    let run = sidecar()
+        .env("PGSIDECAR_HEALTH__STATUS_FILE", &status)
+        .args(&["health"])
+        .run();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
 }

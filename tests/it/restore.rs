@@ -420,7 +420,8 @@ fn missing_roles_get_a_hint_and_are_created_with_globals() {
     let role = harness::unique("app_owner");
     old.psql(
         "postgres",
-        &format!("CREATE ROLE {role} LOGIN PASSWORD 'role-pw'; COMMENT ON ROLE {role} IS 'owner'"),
+        // A comment spanning lines, with a `;` in it: the restore once split it at the newline.
+        &format!("CREATE ROLE {role} LOGIN PASSWORD 'role-pw'; COMMENT ON ROLE {role} IS E'read-only role\\nfor the reporting team; see ''docs'''"),
     );
     let db = old.create_db("roles");
     old.psql(
@@ -484,7 +485,7 @@ fn missing_roles_get_a_hint_and_are_created_with_globals() {
             "postgres",
             &format!("SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{role}'")
         ),
-        "t|owner"
+        "t|read-only role\nfor the reporting team; see 'docs'"
     );
 }
 
@@ -630,4 +631,149 @@ fn drills_pass_and_fail_loudly() {
         "{failed}"
     );
     assert!(databases_like(pg, &format!("{db}\\_\\_drill%")).is_empty());
+}
+
+/// Regression: a role's `statement_timeout` and a database's `transaction_timeout` applied to
+/// the sidecar's own connections. The backup "succeeded" without row counts, and drills and
+/// `--full` failed while counting after the whole restore, leaving scratch databases behind.
+#[test]
+fn role_and_database_timeouts_never_break_the_sidecars_connections() {
+    let pg = pg(17);
+    let db = pg.create_db("timeouts");
+    pg.psql(
+        &db,
+        "CREATE TABLE events(id int, body text); \
+         INSERT INTO events SELECT i, md5(i::text) FROM generate_series(1, 1000000) i",
+    );
+    let svc = harness::unique("backup_svc");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {svc} SUPERUSER LOGIN PASSWORD '{pw}'; \
+             ALTER ROLE {svc} SET statement_timeout = '5ms'; \
+             ALTER DATABASE {db} SET transaction_timeout = '5ms'",
+            pw = harness::PG_PASSWORD
+        ),
+    );
+    // The settings bite: an ordinary session as that role cannot count the rows.
+    let probe = std::process::Command::new(pg.client_bin.join("psql"))
+        .env("PGPASSWORD", harness::PG_PASSWORD)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            &svc,
+            "-d",
+            &db,
+        ])
+        .args(["-Atc", "SELECT count(*) FROM events"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&probe.stderr).contains("timeout"),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let bucket = s3().bucket("timeouts");
+    let as_svc = || sidecar(pg, &db, &bucket).env("PGUSER", &svc);
+    let key = as_svc().backup_key();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&s3().get(&bucket, &key.replace(".dump.zst", ".manifest.json")))
+            .unwrap();
+    assert_eq!(manifest["tables"][0]["rows"], 1_000_000, "{manifest}");
+    assert!(manifest.get("anomalies").is_none(), "{manifest}");
+
+    let run = as_svc().args(&["drill"]).run().expect_code(0);
+    assert!(run.stdout.contains("1000000 rows"), "{}", run.stdout);
+    let run = as_svc()
+        .args(&["restore", "latest", "--full", "--drop-old", "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("1000000 rows"), "{}", run.stdout);
+    assert_eq!(
+        databases_like(pg, &format!("{db}\\_\\_%")),
+        Vec::<String>::new(),
+        "scratch databases left behind"
+    );
+    pg.psql("postgres", &format!("DROP ROLE {svc}"));
+}
+
+/// Regression: an in-place restore blocked by a view created after the backup left the
+/// database unchanged, as it should, but did not say how to restore anyway.
+#[test]
+fn in_place_restore_blocked_by_a_newer_view_names_the_way_out() {
+    let pg = pg(15);
+    let (db, bucket, _) = backed_up(pg, "newerview");
+    pg.psql(
+        &db,
+        "CREATE VIEW public.newer AS SELECT count(*) FROM billing.invoices",
+    );
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--yes"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains("restore with --full (a new database"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.psql(&db, "SELECT * FROM public.newer"), "100");
+}
+
+/// Regression: a database with a logical-replication subscription left a full
+/// `…__drill_<time>` copy behind after every "passed" drill (the restored subscription blocks
+/// `DROP DATABASE`), and `restore --full --drop-old` exited 1 after the swap had happened
+/// without saying that the restore had succeeded.
+#[test]
+fn subscriptions_never_leave_scratch_copies_or_hide_a_successful_swap() {
+    let pg = pg(15);
+    let db = pg.create_db("subs");
+    let sub = harness::unique("sub");
+    pg.psql(
+        &db,
+        &format!(
+            "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 10); \
+             CREATE SUBSCRIPTION {sub} CONNECTION 'host=127.0.0.1 port=1 dbname=nowhere' \
+               PUBLICATION p WITH (connect = false)"
+        ),
+    );
+    let bucket = s3().bucket("subs");
+    sidecar(pg, &db, &bucket).backup_key();
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["drill"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("10 rows"), "{}", run.stdout);
+    assert_eq!(
+        databases_like(pg, &format!("{db}\\_\\_%")),
+        Vec::<String>::new(),
+        "{}",
+        run.stderr
+    );
+
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--full", "--drop-old", "--yes"])
+        .run()
+        .expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "the restore succeeded: `{db}` is the restored database"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM t"), "10");
+    let old = databases_like(pg, &format!("{db}\\_\\_pre\\_restore\\_%"));
+    assert_eq!(old.len(), 1, "the replaced database is kept: {old:?}");
+    // Both subscriptions stay disabled: nothing reached for the publisher.
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_subscription WHERE subname = '{sub}' AND subenabled")
+        ),
+        "0"
+    );
 }
