@@ -36,7 +36,34 @@ pub fn compare(
         ));
     }
     if let (Some(before), Some(now)) = (previous.tables.as_deref(), tables) {
-        for b in before.iter().filter(|b| b.rows > 0) {
+        // Partitions are judged together, by their partitioned table's total: detaching the
+        // oldest day and creating the next is rotation, not loss.
+        fn totals(tables: &[TableRows]) -> std::collections::BTreeMap<&str, u64> {
+            let mut sums = std::collections::BTreeMap::new();
+            for t in tables {
+                if let Some(root) = &t.partition_of {
+                    *sums.entry(root.as_str()).or_default() += t.rows;
+                }
+            }
+            sums
+        }
+        let now_totals = totals(now);
+        for (root, before_rows) in totals(before).into_iter().filter(|&(_, r)| r > 0) {
+            let now_rows = now_totals.get(root).copied().unwrap_or(0);
+            if now_rows == 0 {
+                out.push(format!(
+                    "partitioned table {root} is empty (its partitions had {before_rows} rows)"
+                ));
+            } else if dropped(before_rows, now_rows) {
+                out.push(format!(
+                    "partitioned table {root} fell from {before_rows} to {now_rows} rows"
+                ));
+            }
+        }
+        for b in before
+            .iter()
+            .filter(|b| b.rows > 0 && b.partition_of.is_none())
+        {
             let name = b.qualified_name();
             match now
                 .iter()
@@ -83,6 +110,7 @@ mod tests {
                 schema: "public".into(),
                 name: n.to_string(),
                 rows: *r,
+                partition_of: None,
             })
             .collect()
     }
@@ -114,5 +142,31 @@ mod tests {
         assert!(compare(&prev, 1, Some(&rows(&[("orders", 0)])), 0).is_empty());
         // Without counts on either side only the size is compared.
         assert_eq!(compare(&prev, 100, None, 50).len(), 1);
+    }
+
+    /// Regression: daily partition rotation (drop the oldest partition, create the next, same
+    /// total) warned "table … is gone" at every backup.
+    #[test]
+    fn partition_rotation_is_judged_by_the_partitioned_tables_total() {
+        let part = |name: &str, rows: u64| TableRows {
+            schema: "public".into(),
+            name: name.into(),
+            rows,
+            partition_of: Some("public.events".into()),
+        };
+        let mut prev = previous(1000, &[]);
+        prev.tables = Some(vec![part("events_d1", 100), part("events_d2", 100)]);
+        let rotated = [part("events_d2", 100), part("events_d3", 100)];
+        assert!(compare(&prev, 1000, Some(&rotated), 50).is_empty());
+        let lost = [part("events_d2", 10), part("events_d3", 0)];
+        assert_eq!(
+            compare(&prev, 1000, Some(&lost), 50),
+            ["partitioned table public.events fell from 200 to 10 rows"]
+        );
+        let emptied = [part("events_d3", 0)];
+        assert_eq!(
+            compare(&prev, 1000, Some(&emptied), 50),
+            ["partitioned table public.events is empty (its partitions had 200 rows)"]
+        );
     }
 }

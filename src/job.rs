@@ -465,6 +465,18 @@ async fn backup_attempt(
     }
     let anomalies: Vec<String> = anomalies.into_iter().chain(count_problem).collect();
 
+    // What the database is beyond its contents; a backup without it still restores its data.
+    let database_properties = match dump::connect(&db, database).await {
+        Ok(client) => crate::dbprops::read(&client, database, server.major)
+            .await
+            .map_err(|e| dump::pg_error_text(&e)),
+        Err(e) => Err(e.to_string()),
+    }
+    .unwrap_or_else(|e| {
+        tracing::warn!("cannot read the database's properties (encoding, locale, privileges, settings); the manifest records none: {e}");
+        None
+    });
+
     let finished = Utc::now();
     let manifest = Manifest {
         format: manifest::FORMAT.to_string(),
@@ -493,6 +505,7 @@ async fn backup_attempt(
         tables,
         globals,
         anomalies,
+        database_properties,
     };
     if let Err(e) = storage
         .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbprops;
 pub mod drill;
 pub mod dump;
 pub mod encryption;

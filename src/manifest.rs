@@ -90,6 +90,11 @@ pub struct Manifest {
     /// did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anomalies: Vec<String>,
+    /// The database's encoding, locale, owner, privileges, settings and comment at backup
+    /// time ([`crate::dbprops`]), given back to every database a restore creates. Absent in
+    /// manifests of earlier versions, and when they could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_properties: Option<crate::dbprops::DatabaseProperties>,
 }
 
 impl Manifest {
@@ -354,6 +359,7 @@ mod tests {
             schema: "public".into(),
             name: "Mixed Case".into(),
             rows: 3,
+            partition_of: None,
         }]);
         let json = m.to_json();
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();

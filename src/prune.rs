@@ -138,17 +138,29 @@ async fn locked_until(
     Ok(latest)
 }
 
+/// How many unacknowledged anomalies prune holds, newest first. Holding every one would let a
+/// database whose every backup warns (a misjudged churn, a warning nobody reads) grow its
+/// storage without bound; the newest ones are the evidence an operator still needs.
+pub const MAX_HELD_ANOMALIES: usize = 3;
+
 /// Keeps each backup whose size anomaly nobody acknowledged yet, and the backup just older
-/// than it, which may be the last good copy. `decisions` are newest first.
+/// than it, which may be the last good copy: the newest [`MAX_HELD_ANOMALIES`] of them; older
+/// ones are left to the policy. `decisions` are newest first.
 async fn protect_before_anomalies(
     storage: &Storage,
     decisions: &mut [retention::Decision<'_, Entry>],
 ) {
+    let mut held = 0;
     for i in 0..decisions.len() {
         let e = decisions[i].item;
         if e.manifest.anomalies.is_empty() || acknowledged(storage, e).await {
             continue;
         }
+        if held == MAX_HELD_ANOMALIES {
+            tracing::info!(key = %e.manifest.key, "not holding an older unacknowledged anomaly: at most {MAX_HELD_ANOMALIES} are held");
+            continue;
+        }
+        held += 1;
         for (j, reason) in [(i, Reason::Anomaly), (i + 1, Reason::BeforeAnomaly)] {
             if let Some(d) = decisions.get_mut(j) {
                 if !d.keep.contains(&reason) {

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Entry;
 use crate::config::{DatabaseConfig, ToolsConfig};
+use crate::dbprops::{self, DatabaseProperties};
 use crate::dump::{self, DumpError};
 use crate::pgtools::{self, ClientTool, ToolError};
 use crate::storage::Storage;
@@ -802,7 +803,11 @@ pub async fn execute(
             let admin = maintenance(&plan.server).await?;
             let now = Utc::now();
             let scratch = scratch_name(name, "restoring", now);
-            create_database(&admin, &scratch, t.existing.as_ref()).await?;
+            let shape = Shape::decide(plan, &admin).await?;
+            for note in &shape.notes {
+                tracing::warn!("not carried over: {note}");
+            }
+            shape.create(&admin, &scratch, t.server_major).await?;
             let left = match &t.existing {
                 Some(_) => {
                     format!("`{name}` is unchanged; the partial restore `{scratch}` was dropped")
@@ -821,6 +826,16 @@ pub async fn execute(
                             left: left.clone(),
                         });
                     }
+                }
+                // Properties last: a setting such as default_transaction_read_only or a revoked
+                // CONNECT must not get in the way of the restore and its counts.
+                let problems = shape.apply_and_check(plan, &admin, &scratch).await?;
+                if !problems.is_empty() {
+                    return Err(RestoreError::Check {
+                        database: scratch.clone(),
+                        problems,
+                        left: left.clone(),
+                    });
                 }
                 if cancel.is_cancelled() {
                     return Err(RestoreError::Cancelled { left: left.clone() });
@@ -877,11 +892,110 @@ async fn count_tables(plan: &Plan, database: &str) -> Result<Vec<TableRows>, Res
         .map_err(query_err("counting the restored rows"))
 }
 
-async fn create_database(
-    admin: &tokio_postgres::Client,
-    name: &str,
-    like: Option<&ExistingDb>,
-) -> Result<(), RestoreError> {
+/// What a database the restore creates is given: the properties the backup recorded, as far
+/// as the target server can have them, or for a backup that predates them, the encoding,
+/// locales and owner of the database it replaces.
+struct Shape {
+    intended: Option<DatabaseProperties>,
+    like: Option<ExistingDb>,
+    notes: Vec<String>,
+}
+
+impl Shape {
+    async fn decide(plan: &Plan, admin: &tokio_postgres::Client) -> Result<Shape, RestoreError> {
+        let Some(recorded) = &plan.entry.manifest.database_properties else {
+            return Ok(Shape {
+                intended: None,
+                like: plan.target.existing.clone(),
+                notes: vec![format!(
+                    "this backup predates recorded database properties: its settings, privileges and comment are not restored, and {}",
+                    if plan.target.existing.is_some() {
+                        "encoding, locales and owner are those of the database it replaces"
+                    } else {
+                        "encoding, locales and owner are the server's defaults"
+                    }
+                )],
+            });
+        };
+        let roles = admin
+            .query(
+                "SELECT rolname::text, rolname = current_user FROM pg_catalog.pg_roles",
+                &[],
+            )
+            .await
+            .map_err(query_err("listing roles"))?;
+        let me = roles
+            .iter()
+            .find(|r| r.get::<_, bool>(1))
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default();
+        let roles = roles.iter().map(|r| r.get::<_, String>(0)).collect();
+        let (intended, notes) = dbprops::intended(recorded, &roles, &me, plan.options.no_owner);
+        Ok(Shape {
+            intended: Some(intended),
+            like: None,
+            notes,
+        })
+    }
+
+    async fn create(
+        &self,
+        admin: &tokio_postgres::Client,
+        name: &str,
+        server_major: u32,
+    ) -> Result<(), RestoreError> {
+        let sql = match &self.intended {
+            Some(p) => dbprops::create_sql(name, p, &p.owner, server_major)
+                .map_err(|why| RestoreError::Refused(format!("{why}; nothing was changed")))?,
+            None => create_sql_like(name, self.like.as_ref()),
+        };
+        admin
+            .batch_execute(&sql)
+            .await
+            .map_err(query_err(&format!("creating database `{name}`")))
+    }
+
+    /// Gives `name` the intended comment, privileges and settings, then reads them back: the
+    /// differences found.
+    async fn apply_and_check(
+        &self,
+        plan: &Plan,
+        admin: &tokio_postgres::Client,
+        name: &str,
+    ) -> Result<Vec<String>, RestoreError> {
+        let Some(p) = &self.intended else {
+            return Ok(Vec::new());
+        };
+        let major = plan.target.server_major;
+        let read = |what| async move {
+            dbprops::read(admin, name, major)
+                .await
+                .map_err(query_err(what))?
+                .ok_or_else(|| RestoreError::Refused(format!("database `{name}` is gone")))
+        };
+        let current = read("reading the restored database's properties").await?;
+        let roles = p
+            .privileges
+            .iter()
+            .map(|w| w.grantee.clone())
+            .chain(p.settings.iter().filter_map(|s| s.role.clone()))
+            .chain([p.owner.clone()])
+            .collect();
+        let (statements, _) = dbprops::follow_up_sql(name, p, &current.privileges, &roles);
+        if !statements.is_empty() {
+            admin
+                .batch_execute(&statements.join(";\n"))
+                .await
+                .map_err(query_err(
+                    "giving the restored database its privileges and settings",
+                ))?;
+        }
+        let found = read("checking the restored database's properties").await?;
+        Ok(dbprops::compare(p, &found))
+    }
+}
+
+fn create_sql_like(name: &str, like: Option<&ExistingDb>) -> String {
     let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", ident(name));
     if let Some(e) = like {
         // The replacement gets what the original had, so collation-dependent indexes and the
@@ -894,10 +1008,7 @@ async fn create_database(
             postgres_protocol::escape::escape_literal(&e.ctype),
         ));
     }
-    admin
-        .batch_execute(&sql)
-        .await
-        .map_err(query_err(&format!("creating database `{name}`")))
+    sql
 }
 
 /// Drops a database this module created (a drill's scratch database); the error says why it

@@ -23,6 +23,11 @@ pub struct TableRows {
     pub schema: String,
     pub name: String,
     pub rows: u64,
+    /// For a partition, its root partitioned table (`schema.name`, quoted as SQL needs):
+    /// partitions come and go (daily rotation), so their rows are judged by this total.
+    /// Absent from manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<String>,
 }
 
 impl TableRows {
@@ -60,7 +65,11 @@ impl fmt::Display for QuotedIdent<'_> {
 
 /// The tables counted, each with its name quoted for SQL by the server itself.
 const LIST_SQL: &str = r#"
-SELECT n.nspname::text, c.relname::text, format('%I.%I', n.nspname, c.relname)
+SELECT n.nspname::text, c.relname::text, format('%I.%I', n.nspname, c.relname),
+       (SELECT format('%I.%I', rn.nspname, rc.relname)
+          FROM pg_catalog.pg_class rc
+          JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+         WHERE c.relispartition AND rc.oid = pg_catalog.pg_partition_root(c.oid))
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
@@ -113,14 +122,15 @@ async fn count_with(
         let schema: String = row.try_get(0)?;
         let name: String = row.try_get(1)?;
         let quoted: String = row.try_get(2)?;
-        listed.push((schema, name, quoted));
+        let partition_of: Option<String> = row.try_get(3)?;
+        listed.push((schema, name, quoted, partition_of));
     }
     let mut tables = Vec::with_capacity(listed.len());
     for batch in listed.chunks(BATCH) {
         let sql = batch
             .iter()
             .enumerate()
-            .map(|(i, (_, _, quoted))| format!("SELECT {i}, count(*) FROM {quoted}"))
+            .map(|(i, (_, _, quoted, _))| format!("SELECT {i}, count(*) FROM {quoted}"))
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         let mut counts = vec![0u64; batch.len()];
@@ -131,11 +141,12 @@ async fn count_with(
                 *c = n.max(0) as u64;
             }
         }
-        for ((schema, name, _), rows) in batch.iter().zip(counts) {
+        for ((schema, name, _, partition_of), rows) in batch.iter().zip(counts) {
             tables.push(TableRows {
                 schema: schema.clone(),
                 name: name.clone(),
                 rows,
+                partition_of: partition_of.clone(),
             });
         }
     }
@@ -219,6 +230,7 @@ mod tests {
 
     fn t(schema: &str, name: &str, rows: u64) -> TableRows {
         TableRows {
+            partition_of: None,
             schema: schema.into(),
             name: name.into(),
             rows,

@@ -437,3 +437,57 @@ fn a_shrunken_backup_warns_and_keeps_the_one_before_it_until_acknowledged() {
     assert_eq!(manifests(&bucket).len(), 1);
     assert!(!manifests(&bucket).contains(&first));
 }
+
+/// Regression: with daily partition rotation (drop the oldest partition, create the next,
+/// same total rows) every backup warned "table … is gone", and prune, holding every
+/// unacknowledged anomaly, kept all backups for ever.
+#[test]
+fn partition_rotation_is_no_anomaly_and_held_anomalies_are_bounded() {
+    let pg = pg(15);
+    let db = pg.create_db("rotate");
+    pg.psql(
+        &db,
+        "CREATE TABLE events(day int, body text) PARTITION BY LIST (day); \
+         CREATE TABLE events_1 PARTITION OF events FOR VALUES IN (1); \
+         CREATE TABLE events_2 PARTITION OF events FOR VALUES IN (2); \
+         INSERT INTO events SELECT 1 + g % 2, 'e' || g FROM generate_series(1, 1000) g",
+    );
+    let bucket = s3().bucket("rotate");
+    let with_policy = || sidecar(pg, &db, &bucket).env("PGSIDECAR_RETENTION__KEEP_LAST", "2");
+    for day in 3..=6 {
+        let run = with_policy().args(&["backup"]).run().expect_code(0);
+        assert!(!run.stderr.contains("size anomaly"), "{}", run.stderr);
+        pg.psql(
+            &db,
+            &format!(
+                "DROP TABLE events_{old}; \
+                 CREATE TABLE events_{day} PARTITION OF events FOR VALUES IN ({day}); \
+                 INSERT INTO events SELECT {day}, 'e' || g FROM generate_series(1, 500) g",
+                old = day - 2
+            ),
+        );
+    }
+    assert_eq!(manifests(&bucket).len(), 2, "{:?}", manifests(&bucket));
+
+    // Every other backup shrinking, none acknowledged: the newest three anomalies are held
+    // with the backup before each, and the policy prunes the rest.
+    pg.psql(
+        &db,
+        "CREATE TABLE orders(id int); INSERT INTO orders SELECT generate_series(1, 1000)",
+    );
+    for _ in 0..6 {
+        with_policy().args(&["backup"]).run().expect_code(0);
+        pg.psql(&db, "DELETE FROM orders WHERE id > 10");
+        let run = with_policy().args(&["backup"]).run().expect_code(0);
+        assert!(
+            run.stderr
+                .contains("table public.orders fell from 1000 to 10 rows"),
+            "{}",
+            run.stderr
+        );
+        pg.psql(&db, "INSERT INTO orders SELECT generate_series(11, 1000)");
+    }
+    with_policy().args(&["prune"]).run().expect_code(0);
+    // Six anomalies: three held, each with the backup before it (the newest two among them).
+    assert_eq!(manifests(&bucket).len(), 6, "{:?}", manifests(&bucket));
+}

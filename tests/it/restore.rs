@@ -777,3 +777,195 @@ fn subscriptions_never_leave_scratch_copies_or_hide_a_successful_swap() {
         "0"
     );
 }
+
+/// What `pgsidecar` reads of a database's properties on `pg`, as one line.
+fn properties(pg: &Pg, db: &str) -> String {
+    pg.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype, \
+                    coalesce(datacl::text, 'default'), datconnlimit, \
+                    coalesce(shobj_description(oid, 'pg_database'), ''), \
+                    coalesce((SELECT string_agg(coalesce(pg_get_userbyid(nullif(setrole, 0)), '*') || ':' || array_to_string(setconfig, ','), ' ' ORDER BY setrole) \
+                                FROM pg_db_role_setting WHERE setdatabase = d.oid), '') \
+               FROM pg_database d WHERE datname = '{db}'"
+        ),
+    )
+    .replace(&format!("={db}"), "=<db>")
+}
+
+/// Regression: databases a restore created got the server's defaults. A SQL_ASCII database
+/// came back as UTF8 (`upper()` then failed on its bytes); owner, privileges (PUBLIC could
+/// CONNECT again), settings and comment were lost after `--full`; a `--target-db` copy was
+/// owned by the connecting user.
+#[test]
+fn a_restored_database_keeps_encoding_owner_privileges_settings_and_comment() {
+    let pg = pg(15);
+    let db = harness::unique("crm");
+    let (owner, reporter) = (harness::unique("crm_owner"), harness::unique("reporter"));
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE {owner}; CREATE ROLE {reporter} LOGIN"),
+    );
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C' \
+             OWNER {owner} CONNECTION LIMIT 50"
+        ),
+    );
+    pg.psql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE {db} SET search_path = app, public; \
+             ALTER DATABASE {db} SET work_mem = '12MB'; \
+             REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC; \
+             GRANT CONNECT ON DATABASE {db} TO {reporter}; \
+             COMMENT ON DATABASE {db} IS 'customer data; see ''docs'''; \
+             ALTER ROLE {reporter} IN DATABASE {db} SET statement_timeout = '5s'"
+        ),
+    );
+    pg.psql(
+        &db,
+        "CREATE SCHEMA app; CREATE TABLE app.notes(body text); \
+         INSERT INTO app.notes VALUES (E'c\\xafte')",
+    );
+    let upper = |name: &str| {
+        pg.psql(
+            name,
+            "SELECT encode(convert_to(upper(body), 'SQL_ASCII'), 'hex') FROM app.notes",
+        )
+    };
+    assert_eq!(upper(&db), "43af5445");
+    let before = properties(pg, &db);
+    let bucket = s3().bucket("crm");
+    let key = sidecar(pg, &db, &bucket).backup_key();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&s3().get(&bucket, &key.replace(".dump.zst", ".manifest.json")))
+            .unwrap();
+    assert_eq!(
+        manifest["database_properties"]["encoding"], "SQL_ASCII",
+        "{manifest}"
+    );
+
+    let copy = harness::unique("crm_copy");
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(properties(pg, &copy).replace(&copy, &db), before);
+    assert_eq!(upper(&copy), "43af5445");
+
+    // --full: the swapped-in database is the one backed up; drills compare the same.
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {db} RESET ALL; GRANT CONNECT ON DATABASE {db} TO PUBLIC"),
+    );
+    assert_ne!(properties(pg, &db), before);
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--full", "--drop-old", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(properties(pg, &db), before);
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["drill"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("1 rows"), "{}", run.stdout);
+}
+
+/// The locale provider and its locale come back (PostgreSQL 18: builtin; ICU is tested on 15
+/// below): `upper('straße')` is `STRASSE` only with PG_UNICODE_FAST.
+#[test]
+fn a_restored_database_keeps_its_locale_provider() {
+    let pg = pg(18);
+    let db = harness::unique("shop");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER builtin \
+             BUILTIN_LOCALE 'PG_UNICODE_FAST' LOCALE 'C.UTF-8'"
+        ),
+    );
+    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    assert_eq!(pg.psql(&db, "SELECT upper('straße')"), "STRASSE");
+    let bucket = s3().bucket("shop");
+    sidecar(pg, &db, &bucket).backup_key();
+    let copy = harness::unique("shop_copy");
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.psql(&copy, "SELECT upper('straße')"), "STRASSE");
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--full", "--drop-old", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT datlocprovider, datlocale FROM pg_database WHERE datname = '{db}'")
+        ),
+        "b|PG_UNICODE_FAST"
+    );
+
+    let icu = pg15_icu();
+    let bucket = s3().bucket("icu");
+    sidecar(icu.0, &icu.1, &bucket).backup_key();
+    let copy = harness::unique("icu_copy");
+    sidecar(icu.0, &icu.1, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(
+        icu.0.psql(
+            "postgres",
+            &format!(
+                "SELECT datlocprovider, daticulocale FROM pg_database WHERE datname = '{copy}'"
+            )
+        ),
+        "i|de-DE"
+    );
+}
+
+/// A PostgreSQL 15 database using ICU (Debian's build has it).
+fn pg15_icu() -> (&'static Pg, String) {
+    let pg = pg(15);
+    let db = harness::unique("icu");
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' LOCALE 'C.UTF-8'"
+        ),
+    );
+    pg.psql(&db, "CREATE TABLE t(x text); INSERT INTO t VALUES ('a')");
+    (pg, db)
+}
+
+/// A backup written before properties were recorded still restores, and says what it could
+/// not carry over.
+#[test]
+fn a_backup_without_recorded_properties_restores_with_a_note() {
+    let pg = pg(15);
+    let (db, bucket, key) = backed_up(pg, "oldprops");
+    let manifest_key = key.replace(".dump.zst", ".manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&s3().get(&bucket, &manifest_key)).unwrap();
+    manifest
+        .as_object_mut()
+        .unwrap()
+        .remove("database_properties")
+        .expect("recorded");
+    s3().put(&bucket, &manifest_key, manifest.to_string().as_bytes());
+    let copy = harness::unique("oldprops_copy");
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stderr
+            .contains("this backup predates recorded database properties"),
+        "{}",
+        run.stderr
+    );
+}
