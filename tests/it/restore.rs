@@ -969,3 +969,40 @@ fn a_backup_without_recorded_properties_restores_with_a_note() {
         run.stderr
     );
 }
+
+/// Event triggers restored into the copies a restore or drill makes never fire on the
+/// sidecar's own statements: one that refuses every DDL statement lets the drill, `--full`
+/// and `--target-db` pass.
+#[test]
+fn event_triggers_in_restored_copies_never_fire_on_the_sidecars_statements() {
+    let pg = pg(15);
+    let db = pg.create_db("evtrig");
+    pg.psql(
+        &db,
+        "CREATE TABLE t(x int); INSERT INTO t SELECT generate_series(1, 5); \
+         CREATE FUNCTION refuse_ddl() RETURNS event_trigger LANGUAGE plpgsql \
+           AS $$ BEGIN RAISE EXCEPTION 'no DDL in this database'; END $$; \
+         CREATE EVENT TRIGGER refuse_ddl ON ddl_command_start EXECUTE FUNCTION refuse_ddl()",
+    );
+    let bucket = s3().bucket("evtrig");
+    sidecar(pg, &db, &bucket).backup_key();
+    let run = sidecar(pg, &db, &bucket)
+        .args(&["drill"])
+        .run()
+        .expect_code(0);
+    assert!(run.stdout.contains("5 rows"), "{}", run.stdout);
+    let copy = harness::unique("evtrig_copy");
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--target-db", &copy, "--yes"])
+        .run()
+        .expect_code(0);
+    sidecar(pg, &db, &bucket)
+        .args(&["restore", "latest", "--full", "--drop-old", "--yes"])
+        .run()
+        .expect_code(0);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM t"), "5");
+    assert_eq!(
+        databases_like(pg, &format!("{db}\\_\\_%")),
+        Vec::<String>::new()
+    );
+}
