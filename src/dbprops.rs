@@ -331,89 +331,59 @@ pub fn follow_up_sql(
     (sql, notes)
 }
 
+/// Each compared property with its text, for [`compare`]. The collation version is the
+/// target library's, and not compared.
+fn described(p: &DatabaseProperties) -> [(&'static str, String); 11] {
+    let privileges = p
+        .privileges
+        .iter()
+        .map(|w| {
+            let grantee = if w.grantee.is_empty() {
+                "PUBLIC"
+            } else {
+                &w.grantee
+            };
+            format!(
+                "{grantee}:{}{}",
+                w.privilege,
+                if w.grantable { "*" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let settings = p
+        .settings
+        .iter()
+        .map(|s| match &s.role {
+            Some(r) => format!("{}={} (for {r})", s.name, s.value),
+            None => format!("{}={}", s.name, s.value),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    [
+        ("the owner", p.owner.clone()),
+        ("the encoding", p.encoding.clone()),
+        ("the locale provider", p.locale_provider.clone()),
+        ("LC_COLLATE", p.collate.clone()),
+        ("LC_CTYPE", p.ctype.clone()),
+        ("the locale", p.locale.clone().unwrap_or_default()),
+        ("the ICU rules", p.icu_rules.clone().unwrap_or_default()),
+        ("the connection limit", p.connection_limit.to_string()),
+        ("the comment", p.comment.clone().unwrap_or_default()),
+        ("the privileges", privileges),
+        ("the settings", settings),
+    ]
+}
+
 /// How `found` differs from `recorded` (a database the sidecar restored against its backup):
-/// one line per difference. The collation version is the target library's, and not compared.
+/// one line per differing property.
 pub fn compare(recorded: &DatabaseProperties, found: &DatabaseProperties) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut field = |what: &str, r: String, f: String| {
-        if r != f {
-            out.push(format!("{what}: `{f}`, the backup recorded `{r}`"));
-        }
-    };
-    field("the owner", recorded.owner.clone(), found.owner.clone());
-    field(
-        "the encoding",
-        recorded.encoding.clone(),
-        found.encoding.clone(),
-    );
-    field(
-        "the locale provider",
-        recorded.locale_provider.clone(),
-        found.locale_provider.clone(),
-    );
-    field(
-        "LC_COLLATE",
-        recorded.collate.clone(),
-        found.collate.clone(),
-    );
-    field("LC_CTYPE", recorded.ctype.clone(), found.ctype.clone());
-    field(
-        "the locale",
-        format!("{:?}", recorded.locale),
-        format!("{:?}", found.locale),
-    );
-    field(
-        "the ICU rules",
-        format!("{:?}", recorded.icu_rules),
-        format!("{:?}", found.icu_rules),
-    );
-    field(
-        "the connection limit",
-        recorded.connection_limit.to_string(),
-        found.connection_limit.to_string(),
-    );
-    field(
-        "the comment",
-        format!("{:?}", recorded.comment),
-        format!("{:?}", found.comment),
-    );
-    let show_privileges = |ps: &[Privilege]| {
-        ps.iter()
-            .map(|p| {
-                format!(
-                    "{}:{}{}",
-                    if p.grantee.is_empty() {
-                        "PUBLIC"
-                    } else {
-                        &p.grantee
-                    },
-                    p.privilege,
-                    if p.grantable { "*" } else { "" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    field(
-        "the privileges",
-        show_privileges(&recorded.privileges),
-        show_privileges(&found.privileges),
-    );
-    let show_settings = |ss: &[Setting]| {
-        ss.iter()
-            .map(|s| match &s.role {
-                Some(r) => format!("{}={} (for {r})", s.name, s.value),
-                None => format!("{}={}", s.name, s.value),
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    field(
-        "the settings",
-        show_settings(&recorded.settings),
-        show_settings(&found.settings),
-    );
-    out
+    described(recorded)
+        .into_iter()
+        .zip(described(found))
+        .filter(|((_, r), (_, f))| r != f)
+        .map(|((what, r), (_, f))| format!("{what}: `{f}`, the backup recorded `{r}`"))
+        .collect()
 }
 
 /// What a restore gives a new database (pure): `recorded` with the owner the target server
