@@ -68,6 +68,12 @@ compose_e2e() {
   check "docker exec -it sidecar restore latest --target-db app_restored (typing the name)" \
     output_has "restored" typed app_restored docker exec -it sidecar restore latest --target-db app_restored
   check "the restored copy has every row" rows_are app_restored orders 5000
+  check "the README's one-command restore" readme_has '`docker exec -it sidecar restore latest`'
+  app_sql -d app -c "delete from orders where id > 100"
+  check "docker exec -it sidecar restore latest (typing the name)" \
+    output_has "restored" typed app docker exec -it sidecar restore latest
+  check "the in-place restore brought every row back" rows_are app orders 5000
+  check "docker exec sidecar list (runbook step 1)" output_has "app/app/" docker exec sidecar list
 
   # --full while the application holds a connection: the connection is ended, the restored
   # copy takes the name, the old database stays beside it.
