@@ -16,6 +16,12 @@ ARG DEBIAN_SUITE=trixie
 ARG BINARY=build
 
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_SUITE} AS build
+# aws-lc-sys (TLS for the S3 client) builds with cmake and perl. Build tools only, in a stage
+# that is thrown away: pinning their versions would only break the build when the suite moves.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake perl \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
