@@ -216,6 +216,10 @@ pub enum WhenBusy {
     Wait,
 }
 
+/// How far ahead of a backup's start the newest key may lie and still be followed (see the
+/// key choice in [`backup_database`]): backups in quick succession, not a wrong clock.
+const KEY_CATCH_UP: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
 /// Takes one backup of `database` for `job` and stores it with its manifest, giving up after
 /// `job.retry.attempt_timeout`.
 #[tracing::instrument(name = "backup", skip_all, fields(job = %job.name, database = %database))]
@@ -318,21 +322,30 @@ async fn backup_attempt(
 
     let started = Utc::now();
     let encryption = job.encryption.record();
-    // Keys name the second a backup started: a second backup within the same second (a manual
-    // one right after a scheduled one) takes the next free second rather than failing. The
-    // database's lock is held, so no other backup can take that name meanwhile.
+    // Keys name the second a backup started, and list, prune and the anomaly check order
+    // backups by them: a backup started within the same second as the newest one (a manual
+    // backup right after a scheduled one) takes the second after it, so keys never collide and
+    // never sort a newer backup before an older one. A key far in the future (a clock that
+    // was wrong) is not followed. The database's lock is held, so no other backup of it can
+    // take the name meanwhile.
+    let newest = objects
+        .iter()
+        .filter_map(|o| manifest::started_from_key(&o.key))
+        .filter(|&t| t.timestamp() >= started.timestamp() && t <= started + KEY_CATCH_UP)
+        .max();
     let taken = |key: &str| {
         let manifest_key = manifest::manifest_key(key);
         objects
             .iter()
             .any(|o| o.key == manifest_key || o.key == key)
     };
+    let first = newest.map_or(started, |t| t + chrono::TimeDelta::seconds(1));
     let key = (0..)
         .map(|s| {
             manifest::dump_key(
                 &job.prefix,
                 database,
-                started + chrono::TimeDelta::seconds(s),
+                first + chrono::TimeDelta::seconds(s),
                 job.compression,
                 encryption.is_some(),
             )

@@ -426,4 +426,19 @@ fn backups_started_in_the_same_second_get_distinct_keys() {
     keys.dedup();
     assert_eq!(keys.len(), 3, "{keys:?}");
     assert_eq!(manifests(&bucket, "p/").len(), 3);
+    // Key order is start order: list, prune and the anomaly check rely on it. (A backup that
+    // took a later second once sorted before an older one that had been moved on a second.)
+    let mut started: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| {
+            let m: Value = serde_json::from_slice(
+                &s3().get(&bucket, &k.replace(".dump.zst", ".manifest.json")),
+            )
+            .unwrap();
+            (m["started_at"].as_str().unwrap().to_string(), k.clone())
+        })
+        .collect();
+    started.sort();
+    let by_start: Vec<&String> = started.iter().map(|(_, k)| k).collect();
+    assert_eq!(by_start, keys.iter().collect::<Vec<_>>());
 }
