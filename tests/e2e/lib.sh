@@ -9,10 +9,11 @@ E2E_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 E2E_TMP=$(mktemp -d /tmp/pgsidecar-e2e.XXXXXX)
 # Everything below talks to this engine only: its own socket, data and state directories, no
 # iptables rules and no default bridge. The CLI plugins (Compose v2, buildx) come from a config
-# directory of its own, so the machine's Docker setup is neither used nor changed.
+# directory of its own, so the machine's Docker setup is neither used nor changed. BuildKit
+# whatever the CLI's age: only it builds just the stages a target needs.
 export DOCKER_HOST="unix://$E2E_TMP/docker.sock"
 export DOCKER_CONFIG="$E2E_TMP/docker-config"
-export COMPOSE_PROGRESS=plain BUILDKIT_PROGRESS=plain DOCKER_CLI_HINTS=false
+export COMPOSE_PROGRESS=plain BUILDKIT_PROGRESS=plain DOCKER_CLI_HINTS=false DOCKER_BUILDKIT=1
 
 E2E_PASSED=0
 E2E_FAILED=0
@@ -80,6 +81,7 @@ cleanup() {
     log "cleaning up"
     docker swarm leave --force >/dev/null 2>&1
     local ids; ids=$(docker ps -aq 2>/dev/null)
+    # shellcheck disable=SC2086 # one id a word
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1
     docker network prune -f >/dev/null 2>&1
   fi
