@@ -22,7 +22,7 @@ swarm_e2e() {
   # Dockerfile, with the host's binary), and the deploy adds the test's override file.
   local block; block=$(readme_block "## Deploy on Docker Swarm")
   check "the README's Swarm block builds, labels, creates four secrets and deploys" \
-    test "$(grep -cE '^docker (build|node update|secret create|stack deploy)' <<<"$block")" = 7
+    test "$(grep -cE 'docker (build|node update|secret create|stack deploy) ' <<<"$block")" = 7
   block=$(grep -v '^docker build ' <<<"$block" |
     sed 's|^docker stack deploy -c swarm-stack.yml app$|docker stack deploy -c swarm-stack.yml -c tests/e2e/swarm.override.yml app|')
   local token; token=$(head -c 12 /dev/urandom | base64 | tr -d '/+')
