@@ -13,7 +13,8 @@ eval "$(scripts/test-deps.sh)"
 release_log=$(mktemp)
 cargo build --release --locked --bin pgsidecar >"$release_log" 2>&1 &
 release=$!
-trap 'kill "$release" 2>/dev/null; rm -f "$release_log"' EXIT
+# `|| true`: under errexit a failing trap command (the build already ended) sets the exit status.
+trap 'kill "$release" 2>/dev/null || true; rm -f "$release_log"' EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
