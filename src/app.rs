@@ -105,7 +105,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
             ensure_lifecycle(&config, &storage).await;
-            let ok = crate::daemon::run(config, storage, cancel).await;
+            let ok = crate::schedule::daemon::run(
+                config,
+                storage,
+                crate::schedule::Clock::System,
+                cancel,
+            )
+            .await;
             Ok(if ok {
                 ExitCode::Success
             } else {

@@ -154,6 +154,7 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
 pub async fn serve(
     addr: std::net::SocketAddr,
     board: Arc<Mutex<Status>>,
+    clock: crate::schedule::Clock,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let health_board = board.clone();
@@ -164,7 +165,7 @@ pub async fn serve(
                 let problems = health_board
                     .lock()
                     .expect("not poisoned")
-                    .problems(Utc::now());
+                    .problems(clock.now());
                 async move {
                     if problems.is_empty() {
                         (StatusCode::OK, "ok\n".to_string())
@@ -177,7 +178,7 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let text = render_metrics(&board.lock().expect("not poisoned"), Utc::now());
+                let text = render_metrics(&board.lock().expect("not poisoned"), clock.now());
                 async move {
                     (
                         [(

@@ -1,6 +1,6 @@
 //! pgsidecar: streams PostgreSQL backups to S3 on a schedule and restores them.
 //!
-//! Data flows one way: schedule ([`schedule`], [`daemon`]) → job ([`job`]) → dump source
+//! Data flows one way: schedule ([`schedule`], its daemon) → job ([`job`]) → dump source
 //! ([`dump`]) → transforms ([`transform`], [`encryption`]) → storage sink ([`storage`]) →
 //! manifest ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back,
 //! [`status`] keeps what `health` and `/metrics` report.
@@ -10,7 +10,7 @@ pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod daemon;
+
 pub mod dbprops;
 pub mod drill;
 pub mod dump;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::{fire_on_schedule, Clock, Firings};
 use crate::config::{Config, Job};
 use crate::job::{self, BackupError, WhenBusy};
 use crate::notify::{Dispatcher, Event, EventKind};
@@ -35,6 +36,8 @@ struct Context {
     /// Cancelled `shutdown_grace` after SIGTERM: stop the running backup.
     abort: CancellationToken,
     sidecar: String,
+    /// Every wall-time reading and wait of the daemon goes through it.
+    clock: Clock,
     /// One per database this daemon backs up: two of its own jobs on the same database take
     /// turns here instead of skipping each other at the advisory lock, which is for other
     /// sidecars.
@@ -43,8 +46,13 @@ struct Context {
 
 /// Runs until `shutdown` (with schedules) or after one backup of every job (without).
 /// Returns whether every backup of a one-shot run succeeded.
-pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) -> bool {
-    let now = Utc::now();
+pub async fn run(
+    config: Config,
+    storage: Storage,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> bool {
+    let now = clock.now();
     let mut status = Status {
         pid: std::process::id(),
         started_at: now,
@@ -86,6 +94,7 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
         shutdown: shutdown.clone(),
         abort: abort.clone(),
         sidecar: hostname(),
+        clock,
         db_turns: Mutex::new(std::collections::HashMap::new()),
         storage,
         config,
@@ -115,8 +124,9 @@ pub async fn run(config: Config, storage: Storage, shutdown: CancellationToken) 
     save_status(&ctx);
     if let Some(addr) = ctx.config.http_listen {
         let (board, stop) = (ctx.board.clone(), ctx.shutdown.clone());
+        let clock = ctx.clock;
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(addr, board, stop).await {
+            if let Err(e) = crate::http::serve(addr, board, clock, stop).await {
                 tracing::error!(%addr, "cannot serve /healthz and /metrics: {e}");
             }
         });
@@ -251,7 +261,7 @@ async fn write_status(ctx: Arc<Context>) {
 fn save_status(ctx: &Context) {
     let snapshot = {
         let mut b = ctx.board.lock().expect("not poisoned");
-        b.heartbeat_at = Utc::now();
+        b.heartbeat_at = ctx.clock.now();
         b.clone()
     };
     if let Err(e) = snapshot.write(&ctx.config.health.status_file) {
@@ -289,54 +299,63 @@ async fn wait_for_server(ctx: &Context, job: &Job) {
     }
 }
 
-/// Fires job `index` on its schedule until shutdown.
+/// Fires job `index` on its schedule until shutdown, catching up first when the last
+/// firing's backup is missing.
 async fn job_loop(ctx: Arc<Context>, index: usize) {
     let job = &ctx.config.jobs[index];
     let schedule = job.schedule.as_ref().expect("only scheduled jobs loop");
     tracing::info!(job = %job.name, schedule = schedule.expr(), timezone = %job.timezone, "scheduled");
-    if let Some(missed) = missed_firing(&ctx, job, schedule, Utc::now()).filter(|_| job.catch_up) {
+    if let Some(missed) =
+        missed_firing(&ctx, job, schedule, ctx.clock.now()).filter(|_| job.catch_up)
+    {
         tracing::info!(job = %job.name, missed = %missed, "the last scheduled backup is missing (was the sidecar down?); catching up now");
         wait_for_server(&ctx, job).await;
         run_job(&ctx, index, Some(missed)).await;
     }
-    let mut after = Utc::now();
-    loop {
-        let Some(next) = schedule.next_after(after) else {
-            tracing::warn!(job = %job.name, "schedule has no further firings");
-            return;
-        };
-        ctx.board.lock().expect("not poisoned").jobs[index].next_run = Some(next);
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.shutdown.cancelled() => return,
-        }
-        run_job(&ctx, index, Some(next)).await;
-        if ctx.shutdown.is_cancelled() {
-            return;
-        }
-        // Firings that passed while this run was going are skipped, not queued.
-        let now = Utc::now();
-        let missed = schedule.firings_between(next, now);
-        if !missed.is_empty() {
-            tracing::warn!(job = %job.name, count = missed.len(), "skipped firings while the previous run was still going");
-            for db in &known_databases(&ctx, job) {
-                ctx.board
-                    .lock()
-                    .expect("not poisoned")
-                    .db_mut(&job.name, db)
-                    .skipped_total += missed.len() as u64;
-                ctx.notify
-                    .dispatch(event(&ctx, job, db, EventKind::Skipped, 0, |e| {
-                        e.error = Some(format!(
+    let firings = JobFirings { ctx: &ctx, index };
+    fire_on_schedule(
+        schedule,
+        &ctx.clock,
+        &ctx.shutdown,
+        ctx.clock.now(),
+        &firings,
+    )
+    .await;
+}
+
+/// A backup job as the firing loop drives it.
+struct JobFirings<'a> {
+    ctx: &'a Context,
+    index: usize,
+}
+
+impl Firings for JobFirings<'_> {
+    async fn fire(&self, at: DateTime<Utc>) {
+        run_job(self.ctx, self.index, Some(at)).await;
+    }
+
+    fn next(&self, at: DateTime<Utc>) {
+        self.ctx.board.lock().expect("not poisoned").jobs[self.index].next_run = Some(at);
+    }
+
+    fn skipped(&self, missed: &[DateTime<Utc>]) {
+        let (ctx, job) = (self.ctx, &self.ctx.config.jobs[self.index]);
+        tracing::warn!(job = %job.name, count = missed.len(), "skipped firings while the previous run was still going");
+        for db in &known_databases(ctx, job) {
+            ctx.board
+                .lock()
+                .expect("not poisoned")
+                .db_mut(&job.name, db)
+                .skipped_total += missed.len() as u64;
+            ctx.notify
+                .dispatch(event(ctx, job, db, EventKind::Skipped, 0, |e| {
+                    e.error = Some(format!(
                         "{} firing(s) passed while the previous run was still going (first at {})",
                         missed.len(),
                         missed[0].format("%Y-%m-%d %H:%M:%S UTC")
                     ));
-                    }));
-            }
+                }));
         }
-        after = now.max(next);
     }
 }
 
@@ -348,25 +367,30 @@ async fn drill_loop(ctx: Arc<Context>) {
         .as_ref()
         .expect("only a scheduled drill loops");
     tracing::info!(schedule = schedule.expr(), "restore drills scheduled");
-    let mut after = Utc::now();
-    loop {
-        let Some(next) = schedule.next_after(after) else {
-            return;
-        };
-        let wait = (next - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.shutdown.cancelled() => return,
-        }
+    fire_on_schedule(
+        schedule,
+        &ctx.clock,
+        &ctx.shutdown,
+        ctx.clock.now(),
+        &DrillFirings(&ctx),
+    )
+    .await;
+}
+
+/// The restore drills as the firing loop drives them.
+struct DrillFirings<'a>(&'a Context);
+
+impl Firings for DrillFirings<'_> {
+    async fn fire(&self, _at: DateTime<Utc>) {
+        let ctx = self.0;
         for job in &ctx.config.jobs {
-            for db in &known_databases(&ctx, job) {
+            for db in &known_databases(ctx, job) {
                 if ctx.shutdown.is_cancelled() {
                     return;
                 }
-                drill_one(&ctx, job, db).await;
+                drill_one(ctx, job, db).await;
             }
         }
-        after = Utc::now().max(next);
     }
 }
 
@@ -387,7 +411,7 @@ async fn drill_one(ctx: &Context, job: &Job, db: &str) {
     {
         let mut board = ctx.board.lock().expect("not poisoned");
         let entry = board.db_mut(&job.name, db);
-        entry.last_drill_at = Some(Utc::now());
+        entry.last_drill_at = Some(ctx.clock.now());
         entry.last_drill_passed = Some(result.is_ok());
         match &result {
             Ok(r) => entry.last_drill_restore_secs = Some(r.restore_time.as_secs_f64()),
@@ -428,20 +452,24 @@ fn missed_firing(
     schedule: &crate::schedule::Schedule,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
-    let last_fire = schedule.prev_at_or_before(now)?;
     let databases = known_databases(ctx, job);
     let mut board = ctx.board.lock().expect("not poisoned");
-    if databases.is_empty() {
-        return Some(last_fire);
-    }
-    databases
+    let successes: Vec<_> = databases
         .iter()
-        .any(|db| {
-            board
-                .db_mut(&job.name, db)
-                .last_success_at
-                .is_none_or(|t| t < last_fire)
-        })
+        .map(|db| board.db_mut(&job.name, db).last_success_at)
+        .collect();
+    catch_up_for(schedule, now, &successes)
+}
+
+/// The firing to catch up on: the last one at or before `now`, when some database's newest
+/// success (`successes`, one per database) is older, or no database is known yet.
+fn catch_up_for(
+    schedule: &crate::schedule::Schedule,
+    now: DateTime<Utc>,
+    successes: &[Option<DateTime<Utc>>],
+) -> Option<DateTime<Utc>> {
+    let last_fire = schedule.prev_at_or_before(now)?;
+    (successes.is_empty() || successes.iter().any(|t| t.is_none_or(|t| t < last_fire)))
         .then_some(last_fire)
 }
 
@@ -453,7 +481,7 @@ fn event(
     attempt: u32,
     fill: impl FnOnce(&mut Event),
 ) -> Event {
-    let now = Utc::now();
+    let now = ctx.clock.now();
     let mut e = Event {
         kind,
         job: job.name.clone(),
@@ -528,7 +556,7 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
         &catalog.entries,
         policy,
         tz,
-        Utc::now(),
+        ctx.clock.now(),
         false,
         false,
     )
@@ -570,7 +598,7 @@ async fn backup_with_retries(
                 let mut board = ctx.board.lock().expect("not poisoned");
                 let entry = board.db_mut(&job.name, db);
                 entry.attempts_total += 1;
-                entry.last_attempt_at = Some(Utc::now());
+                entry.last_attempt_at = Some(ctx.clock.now());
                 entry.last_error = Some(crate::secret::redact(&e.to_string()).into_owned());
             }
             if matches!(e, BackupError::Busy { .. }) {
@@ -652,5 +680,30 @@ async fn backup_with_retries(
                 }));
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_start_after_a_missed_firing_catches_up_on_that_firing() {
+        let daily = Schedule::parse("0 2 * * *", "Europe/Berlin".parse().unwrap()).unwrap();
+        let now = t("2026-06-10T09:00:00Z");
+        let fired = t("2026-06-10T00:00:00Z");
+        // One database backed up before the firing, one after: the older one is missing.
+        let before = Some(t("2026-06-09T00:00:05Z"));
+        let after = Some(t("2026-06-10T00:00:05Z"));
+        assert_eq!(catch_up_for(&daily, now, &[after, before]), Some(fired));
+        assert_eq!(catch_up_for(&daily, now, &[after, None]), Some(fired));
+        assert_eq!(catch_up_for(&daily, now, &[after, after]), None);
+        // Nothing known yet (a `*` job before its first listing): catch up.
+        assert_eq!(catch_up_for(&daily, now, &[]), Some(fired));
     }
 }

@@ -10,6 +10,13 @@
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
+mod clock;
+pub mod daemon;
+mod firings;
+
+pub use clock::Clock;
+pub use firings::{fire_on_schedule, Firings};
+
 /// Names of the fields of a 6-field expression, for error messages.
 const FIELD_NAMES: [&str; 6] = [
     "second",
