@@ -9,7 +9,7 @@ use crate::catalog;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, Sources};
 use crate::exit::ExitCode;
-use crate::job::{self, WhenBusy};
+use crate::pipeline::backup::{self, WhenBusy};
 use crate::restore::{self, Mode, RestoreError};
 use crate::storage::Storage;
 
@@ -81,14 +81,14 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::Success)
         }
         Command::Health { live } => {
-            let status = crate::status::Status::read(&config.health.status_file)?;
+            let status = crate::health::status::Status::read(&config.health.status_file)?;
             let now = chrono::Utc::now();
             let mut problems = if live {
                 status.liveness_problems(now)
             } else {
                 status.problems(now)
             };
-            if !crate::status::pid_alive(status.pid) {
+            if !crate::health::status::pid_alive(status.pid) {
                 problems.insert(0, format!("the daemon (pid {}) is not running", status.pid));
             }
             if problems.is_empty() {
@@ -105,13 +105,8 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
             ensure_lifecycle(&config, &storage).await;
-            let ok = crate::schedule::daemon::run(
-                config,
-                storage,
-                crate::schedule::Clock::System,
-                cancel,
-            )
-            .await;
+            let ok =
+                crate::daemon::run(config, storage, crate::schedule::Clock::System, cancel).await;
             Ok(if ok {
                 ExitCode::Success
             } else {
@@ -123,15 +118,21 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let cancel = crate::shutdown::on_signal();
             let storage = Storage::from_config(&config.storage).await;
             ensure_lifecycle(&config, &storage).await;
-            let databases = job::databases(job).await?;
+            let databases = backup::databases(job).await?;
             let several = databases.len() > 1 || job.databases.iter().any(|d| d == "*");
             let results: Vec<_> = futures::stream::iter(&databases)
                 .map(|db| {
                     let (tools, storage, cancel) = (&config.tools, &storage, &cancel);
                     async move {
-                        let r =
-                            job::backup_database(job, tools, storage, db, WhenBusy::Wait, cancel)
-                                .await;
+                        let r = backup::backup_database(
+                            job,
+                            tools,
+                            storage,
+                            db,
+                            WhenBusy::Wait,
+                            cancel,
+                        )
+                        .await;
                         (db, r)
                     }
                 })
@@ -282,7 +283,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 .into());
             }
             // The daemon's status says whose newest attempt failed; without one, nothing did.
-            let status = crate::status::Status::read(&config.health.status_file).ok();
+            let status = crate::health::status::Status::read(&config.health.status_file).ok();
             let mut errors = 0;
             for job in jobs {
                 let failed_last = |db: &str| {
@@ -318,7 +319,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 };
                 // Finding the databases of `*` needs the source server; a drill does not, so
                 // an unreachable source fails this job's drills only.
-                let databases = match job::databases(job).await {
+                let databases = match backup::databases(job).await {
                     Ok(d) => d,
                     Err(e) => {
                         failed += 1;
@@ -330,7 +331,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                     .iter()
                     .filter(|d| db.as_ref().is_none_or(|x| x == *d))
                 {
-                    match crate::drill::drill(
+                    match crate::pipeline::drill::drill(
                         job,
                         &job.drill_server,
                         &config.tools,
@@ -401,7 +402,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 fn encryption_with(
     config: &Config,
     identity: Option<&std::path::Path>,
-) -> Result<crate::encryption::Encryption, config::ConfigError> {
+) -> Result<crate::codec::encryption::Encryption, config::ConfigError> {
     match identity {
         None => Ok(config.encryption.clone()),
         Some(path) => config

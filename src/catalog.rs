@@ -2,11 +2,14 @@
 //! not a backup; a manifest that cannot be read, or whose object is gone, is reported as a
 //! problem naming its key instead of failing the whole listing.
 
+pub mod anomaly;
+pub mod manifest;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::manifest::{self, Manifest, MANIFEST_SUFFIX};
 use crate::storage::{Storage, StorageError};
+use manifest::{Manifest, MANIFEST_SUFFIX};
 
 /// One backup.
 #[derive(Debug, Clone, Serialize)]

@@ -466,7 +466,7 @@ pub struct Config {
     #[serde(serialize_with = "ser_schedule")]
     pub drill_schedule: Option<crate::schedule::Schedule>,
     /// Client-side encryption (one section for every job).
-    pub encryption: crate::encryption::Encryption,
+    pub encryption: crate::codec::encryption::Encryption,
 }
 
 /// One backup job: what to dump, when, where, and how hard to try.
@@ -498,7 +498,7 @@ pub struct Job {
     /// The top-level `[encryption]`, here so the job's stages receive it ready (not repeated
     /// in `config` output).
     #[serde(skip)]
-    pub encryption: crate::encryption::Encryption,
+    pub encryption: crate::codec::encryption::Encryption,
 }
 
 fn ser_schedule<S: serde::Serializer>(
@@ -1175,8 +1175,10 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
 /// Checks that every configured key parses. Errors name the key and, for files, the line;
 /// none quotes a key or the passphrase. An empty value (a compose file's `${VAR:-}`) means
 /// unset.
-fn validate_encryption(raw: RawEncryption) -> Result<crate::encryption::Encryption, ConfigError> {
-    use crate::encryption::{self, Encryption};
+fn validate_encryption(
+    raw: RawEncryption,
+) -> Result<crate::codec::encryption::Encryption, ConfigError> {
+    use crate::codec::encryption::{self, Encryption};
     let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
     let mut recipients = encryption::parse_recipients(&raw.recipients.unwrap_or_default())
         .map_err(|m| ConfigError::invalid("encryption.recipients", m))?;
@@ -1554,7 +1556,7 @@ fn validate_database(raw: RawDatabase, sources: &Sources) -> Result<DatabaseConf
             .or_else(|| sources.var("PGPASSFILE").map(PathBuf::from))
             .or_else(|| sources.var("HOME").map(|h| Path::new(h).join(".pgpass")));
         if let Some(path) = passfile {
-            password = crate::pgpass::lookup(&path, &host, port, &dbname, &user);
+            password = crate::source::pgpass::lookup(&path, &host, port, &dbname, &user);
         }
     }
     Ok(DatabaseConfig {
@@ -2284,7 +2286,7 @@ mod tests {
         assert_eq!(got, [r1, r2, r3]);
         assert_eq!(
             c.jobs[0].encryption.scheme(),
-            Some(crate::encryption::Scheme::X25519)
+            Some(crate::codec::encryption::Scheme::X25519)
         );
         // Unset, and set to empty values, encryption is off.
         let c = load(&env(&[
@@ -2328,7 +2330,7 @@ mod tests {
         );
         assert_eq!(
             c.encryption.scheme(),
-            Some(crate::encryption::Scheme::Scrypt)
+            Some(crate::codec::encryption::Scheme::Scrypt)
         );
         let out = c.to_redacted_toml();
         assert!(

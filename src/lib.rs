@@ -1,29 +1,21 @@
 //! pgsidecar: streams PostgreSQL backups to S3 on a schedule and restores them.
 //!
-//! Data flows one way: schedule ([`schedule`], its daemon) → job ([`job`]) → dump source
-//! ([`dump`]) → transforms ([`transform`], [`encryption`]) → storage sink ([`storage`]) →
-//! manifest ([`manifest`]) → notify ([`notify`]); [`catalog`] reads manifests back,
-//! [`status`] keeps what `health` and `/metrics` report.
+//! Data flows one way: [`schedule`] (fired by the [`daemon`]) → [`pipeline`] → dump
+//! [`source`] → transforms ([`codec`]) → [`storage`] → manifest ([`catalog`]) → [`retention`]
+//! → [`notify`]; [`health`] keeps what `health` and `/metrics` report. See
+//! `docs/ARCHITECTURE.md`.
 
-pub mod anomaly;
 pub mod app;
 pub mod catalog;
 pub mod cli;
+pub mod codec;
 pub mod config;
-
-pub mod dbprops;
-pub mod drill;
-pub mod dump;
-pub mod encryption;
+pub mod daemon;
 pub mod exit;
-pub mod globals;
-pub mod http;
-pub mod job;
+pub mod health;
 pub mod logging;
-pub mod manifest;
 pub mod notify;
-pub mod pgpass;
-pub mod pgtools;
+pub mod pipeline;
 pub mod prune;
 pub mod restore;
 pub mod retention;
@@ -31,9 +23,6 @@ pub mod retry;
 pub mod schedule;
 pub mod secret;
 pub mod shutdown;
-pub mod status;
+pub mod source;
 pub mod storage;
-pub mod tables;
-pub mod tls;
-pub mod transform;
 pub mod verify;

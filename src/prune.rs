@@ -13,9 +13,9 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 
+use crate::catalog::manifest;
 use crate::catalog::{self, Entry};
 use crate::config::Job;
-use crate::manifest;
 use crate::retention::{self, Policy, Reason};
 use crate::storage::{Storage, StorageError};
 

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Entry;
 use crate::config::{DatabaseConfig, ToolsConfig};
-use crate::dbprops::{self, DatabaseProperties};
-use crate::dump::{self, DumpError};
-use crate::pgtools::{self, ClientTool, ToolError};
+use crate::source::dump::{self, DumpError};
+use crate::source::properties::{self, DatabaseProperties};
+use crate::source::tables::{self, TableRows};
+use crate::source::tools::{self, ClientTool, ToolError};
 use crate::storage::Storage;
-use crate::tables::{self, TableRows};
 use crate::verify::{self, Feed, VerifyError};
 
 /// How many of pg_restore's last stderr lines an error carries.
@@ -55,7 +55,7 @@ pub enum RestoreError {
     #[error("{0}")]
     Database(#[from] DumpError),
     #[error(transparent)]
-    Globals(#[from] crate::globals::GlobalsError),
+    Globals(#[from] crate::source::globals::GlobalsError),
     #[error("query on the target server failed ({what}): {cause}")]
     Query { what: String, cause: String },
     #[error("refusing to restore: {0}")]
@@ -137,7 +137,7 @@ pub struct Options {
     /// Create the roles the backup's globals have and the server lacks, before restoring.
     pub with_globals: bool,
     /// What decrypts an encrypted backup.
-    pub encryption: crate::encryption::Encryption,
+    pub encryption: crate::codec::encryption::Encryption,
     /// Allow `postgres`, `template0` or `template1` as the target.
     pub allow_system_database: bool,
     /// A throwaway copy (a drill's): subscriptions are not restored, so nothing in it can
@@ -181,7 +181,7 @@ pub struct Plan {
     pub via_psql: Option<ClientTool>,
     pub options: Options,
     /// With `--with-globals`: the roles to create first.
-    pub roles: Option<crate::globals::RolePlan>,
+    pub roles: Option<crate::source::globals::RolePlan>,
 }
 
 /// What a finished restore did.
@@ -331,8 +331,8 @@ pub async fn plan(
         }
         _ => {}
     }
-    let found = pgtools::discover("pg_restore", &tools.bin_dirs).await?;
-    let pg_restore = pgtools::choose_for_restore(&found, m.pg_dump_major, server_major)?;
+    let found = tools::discover("pg_restore", &tools.bin_dirs).await?;
+    let pg_restore = tools::choose_for_restore(&found, m.pg_dump_major, server_major)?;
     let via_psql = if pg_restore.major >= 17 && server_major < 17 {
         if options.jobs.is_some() {
             return Err(RestoreError::Refused(format!(
@@ -341,7 +341,7 @@ pub async fn plan(
             )));
         }
         let dir = pg_restore.path.parent().map(|d| d.to_path_buf());
-        let psql = pgtools::discover("psql", &dir.into_iter().collect::<Vec<_>>())
+        let psql = tools::discover("psql", &dir.into_iter().collect::<Vec<_>>())
             .await?
             .remove(0);
         Some(psql)
@@ -358,7 +358,7 @@ pub async fn plan(
         }
         (Some(g), true) => {
             let sql =
-                crate::globals::fetch(storage, g, m.encryption.as_ref(), &options.encryption)
+                crate::source::globals::fetch(storage, g, m.encryption.as_ref(), &options.encryption)
                     .await?;
             let existing = admin
                 .query("SELECT rolname::text FROM pg_roles", &[])
@@ -367,7 +367,7 @@ pub async fn plan(
                 .iter()
                 .map(|r| r.get::<_, String>(0))
                 .collect();
-            Some(crate::globals::plan_roles(&sql, &existing))
+            Some(crate::source::globals::plan_roles(&sql, &existing))
         }
     };
     Ok(Plan {
@@ -930,7 +930,7 @@ impl Shape {
             .map(|r| r.get::<_, String>(0))
             .unwrap_or_default();
         let roles = roles.iter().map(|r| r.get::<_, String>(0)).collect();
-        let (intended, notes) = dbprops::intended(recorded, &roles, &me, plan.options.no_owner);
+        let (intended, notes) = properties::intended(recorded, &roles, &me, plan.options.no_owner);
         Ok(Shape {
             intended: Some(intended),
             like: None,
@@ -945,7 +945,7 @@ impl Shape {
         server_major: u32,
     ) -> Result<(), RestoreError> {
         let sql = match &self.intended {
-            Some(p) => dbprops::create_sql(name, p, &p.owner, server_major)
+            Some(p) => properties::create_sql(name, p, &p.owner, server_major)
                 .map_err(|why| RestoreError::Refused(format!("{why}; nothing was changed")))?,
             None => create_sql_like(name, self.like.as_ref()),
         };
@@ -968,7 +968,7 @@ impl Shape {
         };
         let major = plan.target.server_major;
         let read = |what| async move {
-            dbprops::read(admin, name, major)
+            properties::read(admin, name, major)
                 .await
                 .map_err(query_err(what))?
                 .ok_or_else(|| RestoreError::Refused(format!("database `{name}` is gone")))
@@ -981,7 +981,7 @@ impl Shape {
             .chain(p.settings.iter().filter_map(|s| s.role.clone()))
             .chain([p.owner.clone()])
             .collect();
-        let (statements, _) = dbprops::follow_up_sql(name, p, &current.privileges, &roles);
+        let (statements, _) = properties::follow_up_sql(name, p, &current.privileges, &roles);
         if !statements.is_empty() {
             admin
                 .batch_execute(&statements.join(";\n"))
@@ -991,7 +991,7 @@ impl Shape {
                 ))?;
         }
         let found = read("checking the restored database's properties").await?;
-        Ok(dbprops::compare(p, &found))
+        Ok(properties::compare(p, &found))
     }
 }
 

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::catalog::Entry;
+use crate::codec::encryption::{DecryptError, Encryption};
 use crate::config::{Compression, ToolsConfig};
-use crate::encryption::{DecryptError, Encryption};
-use crate::pgtools::{self, ToolError};
+use crate::source::tools::{self, ToolError};
 use crate::storage::{Storage, StorageError};
 
 /// Why a backup did not verify. Each message names the object.
@@ -174,7 +174,7 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
     let (tx, rx) = tokio::io::duplex(1 << 20);
     // Decryption sits after the hash: the sha256 stays over the bytes as stored. A missing key
     // fails here, before anything is read.
-    let stored_plain: crate::transform::BoxRead = match &m.encryption {
+    let stored_plain: crate::codec::compress::BoxRead = match &m.encryption {
         None => Box::pin(rx),
         Some(record) => encryption
             .decrypt(record, rx)
@@ -263,7 +263,7 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
         )));
     }
     if let Some(e) = decode_error {
-        if crate::encryption::as_decrypt_error(&e).is_some() {
+        if crate::codec::encryption::as_decrypt_error(&e).is_some() {
             let source = *e
                 .into_inner()
                 .and_then(|inner| inner.downcast::<DecryptError>().ok())
@@ -312,9 +312,9 @@ pub async fn verify(
 ) -> Result<Verified, VerifyError> {
     let m = &entry.manifest;
     check_decryptable(storage, entry, encryption).await?;
-    let found = pgtools::discover("pg_restore", &tools.bin_dirs).await?;
+    let found = tools::discover("pg_restore", &tools.bin_dirs).await?;
     // No server is involved: any pg_restore that can read the archive can list it.
-    let tool = pgtools::choose_for_restore(&found, m.pg_dump_major, u32::MAX)?;
+    let tool = tools::choose_for_restore(&found, m.pg_dump_major, u32::MAX)?;
     let mut child = tokio::process::Command::new(&tool.path)
         .arg("--list")
         .env_clear()
@@ -352,7 +352,7 @@ pub async fn verify(
         });
     }
     if let Some(g) = &m.globals {
-        crate::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
+        crate::source::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
             .await
             .map_err(|e| VerifyError::Damaged {
                 key: g.key.clone(),
@@ -386,7 +386,7 @@ pub(crate) fn drain<R: AsyncRead + Send + Unpin + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
+    use crate::catalog::manifest::Manifest;
     use sha2::Digest;
 
     /// A stored uncompressed object of `len` bytes and a manifest claiming `sha256`.

@@ -11,7 +11,7 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 
 mod clock;
-pub mod daemon;
+
 mod firings;
 
 pub use clock::Clock;

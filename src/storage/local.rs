@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
+use crate::codec::compress::BoxRead;
 use crate::config::Lifecycle;
-use crate::transform::BoxRead;
 
 /// A directory holding backups.
 pub struct LocalStorage {

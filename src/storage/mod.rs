@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::compress::BoxRead;
 use crate::config::{Lifecycle, StorageConfig, StorageLocation};
-use crate::transform::BoxRead;
 
 /// Errors from a storage backend. Messages name the bucket or path and the key.
 #[derive(Debug, thiserror::Error)]
@@ -305,11 +305,13 @@ pub fn is_dump_key(key: &str) -> bool {
         Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
         _ => name,
     };
-    let base = base.strip_suffix(crate::encryption::SUFFIX).unwrap_or(base);
+    let base = base
+        .strip_suffix(crate::codec::encryption::SUFFIX)
+        .unwrap_or(base);
     base.ends_with(".dump")
         || base.ends_with(".dump.zst")
         || base.ends_with(".dump.gz")
-        || base.ends_with(crate::manifest::GLOBALS_SUFFIX)
+        || base.ends_with(crate::catalog::manifest::GLOBALS_SUFFIX)
 }
 
 /// The key of piece `n` (1-based) of a stream stored under `key`.

@@ -40,8 +40,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
+use crate::codec::compress::BoxRead;
 use crate::config::{Lifecycle, Sse, StorageConfig};
-use crate::transform::BoxRead;
 
 /// Time allowed to abort an upload after a failure, so cleanup cannot hang shutdown.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -176,16 +176,16 @@ fn prune_holds_when_the_newest_attempt_failed_or_backups_are_too_few() {
     let dir = tempfile::tempdir().unwrap();
     let status_file = dir.path().join("status.json");
     let now = Utc::now();
-    let status = pgsidecar::status::Status {
+    let status = pgsidecar::health::status::Status {
         pid: 1,
         started_at: now,
         heartbeat_at: now,
-        jobs: vec![pgsidecar::status::JobStatus {
+        jobs: vec![pgsidecar::health::status::JobStatus {
             name: "default".into(),
             schedule: None,
             max_age_secs: None,
             next_run: None,
-            databases: vec![pgsidecar::status::DbStatus {
+            databases: vec![pgsidecar::health::status::DbStatus {
                 database: db.clone(),
                 last_attempt_at: Some(now),
                 last_success_at: Some(now - Duration::hours(1)),

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use tokio::process::{ChildStdout, Command};
 
 use crate::config::{DatabaseConfig, SslMode};
-use crate::pgtools::ClientTool;
+use crate::source::tools::ClientTool;
 
 /// How many of pg_dump's last stderr lines an error carries.
 const STDERR_TAIL_LINES: usize = 20;
@@ -131,7 +131,7 @@ pub async fn connect(
     db: &DatabaseConfig,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, DumpError> {
-    let tls = crate::tls::connector(db).map_err(|e| DumpError::Connect {
+    let tls = crate::source::tls::connector(db).map_err(|e| DumpError::Connect {
         endpoint: endpoint(db),
         user: db.user.clone(),
         dbname: dbname.to_string(),
@@ -339,13 +339,13 @@ impl Snapshot {
     }
 
     /// Row counts of every table, in the exported snapshot (see
-    /// [`crate::tables::count_in_transaction`]).
+    /// [`crate::source::tables::count_in_transaction`]).
     pub async fn count_tables(
         &self,
-    ) -> Result<Vec<crate::tables::TableRows>, tokio_postgres::Error> {
+    ) -> Result<Vec<crate::source::tables::TableRows>, tokio_postgres::Error> {
         use std::sync::atomic::Ordering;
         self.counting.store(true, Ordering::SeqCst);
-        let result = crate::tables::count_in_transaction(&self.client).await;
+        let result = crate::source::tables::count_in_transaction(&self.client).await;
         self.counting.store(false, Ordering::SeqCst);
         result
     }

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
+use crate::codec::compress::{self, BoxRead, Chunk};
 use crate::secret::Secret;
-use crate::transform::{self, BoxRead, Chunk};
 
 /// Key suffix of encrypted objects (`….dump.zst.age`, `….globals.sql.zst.age`).
 pub const SUFFIX: &str = ".age";
@@ -353,8 +353,8 @@ impl Encryption {
     }
 
     /// What a new backup's manifest records: the scheme and the recipients' fingerprints.
-    pub fn record(&self) -> Option<crate::manifest::Encryption> {
-        Some(crate::manifest::Encryption {
+    pub fn record(&self) -> Option<crate::catalog::manifest::Encryption> {
+        Some(crate::catalog::manifest::Encryption {
             scheme: self.scheme()?,
             recipients: self.recipients.iter().map(Recipient::fingerprint).collect(),
         })
@@ -379,7 +379,7 @@ impl Encryption {
         let Some(seal) = self.seal() else {
             return input;
         };
-        let mut chunks = transform::read_chunks(input, CHUNK);
+        let mut chunks = compress::read_chunks(input, CHUNK);
         let (tx, rx) = mpsc::channel::<Chunk>(1);
         let finished = Arc::new(AtomicBool::new(false));
         let done = finished.clone();
@@ -414,7 +414,7 @@ impl Encryption {
                 }
             }
         });
-        Box::pin(transform::reader_from(rx, finished))
+        Box::pin(compress::reader_from(rx, finished))
     }
 
     /// `data` encrypted as configured (or unchanged), for small objects.
@@ -432,7 +432,10 @@ impl Encryption {
     }
 
     /// What opens a backup recorded with `record`, or which key is missing.
-    fn opener(&self, record: &crate::manifest::Encryption) -> Result<Opener, DecryptError> {
+    fn opener(
+        &self,
+        record: &crate::catalog::manifest::Encryption,
+    ) -> Result<Opener, DecryptError> {
         match record.scheme {
             Scheme::X25519 if self.identities.is_empty() => Err(DecryptError::NoIdentity {
                 fingerprints: record.recipients.join(", "),
@@ -449,7 +452,7 @@ impl Encryption {
         }
     }
 
-    fn wrong_key(&self, record: &crate::manifest::Encryption) -> DecryptError {
+    fn wrong_key(&self, record: &crate::catalog::manifest::Encryption) -> DecryptError {
         match record.scheme {
             Scheme::X25519 => DecryptError::WrongIdentity {
                 origin: self.identity_origin.clone(),
@@ -466,7 +469,10 @@ impl Encryption {
     }
 
     /// Checks without reading any stored bytes that a key for `record` is configured.
-    pub fn check_keys(&self, record: &crate::manifest::Encryption) -> Result<(), DecryptError> {
+    pub fn check_keys(
+        &self,
+        record: &crate::catalog::manifest::Encryption,
+    ) -> Result<(), DecryptError> {
         self.opener(record).map(drop)
     }
 
@@ -474,7 +480,7 @@ impl Encryption {
     /// header is read), so a wrong key is found before anything is changed.
     pub async fn check_header(
         &self,
-        record: &crate::manifest::Encryption,
+        record: &crate::catalog::manifest::Encryption,
         head: impl AsyncRead + Send + Unpin,
     ) -> Result<(), DecryptError> {
         let opener = self.opener(record)?;
@@ -496,12 +502,12 @@ impl Encryption {
     /// final chunk.
     pub fn decrypt(
         &self,
-        record: &crate::manifest::Encryption,
+        record: &crate::catalog::manifest::Encryption,
         stored: impl AsyncRead + Send + Unpin + 'static,
     ) -> Result<BoxRead, DecryptError> {
         let opener = self.opener(record)?;
         let wrong = self.wrong_key(record);
-        let chunks = transform::read_chunks(stored, CHUNK);
+        let chunks = compress::read_chunks(stored, CHUNK);
         let (tx, rx) = mpsc::channel::<Chunk>(1);
         let finished = Arc::new(AtomicBool::new(false));
         let done = finished.clone();
@@ -538,13 +544,13 @@ impl Encryption {
                 }
             }
         });
-        Ok(Box::pin(transform::reader_from(rx, finished)))
+        Ok(Box::pin(compress::reader_from(rx, finished)))
     }
 
     /// A small age file decrypted whole.
     pub async fn decrypt_bytes(
         &self,
-        record: &crate::manifest::Encryption,
+        record: &crate::catalog::manifest::Encryption,
         data: Bytes,
     ) -> Result<Vec<u8>, DecryptError> {
         let opener = self.opener(record)?;
@@ -619,7 +625,7 @@ impl Write for ChannelWriter {
     }
 }
 
-/// The age thread's input: the chunks of [`transform::read_chunks`] as a `BufRead`.
+/// The age thread's input: the chunks of [`compress::read_chunks`] as a `BufRead`.
 struct ChannelReader {
     rx: mpsc::Receiver<Chunk>,
     current: Bytes,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Globals;
+use crate::catalog::manifest::Globals;
 use crate::storage::{Storage, StorageError};
 
 /// Errors reading the stored globals.
@@ -31,8 +31,8 @@ pub enum GlobalsError {
 pub async fn fetch(
     storage: &Storage,
     globals: &Globals,
-    encrypted: Option<&crate::manifest::Encryption>,
-    keys: &crate::encryption::Encryption,
+    encrypted: Option<&crate::catalog::manifest::Encryption>,
+    keys: &crate::codec::encryption::Encryption,
 ) -> Result<String, GlobalsError> {
     let damaged = |reason: String| GlobalsError::Damaged {
         key: globals.key.clone(),

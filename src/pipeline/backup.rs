@@ -14,13 +14,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::manifest::{self, Manifest};
+use crate::codec::compress::{self, Counted, Hashed};
 use crate::config::{Job, ToolsConfig};
-use crate::dump::{self, DumpError};
-use crate::manifest::{self, Manifest};
-use crate::pgtools::{self, ToolError};
 use crate::shutdown::Bounded;
+use crate::source::dump::{self, DumpError};
+use crate::source::tools::{self, ToolError};
 use crate::storage::{Storage, StorageError};
-use crate::transform::{self, Counted, Hashed};
 
 /// Why a backup failed. Each message names the database and, where there is one, the key.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +128,7 @@ async fn remove_leftovers(
 /// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`, compressed
 /// and encrypted like the dump.
 async fn store_globals(
-    encryption: &crate::encryption::Encryption,
+    encryption: &crate::codec::encryption::Encryption,
     tools: &ToolsConfig,
     storage: &Storage,
     db: &crate::config::DatabaseConfig,
@@ -136,7 +136,7 @@ async fn store_globals(
     dump_key: &str,
 ) -> Result<manifest::Globals, BackupError> {
     let database = db.dbname.clone();
-    let tool = pgtools::for_server("pg_dumpall", &tools.bin_dirs, server_major)
+    let tool = tools::for_server("pg_dumpall", &tools.bin_dirs, server_major)
         .await
         .map_err(|source| BackupError::Tool {
             database: database.clone(),
@@ -284,7 +284,7 @@ async fn backup_attempt(
         },
         _ = cancel.cancelled() => return Err(cancelled()),
     };
-    let tool = pgtools::for_server("pg_dump", &tools.bin_dirs, server.major)
+    let tool = tools::for_server("pg_dump", &tools.bin_dirs, server.major)
         .await
         .map_err(|source| BackupError::Tool {
             database: database.to_string(),
@@ -384,7 +384,7 @@ async fn backup_attempt(
     let (counted, raw_bytes) = Counted::new(source);
     let mut stored = Hashed::new(
         job.encryption
-            .encrypt(transform::compress(counted, job.compression)),
+            .encrypt(compress::compress(counted, job.compression)),
     );
 
     // Counting runs beside the upload and never holds it up or fails it: a failed count only
@@ -468,9 +468,12 @@ async fn backup_attempt(
 
     let raw_total = raw_bytes.load(Ordering::Relaxed);
     let anomalies = match previous_manifest(storage, &objects).await {
-        Some(prev) => {
-            crate::anomaly::compare(&prev, raw_total, tables.as_deref(), job.max_drop_percent)
-        }
+        Some(prev) => crate::catalog::anomaly::compare(
+            &prev,
+            raw_total,
+            tables.as_deref(),
+            job.max_drop_percent,
+        ),
         None => Vec::new(),
     };
     for a in &anomalies {
@@ -480,7 +483,7 @@ async fn backup_attempt(
 
     // What the database is beyond its contents; a backup without it still restores its data.
     let database_properties = match dump::connect(&db, database).await {
-        Ok(client) => crate::dbprops::read(&client, database, server.major)
+        Ok(client) => crate::source::properties::read(&client, database, server.major)
             .await
             .map_err(|e| dump::pg_error_text(&e)),
         Err(e) => Err(e.to_string()),

@@ -15,11 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{fire_on_schedule, Clock, Firings};
 use crate::config::{Config, Job};
-use crate::job::{self, BackupError, WhenBusy};
+use crate::health::status::{JobStatus, Status};
 use crate::notify::{Dispatcher, Event, EventKind};
-use crate::status::{JobStatus, Status};
+use crate::pipeline::backup::{self, BackupError, WhenBusy};
+use crate::schedule::{fire_on_schedule, Clock, Firings};
 use crate::storage::Storage;
 
 /// Time allowed to deliver queued notifications before the process exits.
@@ -73,7 +73,7 @@ pub async fn run(
                     .databases
                     .iter()
                     .filter(|d| *d != "*")
-                    .map(|d| crate::status::DbStatus {
+                    .map(|d| crate::health::status::DbStatus {
                         database: d.clone(),
                         ..Default::default()
                     })
@@ -126,7 +126,7 @@ pub async fn run(
         let (board, stop) = (ctx.board.clone(), ctx.shutdown.clone());
         let clock = ctx.clock;
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(addr, board, clock, stop).await {
+            if let Err(e) = crate::health::http::serve(addr, board, clock, stop).await {
                 tracing::error!(%addr, "cannot serve /healthz and /metrics: {e}");
             }
         });
@@ -194,7 +194,7 @@ fn hostname() -> String {
 /// reports the real age of its backups.
 async fn seed_from_storage(ctx: &Context) {
     for job in &ctx.config.jobs {
-        let databases = match job::databases(job).await {
+        let databases = match backup::databases(job).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(job = %job.name, "cannot list the databases to back up: {e}");
@@ -243,18 +243,18 @@ async fn newest_backup(
     job: &Job,
     db: &str,
 ) -> Result<Option<DateTime<Utc>>, crate::storage::StorageError> {
-    let prefix = crate::manifest::database_prefix(&job.prefix, db);
+    let prefix = crate::catalog::manifest::database_prefix(&job.prefix, db);
     let objects = ctx.storage.list(&prefix).await?;
     Ok(objects
         .iter()
-        .filter_map(|o| crate::manifest::started_from_key(&o.key))
+        .filter_map(|o| crate::catalog::manifest::started_from_key(&o.key))
         .max())
 }
 
 async fn write_status(ctx: Arc<Context>) {
     loop {
         save_status(&ctx);
-        tokio::time::sleep(crate::status::HEARTBEAT).await;
+        tokio::time::sleep(crate::health::status::HEARTBEAT).await;
     }
 }
 
@@ -280,7 +280,7 @@ async fn wait_for_server(ctx: &Context, job: &Job) {
     let start = tokio::time::Instant::now();
     let mut waiting = false;
     loop {
-        match crate::dump::connect(&job.database, &job.database.dbname).await {
+        match crate::source::dump::connect(&job.database, &job.database.dbname).await {
             Ok(_) => break,
             Err(e) if e.is_permanent() || start.elapsed() >= SERVER_WAIT => break,
             Err(e) if !waiting => {
@@ -399,7 +399,7 @@ async fn drill_one(ctx: &Context, job: &Job, db: &str) {
     // A drill waits for a backup of the same database to finish: it restores the newest one.
     let turn = db_turn(ctx, job, db);
     let _turn = turn.lock().await;
-    let result = crate::drill::drill(
+    let result = crate::pipeline::drill::drill(
         job,
         &job.drill_server,
         &ctx.config.tools,
@@ -511,7 +511,7 @@ fn event(
 async fn run_job(ctx: &Context, index: usize, fired_at: Option<DateTime<Utc>>) -> bool {
     use futures::StreamExt;
     let job = &ctx.config.jobs[index];
-    let databases = match job::databases(job).await {
+    let databases = match backup::databases(job).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(job = %job.name, "{e}");
@@ -615,7 +615,7 @@ async fn backup_with_retries(
                 None => tracing::error!(job = %job.name, database = %db, attempt, attempts = job.retry.attempts, "backup failed: {e}"),
             }
         },
-        |_| job::backup_database(job, &ctx.config.tools, &ctx.storage, db, WhenBusy::Skip(fired_at), &ctx.abort),
+        |_| backup::backup_database(job, &ctx.config.tools, &ctx.storage, db, WhenBusy::Skip(fired_at), &ctx.abort),
     )
     .await;
     match result {

@@ -1,5 +1,5 @@
 //! Transforms between the dump source and the storage sink: compression, and the counting and
-//! hashing of what is stored (encryption, between the two, is [`crate::encryption`]). Each is a
+//! hashing of what is stored (encryption, between the two, is [`crate::codec::encryption`]). Each is a
 //! plain `AsyncRead` wrapper, so the pipeline is one stream that storage pulls from at its own
 //! pace (backpressure reaches pg_dump's pipe). Stages that run on a thread of their own share
 //! [`read_chunks`] and [`reader_from`].

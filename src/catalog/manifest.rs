@@ -85,16 +85,16 @@ pub struct Manifest {
     /// be counted there (no snapshot could be exported, or the count failed) and in manifests
     /// of earlier versions: an absent list means "not known", never "no tables".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tables: Option<Vec<crate::tables::TableRows>>,
-    /// What shrank compared with the previous backup ([`crate::anomaly`]); empty when nothing
+    pub tables: Option<Vec<crate::source::tables::TableRows>>,
+    /// What shrank compared with the previous backup ([`crate::catalog::anomaly`]); empty when nothing
     /// did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anomalies: Vec<String>,
     /// The database's encoding, locale, owner, privileges, settings and comment at backup
-    /// time ([`crate::dbprops`]), given back to every database a restore creates. Absent in
+    /// time ([`crate::source::properties`]), given back to every database a restore creates. Absent in
     /// manifests of earlier versions, and when they could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database_properties: Option<crate::dbprops::DatabaseProperties>,
+    pub database_properties: Option<crate::source::properties::DatabaseProperties>,
 }
 
 impl Manifest {
@@ -135,10 +135,10 @@ impl Manifest {
 }
 
 /// How a backup is encrypted. Recipients are named by fingerprint only (see
-/// [`crate::encryption::Recipient::fingerprint`]), never by key.
+/// [`crate::codec::encryption::Recipient::fingerprint`]), never by key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Encryption {
-    pub scheme: crate::encryption::Scheme,
+    pub scheme: crate::codec::encryption::Scheme,
     /// Fingerprints of the age recipients (empty for a passphrase).
     #[serde(default)]
     pub recipients: Vec<String>,
@@ -172,8 +172,8 @@ pub fn globals_key(dump_key: &str) -> String {
     let stem = manifest
         .strip_suffix(MANIFEST_SUFFIX)
         .expect("manifest keys end with the suffix");
-    let encrypted = if dump_key.ends_with(crate::encryption::SUFFIX) {
-        crate::encryption::SUFFIX
+    let encrypted = if dump_key.ends_with(crate::codec::encryption::SUFFIX) {
+        crate::codec::encryption::SUFFIX
     } else {
         ""
     };
@@ -215,7 +215,7 @@ pub fn dump_key(
         started.format(TIMESTAMP_FORMAT),
         compression.suffix(),
         if encrypted {
-            crate::encryption::SUFFIX
+            crate::codec::encryption::SUFFIX
         } else {
             ""
         }
@@ -304,7 +304,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         assert!(json.get("encryption").is_none(), "{json}");
         m.encryption = Some(Encryption {
-            scheme: crate::encryption::Scheme::X25519,
+            scheme: crate::codec::encryption::Scheme::X25519,
             recipients: vec!["0123456789abcdef".into()],
         });
         m.format_version = format_version(m.encryption.as_ref());
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn tables_round_trip() {
         let mut m = Manifest::parse("k", WITHOUT_TABLES.as_bytes()).unwrap();
-        m.tables = Some(vec![crate::tables::TableRows {
+        m.tables = Some(vec![crate::source::tables::TableRows {
             schema: "public".into(),
             name: "Mixed Case".into(),
             rows: 3,

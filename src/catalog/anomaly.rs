@@ -5,9 +5,9 @@
 //! and it has to be loud before retention rotates the good backups away, so the backup before
 //! an anomaly is kept until someone acknowledges it (`pgsidecar ack`).
 
-use crate::manifest::Manifest;
+use crate::catalog::manifest::Manifest;
 use crate::notify::human_bytes;
-use crate::tables::TableRows;
+use crate::source::tables::TableRows;
 
 /// What shrank between `previous` and the backup being taken (`raw_bytes`, `tables`), beyond
 /// `max_drop_percent` (0 turns the check off). Pure.

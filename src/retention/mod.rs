@@ -74,7 +74,7 @@ pub enum Reason {
     /// The policy is empty, so nothing is pruned.
     NoPolicy,
     /// The last backup before one with an unacknowledged size anomaly (kept by prune, not by
-    /// the policy: see [`crate::anomaly`]).
+    /// the policy: see [`crate::catalog::anomaly`]).
     BeforeAnomaly,
     /// A backup with an unacknowledged size anomaly: the evidence stays with what it protects.
     Anomaly,
