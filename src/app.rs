@@ -22,7 +22,7 @@ fn report_error(e: &dyn std::fmt::Display) {
 /// newest attempt failed keeps everything it has.
 async fn prune_backed_up(
     storage: &Storage,
-    job: &crate::config::Job,
+    job: &crate::pipeline::Job,
     db: &str,
 ) -> Result<(), crate::prune::PruneError> {
     if job.retention.is_none() {
@@ -263,7 +263,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         }
         Command::Prune { job, db, dry_run } => {
             let storage = Storage::from_config(&config.storage).await;
-            let jobs: Vec<&crate::config::Job> = match &job {
+            let jobs: Vec<&crate::pipeline::Job> = match &job {
                 Some(name) => vec![config.job(Some(name))?],
                 None => config
                     .jobs
@@ -307,13 +307,13 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             let encryption = encryption_with(&config, identity.as_deref())?;
             let storage = Storage::from_config(&config.storage).await;
             let cancel = crate::shutdown::on_signal();
-            let jobs: Vec<&crate::config::Job> = match &job {
+            let jobs: Vec<&crate::pipeline::Job> = match &job {
                 Some(name) => vec![config.job(Some(name))?],
                 None => config.jobs.iter().collect(),
             };
             let mut failed = 0;
             for job in jobs {
-                let job = &crate::config::Job {
+                let job = &crate::pipeline::Job {
                     encryption: encryption.clone(),
                     ..job.clone()
                 };

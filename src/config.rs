@@ -12,7 +12,18 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Compression, DEFAULT_ZSTD_LEVEL};
+use crate::health::HealthConfig;
+use crate::logging::{LogConfig, LogFormat};
+use crate::notify::{NotifyConfig, NotifyEvents};
+use crate::pipeline::Job;
+use crate::retry::RetryPolicy;
 use crate::secret::Secret;
+use crate::source::{DatabaseConfig, SslMode, ToolsConfig};
+use crate::storage::{
+    Lifecycle, ObjectLock, Sse, StorageConfig, StorageLocation, S3_MAX_PARTS, S3_MAX_PART_SIZE,
+    S3_MIN_PART_SIZE,
+};
 
 /// Prefix of every environment variable that sets a configuration key.
 pub const ENV_PREFIX: &str = "PGSIDECAR_";
@@ -463,269 +474,16 @@ pub struct Config {
     pub tools: ToolsConfig,
     pub log: LogConfig,
     /// When restore drills run (they also run by hand with `pgsidecar drill`).
-    #[serde(serialize_with = "ser_schedule")]
+    #[serde(serialize_with = "crate::pipeline::job::serialize_schedule")]
     pub drill_schedule: Option<crate::schedule::Schedule>,
     /// Client-side encryption (one section for every job).
     pub encryption: crate::codec::encryption::Encryption,
 }
 
-/// One backup job: what to dump, when, where, and how hard to try.
-#[derive(Debug, Clone, Serialize)]
-pub struct Job {
-    pub name: String,
-    pub databases: Vec<String>,
-    /// Connection settings (its `dbname` is replaced by each of `databases`).
-    pub database: DatabaseConfig,
-    #[serde(serialize_with = "ser_schedule")]
-    pub schedule: Option<crate::schedule::Schedule>,
-    pub timezone: String,
-    /// Key prefix of this job's backups (storage URL prefix plus the job's sub-prefix).
-    pub prefix: String,
-    pub catch_up: bool,
-    /// Store `pg_dumpall --globals-only` with each dump.
-    pub globals: bool,
-    /// Databases excluded when `databases` is `*`.
-    pub exclude: Vec<String>,
-    pub max_parallel: usize,
-    /// What `prune` keeps; `None`: prune nothing.
-    pub retention: Option<crate::retention::Policy>,
-    /// Shrinkage beyond this percentage is an anomaly (0: not checked).
-    pub max_drop_percent: u32,
-    pub compression: Compression,
-    pub retry: RetryPolicy,
-    /// Where this job's restore drills restore into.
-    pub drill_server: DatabaseConfig,
-    /// The top-level `[encryption]`, here so the job's stages receive it ready (not repeated
-    /// in `config` output).
-    #[serde(skip)]
-    pub encryption: crate::codec::encryption::Encryption,
-}
-
-fn ser_schedule<S: serde::Serializer>(
-    s: &Option<crate::schedule::Schedule>,
-    ser: S,
-) -> Result<S::Ok, S::Error> {
-    match s {
-        Some(s) => ser.serialize_str(s.expr()),
-        None => ser.serialize_str("(none: one backup, then exit)"),
-    }
-}
-
-/// How a failed backup is retried.
-#[derive(Debug, Clone, Serialize)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    pub exponential: bool,
-    #[serde(with = "humantime_serde")]
-    pub max_interval: Duration,
-    pub jitter: bool,
-    /// Longest one attempt may run before it is given up and counted as failed: the bound
-    /// for a connection that hangs without ever being closed.
-    #[serde(with = "humantime_serde")]
-    pub attempt_timeout: Duration,
-}
-
-/// Which outcomes are notified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NotifyEvents {
-    All,
-    Failures,
-    FailuresAndRecoveries,
-}
-
-/// Notification targets and policy.
-#[derive(Debug, Clone, Serialize)]
-pub struct NotifyConfig {
-    pub events: NotifyEvents,
-    pub each_attempt: bool,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub slack_webhook_url: Option<Secret>,
-    pub webhook_url: Option<Secret>,
-    pub ping_start_url: Option<Secret>,
-    pub ping_success_url: Option<Secret>,
-    pub ping_failure_url: Option<Secret>,
-}
-
-/// What `health` checks against.
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthConfig {
-    pub status_file: PathBuf,
-    /// Extra age allowed beyond a schedule's period (default: the retry window plus 30 minutes).
-    #[serde(with = "humantime_serde")]
-    pub grace: Option<Duration>,
-}
-
-/// How to reach the PostgreSQL server (always over TCP).
-#[derive(Debug, Clone, Serialize)]
-pub struct DatabaseConfig {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<Secret>,
-    pub dbname: String,
-    pub sslmode: SslMode,
-    pub sslrootcert: Option<PathBuf>,
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-}
-
-/// libpq `sslmode` values the sidecar supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The value libpq and pg_dump understand.
-    pub fn as_libpq(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-}
-
-/// Where backups go.
-#[derive(Debug, Clone, Serialize)]
-pub struct StorageConfig {
-    pub url: String,
-    #[serde(skip)]
-    pub location: StorageLocation,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub path_style: Option<bool>,
-    pub storage_class: Option<String>,
-    /// Fixed part size; `None` chooses one per upload from the database size.
-    pub part_size: Option<u64>,
-    pub max_parts: u32,
-    pub parts_in_flight: usize,
-    pub part_attempts: u32,
-    #[serde(with = "humantime_serde")]
-    pub part_timeout: Duration,
-    /// Static credentials, when configured (else the SDK's default chain).
-    pub access_key_id: Option<Secret>,
-    pub secret_access_key: Option<Secret>,
-    pub sse: Option<Sse>,
-    pub tags: std::collections::BTreeMap<String, String>,
-    pub object_lock: Option<ObjectLock>,
-    pub lifecycle: Option<Lifecycle>,
-}
-
-/// Server-side encryption of stored objects.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "mode")]
-pub enum Sse {
-    #[serde(rename = "AES256")]
-    Aes256,
-    #[serde(rename = "aws:kms")]
-    Kms { key_id: Option<String> },
-}
-
-/// Object lock retention put on every stored object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ObjectLock {
-    /// `GOVERNANCE` or `COMPLIANCE`.
-    pub mode: String,
-    #[serde(with = "humantime_serde")]
-    pub retain: Duration,
-}
-
-/// Lifecycle rules kept on the bucket for the storage prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Lifecycle {
-    pub expire_after_days: Option<u32>,
-    /// Days and storage class of a transition.
-    pub transition: Option<(u32, String)>,
-    pub abort_incomplete_after_days: u32,
-    pub rule_id_prefix: String,
-}
-
-impl StorageConfig {
-    /// The key prefix every object of this configuration lives under (may be empty).
-    pub fn base_prefix(&self) -> String {
-        match &self.location {
-            StorageLocation::S3 { prefix, .. } => prefix.clone(),
-            StorageLocation::Local { .. } => String::new(),
-        }
-    }
-}
-
-/// A parsed storage URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageLocation {
-    /// `s3://bucket/prefix`
-    S3 { bucket: String, prefix: String },
-    /// `file:///path`
-    Local { root: PathBuf },
-}
-
-/// How the dump is compressed before it is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "algorithm", rename_all = "lowercase")]
-pub enum Compression {
-    Zstd { level: i32 },
-    Gzip { level: i32 },
-    None,
-}
-
-impl Compression {
-    /// Object-key suffix after `.dump`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Zstd { .. } => ".zst",
-            Compression::Gzip { .. } => ".gz",
-            Compression::None => "",
-        }
-    }
-}
-
-/// Where PostgreSQL client tools are looked for.
-#[derive(Debug, Clone, Serialize)]
-pub struct ToolsConfig {
-    /// Directories holding `pg_dump` and friends; empty means "search the usual places".
-    pub bin_dirs: Vec<PathBuf>,
-}
-
-/// Log output.
-#[derive(Debug, Clone, Serialize)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Default zstd level: measured as the best size-for-time trade-off in bench/ (see README).
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 const DEFAULT_GZIP_LEVEL: i32 = 6;
 /// Long enough for a multi-terabyte dump at a few hundred MB/s, short enough that a hung
 /// attempt is retried the same day.
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
-/// S3 allows at most 10,000 parts per multipart upload.
-pub const S3_MAX_PARTS: u32 = 10_000;
-/// S3's smallest part (all but the last).
-pub const S3_MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
-/// S3's largest part.
-pub const S3_MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-
 /// Where a value came from, for `load`'s callers and tests.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
@@ -1114,7 +872,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             databases,
             database,
             schedule,
-            timezone: tz_name,
+            timezone: tz,
             prefix,
             catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
             globals: rj.globals.or(raw.globals).unwrap_or(false),
@@ -2513,7 +2271,7 @@ retry = { attempts = 1 }
         let j = &c.jobs[0];
         assert_eq!(j.name, "default");
         assert_eq!(j.prefix, "prod");
-        assert_eq!(j.timezone, "America/New_York");
+        assert_eq!(j.timezone, chrono_tz::America::New_York);
         assert_eq!(j.retry.attempts, 10);
         assert_eq!(j.retry.interval, Duration::from_secs(600));
         assert!(j.catch_up);

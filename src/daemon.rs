@@ -15,10 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Job};
+use crate::config::Config;
 use crate::health::status::{JobStatus, Status};
 use crate::notify::{Dispatcher, Event, EventKind};
 use crate::pipeline::backup::{self, BackupError, WhenBusy};
+use crate::pipeline::Job;
 use crate::schedule::{fire_on_schedule, Clock, Firings};
 use crate::storage::Storage;
 
@@ -541,8 +542,7 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
     let Some(policy) = &job.retention else {
         return 0;
     };
-    // Checked when the configuration was loaded.
-    let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+    let tz = job.timezone;
     let catalog = match crate::catalog::load(&ctx.storage, &job.prefix, Some(db)).await {
         Ok(c) => c,
         Err(e) => {

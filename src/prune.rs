@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration as TimeDelta, Utc};
 
 use crate::catalog::manifest;
 use crate::catalog::{self, Entry};
-use crate::config::Job;
+use crate::pipeline::Job;
 use crate::retention::{self, Policy, Reason};
 use crate::storage::{Storage, StorageError};
 
@@ -239,8 +239,7 @@ pub async fn prune_job(
         .retention
         .as_ref()
         .ok_or_else(|| PruneError::NoPolicy(job.name.clone()))?;
-    // Checked when the configuration was loaded.
-    let tz = crate::schedule::parse_tz(&job.timezone).unwrap_or(chrono_tz::UTC);
+    let tz = job.timezone;
     let catalog = catalog::load(storage, &job.prefix, only)
         .await
         .map_err(|source| PruneError::List {

@@ -22,11 +22,12 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Entry;
-use crate::config::{DatabaseConfig, ToolsConfig};
 use crate::source::dump::{self, DumpError};
 use crate::source::properties::{self, DatabaseProperties};
 use crate::source::tables::{self, TableRows};
 use crate::source::tools::{self, ClientTool, ToolError};
+use crate::source::DatabaseConfig;
+use crate::source::ToolsConfig;
 use crate::storage::Storage;
 use crate::verify::{self, Feed, VerifyError};
 

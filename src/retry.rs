@@ -8,7 +8,24 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ConstantBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RetryPolicy;
+use serde::Serialize;
+
+/// How a failed backup is retried.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub exponential: bool,
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    pub jitter: bool,
+    /// Longest one attempt may run before it is given up and counted as failed: the bound
+    /// for a connection that hangs without ever being closed.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+}
 
 /// The waits between attempts a policy prescribes (one fewer than its attempts).
 pub fn delays(policy: &RetryPolicy) -> Box<dyn Iterator<Item = Duration> + Send> {

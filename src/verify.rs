@@ -14,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::catalog::Entry;
 use crate::codec::encryption::{DecryptError, Encryption};
-use crate::config::{Compression, ToolsConfig};
+use crate::codec::Compression;
 use crate::source::tools::{self, ToolError};
+use crate::source::ToolsConfig;
 use crate::storage::{Storage, StorageError};
 
 /// Why a backup did not verify. Each message names the object.

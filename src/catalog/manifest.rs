@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Compression;
+use crate::codec::Compression;
 use crate::storage::StoredPiece;
 
 /// Value of the `format` field; anything else under the prefix is not ours.

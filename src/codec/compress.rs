@@ -22,7 +22,7 @@ use async_compression::Level;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use crate::config::Compression;
+use crate::codec::Compression;
 
 /// A boxed stream stage.
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;

@@ -3,3 +3,28 @@
 
 pub mod compress;
 pub mod encryption;
+
+use serde::{Deserialize, Serialize};
+
+/// How the dump is compressed before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+pub enum Compression {
+    Zstd { level: i32 },
+    Gzip { level: i32 },
+    None,
+}
+
+impl Compression {
+    /// Object-key suffix after `.dump`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Zstd { .. } => ".zst",
+            Compression::Gzip { .. } => ".gz",
+            Compression::None => "",
+        }
+    }
+}
+
+/// Default zstd level: measured as the best size-for-time trade-off in bench/ (see README).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

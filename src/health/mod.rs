@@ -3,3 +3,17 @@
 
 pub mod http;
 pub mod status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What `health` checks against.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    pub status_file: PathBuf,
+    /// Extra age allowed beyond a schedule's period (default: the retry window plus 30 minutes).
+    #[serde(with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}

@@ -7,8 +7,11 @@
 //! failures are only logged. No secret is in any payload.
 
 pub mod ping;
+mod settings;
 pub mod slack;
 pub mod webhook;
+
+pub use settings::{NotifyConfig, NotifyEvents};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +20,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
-
-use crate::config::{NotifyConfig, NotifyEvents};
 
 /// Errors delivering one notification.
 #[derive(Debug, thiserror::Error)]

@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::manifest::{self, Manifest};
 use crate::codec::compress::{self, Counted, Hashed};
-use crate::config::{Job, ToolsConfig};
+use crate::pipeline::Job;
 use crate::shutdown::Bounded;
 use crate::source::dump::{self, DumpError};
 use crate::source::tools::{self, ToolError};
+use crate::source::ToolsConfig;
 use crate::storage::{Storage, StorageError};
 
 /// Why a backup failed. Each message names the database and, where there is one, the key.
@@ -131,7 +132,7 @@ async fn store_globals(
     encryption: &crate::codec::encryption::Encryption,
     tools: &ToolsConfig,
     storage: &Storage,
-    db: &crate::config::DatabaseConfig,
+    db: &crate::source::DatabaseConfig,
     server_major: u32,
     dump_key: &str,
 ) -> Result<manifest::Globals, BackupError> {

@@ -14,9 +14,11 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog;
-use crate::config::{DatabaseConfig, Job, ToolsConfig};
+use crate::pipeline::Job;
 use crate::restore::{self, Mode, Options, RestoreError};
 use crate::shutdown::Bounded;
+use crate::source::DatabaseConfig;
+use crate::source::ToolsConfig;
 use crate::storage::{Storage, StorageError};
 
 /// Why a drill failed.

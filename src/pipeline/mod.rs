@@ -2,3 +2,6 @@
 
 pub mod backup;
 pub mod drill;
+pub mod job;
+
+pub use job::Job;

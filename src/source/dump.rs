@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use tokio::process::{ChildStdout, Command};
 
-use crate::config::{DatabaseConfig, SslMode};
 use crate::source::tools::ClientTool;
+use crate::source::DatabaseConfig;
+use crate::source::SslMode;
 
 /// How many of pg_dump's last stderr lines an error carries.
 const STDERR_TAIL_LINES: usize = 20;
@@ -617,7 +618,7 @@ mod tests {
     //! The reader's verdicts on what a child process did, using small shell scripts in place
     //! of pg_dump (the integration tests run the real one).
     use super::*;
-    use crate::config::SslMode;
+    use crate::source::SslMode;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
 

@@ -13,7 +13,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{DatabaseConfig, SslMode};
+use crate::source::DatabaseConfig;
+use crate::source::SslMode;
 
 /// Errors preparing TLS.
 #[derive(Debug, thiserror::Error)]

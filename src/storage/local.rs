@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
 use crate::codec::compress::BoxRead;
-use crate::config::Lifecycle;
+use crate::storage::Lifecycle;
 
 /// A directory holding backups.
 pub struct LocalStorage {

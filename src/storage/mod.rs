@@ -8,6 +8,12 @@
 
 pub mod local;
 pub mod s3;
+mod settings;
+
+pub use settings::{
+    Lifecycle, ObjectLock, Sse, StorageConfig, StorageLocation, S3_MAX_PARTS, S3_MAX_PART_SIZE,
+    S3_MIN_PART_SIZE,
+};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -15,7 +21,6 @@ use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::compress::BoxRead;
-use crate::config::{Lifecycle, StorageConfig, StorageLocation};
 
 /// Errors from a storage backend. Messages name the bucket or path and the key.
 #[derive(Debug, thiserror::Error)]
@@ -285,7 +290,7 @@ pub fn choose_part_size(expected: u64, max_parts: u32) -> u64 {
     wanted
         .div_ceil(MIB)
         .saturating_mul(MIB)
-        .clamp(crate::config::S3_MIN_PART_SIZE, AUTO_PART_CEILING)
+        .clamp(crate::storage::S3_MIN_PART_SIZE, AUTO_PART_CEILING)
 }
 
 /// Largest part size chosen automatically: 10,000 parts of it hold 640 GiB per object.

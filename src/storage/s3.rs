@@ -41,7 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backend, LifecycleChange, ObjectInfo, StorageError, StoredPiece};
 use crate::codec::compress::BoxRead;
-use crate::config::{Lifecycle, Sse, StorageConfig};
+use crate::storage::Lifecycle;
+use crate::storage::Sse;
+use crate::storage::StorageConfig;
 
 /// Time allowed to abort an upload after a failure, so cleanup cannot hang shutdown.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);

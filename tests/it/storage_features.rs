@@ -68,7 +68,7 @@ impl Api {
         })
         .unwrap();
         let storage = match &config.storage.location {
-            pgsidecar::config::StorageLocation::S3 { bucket, .. } => {
+            pgsidecar::storage::StorageLocation::S3 { bucket, .. } => {
                 let _guard = self.rt.enter();
                 Storage::S3(S3Storage::with_sdk_config(
                     &config.storage,
@@ -76,7 +76,7 @@ impl Api {
                     &sdk_config(),
                 ))
             }
-            pgsidecar::config::StorageLocation::Local { .. } => {
+            pgsidecar::storage::StorageLocation::Local { .. } => {
                 self.rt.block_on(Storage::from_config(&config.storage))
             }
         };
