@@ -6,6 +6,7 @@
 //! `.age` appended when encrypted) and the manifest
 //! `<prefix>/<database>/<UTC timestamp>.manifest.json` beside it.
 
+use crate::codec::encryption::EncryptionRecord;
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
@@ -71,7 +72,7 @@ pub struct Manifest {
     pub compression: Compression,
     /// How the stored objects (dump and globals) are encrypted; absent: they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<Encryption>,
+    pub encryption: Option<EncryptionRecord>,
     /// sha256 of the stored bytes (encrypted, when encrypted), all pieces concatenated in order.
     pub sha256: String,
     /// Key of the first (usually only) piece.
@@ -134,18 +135,8 @@ impl Manifest {
     }
 }
 
-/// How a backup is encrypted. Recipients are named by fingerprint only (see
-/// [`crate::codec::encryption::Recipient::fingerprint`]), never by key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Encryption {
-    pub scheme: crate::codec::encryption::Scheme,
-    /// Fingerprints of the age recipients (empty for a passphrase).
-    #[serde(default)]
-    pub recipients: Vec<String>,
-}
-
 /// The format version a manifest with `encryption` is written as.
-pub fn format_version(encryption: Option<&Encryption>) -> u32 {
+pub fn format_version(encryption: Option<&EncryptionRecord>) -> u32 {
     match encryption {
         Some(_) => FORMAT_VERSION,
         None => PLAIN_FORMAT_VERSION,
@@ -303,7 +294,7 @@ mod tests {
         assert_eq!(m.encryption, None);
         let json: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
         assert!(json.get("encryption").is_none(), "{json}");
-        m.encryption = Some(Encryption {
+        m.encryption = Some(EncryptionRecord {
             scheme: crate::codec::encryption::Scheme::X25519,
             recipients: vec!["0123456789abcdef".into()],
         });

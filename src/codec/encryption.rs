@@ -206,6 +206,16 @@ pub fn parse_recipients(texts: &[String]) -> Result<Vec<Recipient>, String> {
         .collect()
 }
 
+/// How a backup is encrypted. Recipients are named by fingerprint only (see
+/// [`Recipient::fingerprint`]), never by key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptionRecord {
+    pub scheme: Scheme,
+    /// Fingerprints of the age recipients (empty for a passphrase).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+}
+
 /// The `[encryption]` section, validated: what new backups are encrypted to, and what decrypts
 /// encrypted ones. The default encrypts nothing and decrypts nothing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -353,8 +363,8 @@ impl Encryption {
     }
 
     /// What a new backup's manifest records: the scheme and the recipients' fingerprints.
-    pub fn record(&self) -> Option<crate::catalog::manifest::Encryption> {
-        Some(crate::catalog::manifest::Encryption {
+    pub fn record(&self) -> Option<EncryptionRecord> {
+        Some(EncryptionRecord {
             scheme: self.scheme()?,
             recipients: self.recipients.iter().map(Recipient::fingerprint).collect(),
         })
@@ -432,10 +442,7 @@ impl Encryption {
     }
 
     /// What opens a backup recorded with `record`, or which key is missing.
-    fn opener(
-        &self,
-        record: &crate::catalog::manifest::Encryption,
-    ) -> Result<Opener, DecryptError> {
+    fn opener(&self, record: &EncryptionRecord) -> Result<Opener, DecryptError> {
         match record.scheme {
             Scheme::X25519 if self.identities.is_empty() => Err(DecryptError::NoIdentity {
                 fingerprints: record.recipients.join(", "),
@@ -452,7 +459,7 @@ impl Encryption {
         }
     }
 
-    fn wrong_key(&self, record: &crate::catalog::manifest::Encryption) -> DecryptError {
+    fn wrong_key(&self, record: &EncryptionRecord) -> DecryptError {
         match record.scheme {
             Scheme::X25519 => DecryptError::WrongIdentity {
                 origin: self.identity_origin.clone(),
@@ -469,10 +476,7 @@ impl Encryption {
     }
 
     /// Checks without reading any stored bytes that a key for `record` is configured.
-    pub fn check_keys(
-        &self,
-        record: &crate::catalog::manifest::Encryption,
-    ) -> Result<(), DecryptError> {
+    pub fn check_keys(&self, record: &EncryptionRecord) -> Result<(), DecryptError> {
         self.opener(record).map(drop)
     }
 
@@ -480,7 +484,7 @@ impl Encryption {
     /// header is read), so a wrong key is found before anything is changed.
     pub async fn check_header(
         &self,
-        record: &crate::catalog::manifest::Encryption,
+        record: &EncryptionRecord,
         head: impl AsyncRead + Send + Unpin,
     ) -> Result<(), DecryptError> {
         let opener = self.opener(record)?;
@@ -502,7 +506,7 @@ impl Encryption {
     /// final chunk.
     pub fn decrypt(
         &self,
-        record: &crate::catalog::manifest::Encryption,
+        record: &EncryptionRecord,
         stored: impl AsyncRead + Send + Unpin + 'static,
     ) -> Result<BoxRead, DecryptError> {
         let opener = self.opener(record)?;
@@ -550,7 +554,7 @@ impl Encryption {
     /// A small age file decrypted whole.
     pub async fn decrypt_bytes(
         &self,
-        record: &crate::catalog::manifest::Encryption,
+        record: &EncryptionRecord,
         data: Bytes,
     ) -> Result<Vec<u8>, DecryptError> {
         let opener = self.opener(record)?;

@@ -31,7 +31,7 @@ pub enum GlobalsError {
 pub async fn fetch(
     storage: &Storage,
     globals: &Globals,
-    encrypted: Option<&crate::catalog::manifest::Encryption>,
+    encrypted: Option<&crate::codec::encryption::EncryptionRecord>,
     keys: &crate::codec::encryption::Encryption,
 ) -> Result<String, GlobalsError> {
     let damaged = |reason: String| GlobalsError::Damaged {
