@@ -1,0 +1,533 @@
+//! Configuration: validation of the raw layers into the stages' own settings.
+
+use super::*;
+
+/// Turns the raw layers into a checked [`Config`].
+pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
+    let storage = validate_storage(raw.storage)?;
+    let encryption = validate_encryption(raw.encryption)?;
+    let base_prefix = storage.base_prefix();
+    let default_tz = raw
+        .timezone
+        .clone()
+        .or_else(|| {
+            sources
+                .var("TZ")
+                .map(|t| t.trim_start_matches(':').to_string())
+        })
+        .unwrap_or_else(|| "UTC".to_string());
+    let jobs_given = raw.jobs.is_some();
+    let raw_jobs = match raw.jobs {
+        Some(jobs) => {
+            if raw.schedule.is_some() || raw.job.is_some() {
+                return Err(ConfigError::invalid(
+                    "jobs",
+                    "set either [[jobs]] or the single-job keys `job`/`schedule`, not both",
+                ));
+            }
+            if jobs.is_empty() {
+                return Err(ConfigError::invalid("jobs", "is empty"));
+            }
+            jobs
+        }
+        None => vec![RawJob {
+            name: raw.job.clone(),
+            schedule: raw.schedule.clone(),
+            prefix: Some(String::new()),
+            ..RawJob::default()
+        }],
+    };
+    let mut jobs = Vec::new();
+    for (i, rj) in raw_jobs.into_iter().enumerate() {
+        let key = |k: &str| {
+            if jobs_given {
+                format!("jobs[{i}].{k}")
+            } else {
+                k.to_string()
+            }
+        };
+        let name = match rj.name {
+            Some(n) => n,
+            None if jobs_given => return Err(ConfigError::invalid(&key("name"), "is required")),
+            None => "default".to_string(),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        {
+            return Err(ConfigError::invalid(
+                &key("name"),
+                format!("`{name}` must be letters, digits, `-` or `_`"),
+            ));
+        }
+        if jobs.iter().any(|j: &Job| j.name == name) {
+            return Err(ConfigError::invalid(
+                &key("name"),
+                format!("`{name}` is used twice"),
+            ));
+        }
+        let job_db = merge_database(raw.database.clone(), rj.database.unwrap_or_default());
+        // The job's own settings are checked first, so their errors name their own keys.
+        let database =
+            validate_database(job_db.clone(), sources).map_err(|e| prefix_key(e, jobs_given, i))?;
+        let drill_server = validate_database(
+            merge_database(job_db, raw.drill.database.clone().unwrap_or_default()),
+            sources,
+        )
+        .map_err(|e| match e {
+            ConfigError::Invalid {
+                key,
+                source_name,
+                message,
+            } => ConfigError::Invalid {
+                key: format!("drill.{key}"),
+                source_name,
+                message,
+            },
+            other => other,
+        })?;
+        let databases = rj
+            .databases
+            .or(if jobs_given {
+                None
+            } else {
+                raw.databases.clone()
+            })
+            .unwrap_or_else(|| vec![database.dbname.clone()]);
+        if databases.len() > 1 && databases.iter().any(|d| d == "*") {
+            return Err(ConfigError::invalid(
+                &key("databases"),
+                "`*` (every database) cannot be combined with names; use `exclude` to leave some out",
+            ));
+        }
+        let max_drop_percent = raw.anomaly.max_drop_percent.unwrap_or(50);
+        if max_drop_percent > 99 {
+            return Err(ConfigError::invalid(
+                "anomaly.max_drop_percent",
+                format!("{max_drop_percent} is outside 0 (off) to 99"),
+            ));
+        }
+        let max_parallel = rj.max_parallel.or(raw.max_parallel).unwrap_or(1);
+        if !(1..=32).contains(&max_parallel) {
+            return Err(ConfigError::invalid(
+                &key("max_parallel"),
+                format!("{max_parallel} is outside 1 to 32"),
+            ));
+        }
+        let retention = validate_retention(merge_retention(
+            raw.retention.clone(),
+            rj.retention.unwrap_or_default(),
+        ))
+        .map_err(|e| prefix_key(e, jobs_given, i))?;
+        if databases.is_empty() || databases.iter().any(|d| d.is_empty()) {
+            return Err(ConfigError::invalid(
+                &key("databases"),
+                "needs at least one database name",
+            ));
+        }
+        let tz_name = rj.timezone.unwrap_or_else(|| default_tz.clone());
+        let tz = crate::schedule::parse_tz(&tz_name)
+            .map_err(|e| ConfigError::invalid(&key("timezone"), e.to_string()))?;
+        let schedule = match rj.schedule.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(expr) => Some(
+                crate::schedule::Schedule::parse(expr, tz)
+                    .map_err(|e| ConfigError::invalid(&key("schedule"), e.to_string()))?,
+            ),
+        };
+        let sub = rj.prefix.unwrap_or_else(|| name.clone());
+        let sub = sub.trim_matches('/');
+        let prefix = match (base_prefix.is_empty(), sub.is_empty()) {
+            (_, true) => base_prefix.clone(),
+            (true, false) => sub.to_string(),
+            (false, false) => format!("{base_prefix}/{sub}"),
+        };
+        let compression = validate_compression(merge_compression(
+            raw.compression.clone(),
+            rj.compression.unwrap_or_default(),
+        ))
+        .map_err(|e| prefix_key(e, jobs_given, i))?;
+        let retry = validate_retry(merge_retry(raw.retry.clone(), rj.retry.unwrap_or_default()))
+            .map_err(|e| prefix_key(e, jobs_given, i))?;
+        jobs.push(Job {
+            name,
+            databases,
+            database,
+            schedule,
+            timezone: tz,
+            prefix,
+            catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
+            globals: rj.globals.or(raw.globals).unwrap_or(false),
+            exclude: rj.exclude.or(raw.exclude.clone()).unwrap_or_default(),
+            max_parallel,
+            retention,
+            max_drop_percent,
+            compression,
+            retry,
+            drill_server,
+            encryption: encryption.clone(),
+        });
+    }
+    let drill_schedule = match raw.drill.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(expr) => {
+            let tz_name = raw.drill.timezone.clone().unwrap_or(default_tz.clone());
+            let tz = crate::schedule::parse_tz(&tz_name)
+                .map_err(|e| ConfigError::invalid("drill.timezone", e.to_string()))?;
+            Some(
+                crate::schedule::Schedule::parse(expr, tz)
+                    .map_err(|e| ConfigError::invalid("drill.schedule", e.to_string()))?,
+            )
+        }
+    };
+    let http_listen = match raw.http.listen {
+        None => None,
+        Some(l) if l.is_empty() => None,
+        Some(l) => Some(l.parse().map_err(|_| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("`{l}` is not an address such as 0.0.0.0:9187"),
+            )
+        })?),
+    };
+    Ok(Config {
+        jobs,
+        storage,
+        notify: validate_notify(raw.notify)?,
+        health: HealthConfig {
+            status_file: raw
+                .health
+                .status_file
+                .unwrap_or_else(|| std::env::temp_dir().join("pgsidecar-status.json")),
+            grace: raw.health.grace,
+        },
+        http_listen,
+        shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+        tools: ToolsConfig {
+            bin_dirs: raw.tools.bin_dirs.unwrap_or_default(),
+        },
+        log: validate_log(raw.log)?,
+        drill_schedule,
+        encryption,
+    })
+}
+
+/// Checks that every configured key parses. Errors name the key and, for files, the line;
+/// none quotes a key or the passphrase. An empty value (a compose file's `${VAR:-}`) means
+/// unset.
+pub(super) fn validate_encryption(
+    raw: RawEncryption,
+) -> Result<crate::codec::encryption::Encryption, ConfigError> {
+    use crate::codec::encryption::{self, Encryption};
+    let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    let mut recipients = encryption::parse_recipients(&raw.recipients.unwrap_or_default())
+        .map_err(|m| ConfigError::invalid("encryption.recipients", m))?;
+    if let Some(path) = nonempty(raw.recipients_file) {
+        recipients.extend(
+            encryption::read_recipients_file(&path)
+                .map_err(|e| ConfigError::invalid("encryption.recipients_file", e.to_string()))?,
+        );
+    }
+    let passphrase = secret_value(
+        "encryption.passphrase",
+        raw.passphrase.filter(|p| !p.is_empty()),
+        nonempty(raw.passphrase_file).as_deref(),
+    )?;
+    if passphrase.as_ref().is_some_and(|p| p.expose().is_empty()) {
+        return Err(ConfigError::invalid(
+            "encryption.passphrase_file",
+            "the file is empty",
+        ));
+    }
+    let mut encryption = Encryption::new(recipients, passphrase).map_err(|m| {
+        ConfigError::invalid(
+            "encryption.passphrase",
+            format!("{m}: encryption.recipients / encryption.recipients_file encrypt to age public keys, encryption.passphrase to a passphrase"),
+        )
+    })?;
+    if let Some(path) = nonempty(raw.identity_file) {
+        encryption = encryption
+            .with_identity_file(&path, "encryption.identity_file")
+            .map_err(|e| ConfigError::invalid("encryption.identity_file", e.to_string()))?;
+    }
+    Ok(encryption)
+}
+
+/// Names a job's key as `jobs[i].section.key` in errors from a shared validator.
+pub(super) fn prefix_key(e: ConfigError, jobs_given: bool, i: usize) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            key,
+            source_name,
+            message,
+        } if jobs_given => ConfigError::Invalid {
+            key: format!("jobs[{i}].{key} (or {key})"),
+            source_name,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Field-wise override: `Some` in `over` wins.
+macro_rules! merge_fields {
+    ($base:expr, $over:expr, $($f:ident),+) => {{
+        let (mut b, o) = ($base, $over);
+        $( if o.$f.is_some() { b.$f = o.$f; } )+
+        b
+    }};
+}
+
+pub(super) fn merge_database(base: RawDatabase, over: RawDatabase) -> RawDatabase {
+    merge_fields!(
+        base,
+        over,
+        url,
+        url_file,
+        host,
+        port,
+        user,
+        password,
+        password_file,
+        dbname,
+        sslmode,
+        sslrootcert,
+        passfile,
+        connect_timeout
+    )
+}
+
+pub(super) fn merge_compression(base: RawCompression, over: RawCompression) -> RawCompression {
+    merge_fields!(base, over, algorithm, level)
+}
+
+pub(super) fn merge_retry(base: RawRetry, over: RawRetry) -> RawRetry {
+    merge_fields!(
+        base,
+        over,
+        attempts,
+        interval,
+        backoff,
+        max_interval,
+        jitter,
+        attempt_timeout
+    )
+}
+
+pub(super) fn merge_retention(base: RawRetention, over: RawRetention) -> RawRetention {
+    merge_fields!(
+        base,
+        over,
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        max_age
+    )
+}
+
+pub(super) fn validate_retention(
+    raw: RawRetention,
+) -> Result<Option<crate::retention::Policy>, ConfigError> {
+    let policy = crate::retention::Policy {
+        keep_last: raw.keep_last,
+        keep_hourly: raw.keep_hourly,
+        keep_daily: raw.keep_daily,
+        keep_weekly: raw.keep_weekly,
+        keep_monthly: raw.keep_monthly,
+        keep_yearly: raw.keep_yearly,
+        max_age: raw.max_age,
+    };
+    if policy.is_empty() {
+        return Ok(None);
+    }
+    // A zero would silently mean "keep none by this rule"; an empty section is how to turn
+    // pruning off, so a zero is more likely a mistake.
+    for (name, v) in [
+        ("keep_last", raw.keep_last),
+        ("keep_hourly", raw.keep_hourly),
+        ("keep_daily", raw.keep_daily),
+        ("keep_weekly", raw.keep_weekly),
+        ("keep_monthly", raw.keep_monthly),
+        ("keep_yearly", raw.keep_yearly),
+    ] {
+        if v == Some(0) {
+            return Err(ConfigError::invalid(
+                &format!("retention.{name}"),
+                "must be at least 1 (leave it out to not use this rule)",
+            ));
+        }
+    }
+    if raw.max_age.is_some_and(|d| d < Duration::from_secs(3600)) {
+        return Err(ConfigError::invalid(
+            "retention.max_age",
+            "must be at least 1h",
+        ));
+    }
+    Ok(Some(policy))
+}
+
+pub(super) fn validate_retry(raw: RawRetry) -> Result<RetryPolicy, ConfigError> {
+    let attempts = raw.attempts.unwrap_or(10);
+    if !(1..=1000).contains(&attempts) {
+        return Err(ConfigError::invalid(
+            "retry.attempts",
+            format!("{attempts} is outside 1 to 1000"),
+        ));
+    }
+    let interval = raw.interval.unwrap_or(Duration::from_secs(600));
+    let exponential = match raw.backoff.as_deref().unwrap_or("fixed") {
+        "fixed" => false,
+        "exponential" => true,
+        other => {
+            return Err(ConfigError::invalid(
+                "retry.backoff",
+                format!("`{other}` is not one of fixed, exponential"),
+            ))
+        }
+    };
+    let max_interval = raw
+        .max_interval
+        .unwrap_or(Duration::from_secs(3600))
+        .max(interval);
+    let attempt_timeout = raw.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
+    if attempt_timeout < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "retry.attempt_timeout",
+            "must be at least 1s",
+        ));
+    }
+    Ok(RetryPolicy {
+        attempts,
+        interval,
+        exponential,
+        max_interval,
+        jitter: raw.jitter.unwrap_or(false),
+        attempt_timeout,
+    })
+}
+
+pub(super) fn validate_url_secret(
+    key: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    let secret = optional_secret(key, value, file)?;
+    if let Some(s) = &secret {
+        match url::Url::parse(s.expose()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            // The value is a secret: say what is wrong without quoting it.
+            _ => {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is not an http:// or https:// URL",
+                ))
+            }
+        }
+    }
+    Ok(secret)
+}
+
+pub(super) fn validate_notify(raw: RawNotify) -> Result<NotifyConfig, ConfigError> {
+    let events = match raw.events.as_deref().unwrap_or("all") {
+        "all" => NotifyEvents::All,
+        "failures" => NotifyEvents::Failures,
+        "failures_and_recoveries" => NotifyEvents::FailuresAndRecoveries,
+        other => {
+            return Err(ConfigError::invalid(
+                "notify.events",
+                format!("`{other}` is not one of all, failures, failures_and_recoveries"),
+            ))
+        }
+    };
+    let timeout = raw.timeout.unwrap_or(Duration::from_secs(10));
+    if timeout.is_zero() {
+        return Err(ConfigError::invalid("notify.timeout", "must be above zero"));
+    }
+    Ok(NotifyConfig {
+        events,
+        each_attempt: raw.each_attempt.unwrap_or(false),
+        timeout,
+        slack_webhook_url: validate_url_secret(
+            "notify.slack.webhook_url",
+            raw.slack.webhook_url,
+            raw.slack.webhook_url_file.as_deref(),
+        )?,
+        webhook_url: validate_url_secret(
+            "notify.webhook.url",
+            raw.webhook.url,
+            raw.webhook.url_file.as_deref(),
+        )?,
+        ping_start_url: validate_url_secret(
+            "notify.ping.start_url",
+            raw.ping.start_url,
+            raw.ping.start_url_file.as_deref(),
+        )?,
+        ping_success_url: validate_url_secret(
+            "notify.ping.success_url",
+            raw.ping.success_url,
+            raw.ping.success_url_file.as_deref(),
+        )?,
+        ping_failure_url: validate_url_secret(
+            "notify.ping.failure_url",
+            raw.ping.failure_url,
+            raw.ping.failure_url_file.as_deref(),
+        )?,
+    })
+}
+
+pub(super) fn validate_compression(raw: RawCompression) -> Result<Compression, ConfigError> {
+    let algorithm = raw.algorithm.unwrap_or_else(|| "zstd".to_string());
+    let check = |range: std::ops::RangeInclusive<i32>, default: i32| {
+        let level = raw.level.unwrap_or(default);
+        if range.contains(&level) {
+            Ok(level)
+        } else {
+            Err(ConfigError::invalid(
+                "compression.level",
+                format!(
+                    "{level} is outside {}..={} for {algorithm}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    };
+    match algorithm.as_str() {
+        "zstd" => Ok(Compression::Zstd {
+            level: check(1..=19, DEFAULT_ZSTD_LEVEL)?,
+        }),
+        "gzip" => Ok(Compression::Gzip {
+            level: check(1..=9, DEFAULT_GZIP_LEVEL)?,
+        }),
+        "none" => Ok(Compression::None),
+        other => Err(ConfigError::invalid(
+            "compression.algorithm",
+            format!("`{other}` is not one of zstd, gzip, none"),
+        )),
+    }
+}
+
+pub(super) fn validate_log(raw: RawLog) -> Result<LogConfig, ConfigError> {
+    let format = match raw.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                "log.format",
+                format!("`{other}` is not one of text, json"),
+            ))
+        }
+    };
+    let level = raw.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(ConfigError::invalid(
+            "log.level",
+            format!("`{level}` is not a level (error, warn, info, debug, trace) or filter"),
+        ));
+    }
+    Ok(LogConfig { format, level })
+}
