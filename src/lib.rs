@@ -5,13 +5,11 @@
 //! → [`notify`]; [`health`] keeps what `health` and `/metrics` report. See
 //! `docs/ARCHITECTURE.md`.
 
-pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod daemon;
-pub mod exit;
 pub mod health;
 pub mod logging;
 pub mod notify;
@@ -23,6 +21,7 @@ pub mod retry;
 pub mod schedule;
 pub mod secret;
 pub mod shutdown;
+pub mod sidecar;
 pub mod source;
 pub mod storage;
 pub mod verify;

@@ -2,5 +2,5 @@
 //! command line and hands over to the library.
 
 fn main() -> std::process::ExitCode {
-    pgsidecar::app::run(pgsidecar::cli::Cli::from_args()).into()
+    pgsidecar::cli::run(pgsidecar::cli::Cli::from_args()).into()
 }

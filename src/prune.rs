@@ -232,7 +232,7 @@ pub async fn prune_job(
     storage: &Storage,
     job: &Job,
     only: Option<&str>,
-    failed_last: &dyn Fn(&str) -> bool,
+    failed_last: &(dyn Fn(&str) -> bool + Sync),
     dry_run: bool,
 ) -> Result<Vec<DbReport>, PruneError> {
     let policy = job

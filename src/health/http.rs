@@ -2,7 +2,6 @@
 //! `/metrics`, both rendered from the daemon's [`Status`].
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -150,22 +149,20 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
     out
 }
 
-/// Serves `/healthz` and `/metrics` on `addr` until `shutdown`.
+/// Serves `/healthz` and `/metrics` on `addr` until `shutdown`, from the board `status`
+/// returns at each request.
 pub async fn serve(
     addr: std::net::SocketAddr,
-    board: Arc<Mutex<Status>>,
+    status: impl Fn() -> Status + Clone + Send + Sync + 'static,
     clock: crate::schedule::Clock,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let health_board = board.clone();
+    let health_status = status.clone();
     let app = Router::new()
         .route(
             "/healthz",
             get(move || {
-                let problems = health_board
-                    .lock()
-                    .expect("not poisoned")
-                    .problems(clock.now());
+                let problems = health_status().problems(clock.now());
                 async move {
                     if problems.is_empty() {
                         (StatusCode::OK, "ok\n".to_string())
@@ -178,7 +175,7 @@ pub async fn serve(
         .route(
             "/metrics",
             get(move || {
-                let text = render_metrics(&board.lock().expect("not poisoned"), clock.now());
+                let text = render_metrics(&status(), clock.now());
                 async move {
                     (
                         [(

@@ -1,8 +1,11 @@
 //! Health: the status the daemon keeps, and what `health`, `/healthz` and `/metrics` report
 //! from it.
 
+pub mod board;
 pub mod http;
 pub mod status;
+
+pub use board::Board;
 
 use std::path::PathBuf;
 use std::time::Duration;

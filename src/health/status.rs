@@ -88,6 +88,27 @@ impl DbStatus {
     fn attempt_failed(&self) -> bool {
         self.last_attempt_at.is_some() && self.last_attempt_at > self.last_success_at
     }
+
+    /// Takes `other`'s outcomes where they are newer than this entry's (the newest attempt
+    /// with its error, the newest success with its facts, the newest drill); counters stay.
+    pub fn adopt(&mut self, other: &DbStatus) {
+        if other.last_attempt_at > self.last_attempt_at {
+            self.last_attempt_at = other.last_attempt_at;
+            self.last_error = other.last_error.clone();
+        }
+        if other.last_success_at > self.last_success_at {
+            self.last_success_at = other.last_success_at;
+            self.last_duration_secs = other.last_duration_secs;
+            self.last_stored_bytes = other.last_stored_bytes;
+            self.last_raw_bytes = other.last_raw_bytes;
+            self.last_key = other.last_key.clone();
+        }
+        if other.last_drill_at > self.last_drill_at {
+            self.last_drill_at = other.last_drill_at;
+            self.last_drill_passed = other.last_drill_passed;
+            self.last_drill_restore_secs = other.last_drill_restore_secs;
+        }
+    }
 }
 
 impl Status {
@@ -121,6 +142,48 @@ impl Status {
                     entry.last_attempt_at = old.last_attempt_at;
                     entry.last_error = old.last_error.clone();
                 }
+            }
+        }
+    }
+
+    /// Adds the jobs (name, schedule) this board does not list yet.
+    pub fn ensure_jobs(&mut self, jobs: &[(String, Option<String>)]) {
+        for (name, schedule) in jobs {
+            if !self.jobs.iter().any(|j| &j.name == name) {
+                self.jobs.push(JobStatus {
+                    name: name.clone(),
+                    schedule: schedule.clone(),
+                    max_age_secs: None,
+                    next_run: None,
+                    databases: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// Takes newer outcomes that another process (a backup or drill run by hand) recorded in
+    /// `other`, for the jobs and databases this board lists.
+    pub fn adopt_newer_outcomes(&mut self, other: &Status) {
+        for other_job in &other.jobs {
+            let Some(job) = self.jobs.iter_mut().find(|j| j.name == other_job.name) else {
+                continue;
+            };
+            for theirs in &other_job.databases {
+                let i = match job
+                    .databases
+                    .iter()
+                    .position(|d| d.database == theirs.database)
+                {
+                    Some(i) => i,
+                    None => {
+                        job.databases.push(DbStatus {
+                            database: theirs.database.clone(),
+                            ..DbStatus::default()
+                        });
+                        job.databases.len() - 1
+                    }
+                };
+                job.databases[i].adopt(theirs);
             }
         }
     }

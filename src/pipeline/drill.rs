@@ -172,3 +172,97 @@ pub async fn drill(
     tracing::info!(key = %m.key, "restore drill passed: {}", report.summary());
     Ok(report)
 }
+
+/// The databases of `job` a drill restores: its list, or with `*` those with backups in
+/// storage (a drill needs backups, not the source server).
+pub async fn databases(storage: &Storage, job: &Job) -> Result<Vec<String>, DrillError> {
+    if !job.databases.iter().any(|d| d == "*") {
+        return Ok(job
+            .databases
+            .iter()
+            .filter(|d| !job.exclude.contains(d))
+            .cloned()
+            .collect());
+    }
+    let found = catalog::load(storage, &job.prefix, None)
+        .await
+        .map_err(|source| DrillError::Catalog {
+            database: "*".into(),
+            source,
+        })?;
+    let mut names: Vec<String> = found
+        .entries
+        .into_iter()
+        .map(|e| e.manifest.database)
+        .filter(|d| !job.exclude.contains(d))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
+/// One drill of each database of `jobs` (`only`: just that database), recorded on the board
+/// and notified like a backup. Returns `(job, database, outcome)` in order.
+pub async fn run_drills<'a>(
+    ctx: &super::run::Context,
+    jobs: &'a [Job],
+    only: Option<&str>,
+) -> Vec<(&'a Job, String, Result<DrillReport, DrillError>)> {
+    use crate::notify::EventKind;
+    let mut out = Vec::new();
+    for job in jobs {
+        let names = match databases(&ctx.storage, job).await {
+            Ok(n) => n,
+            Err(e) => {
+                out.push((job, "*".to_string(), Err(e)));
+                continue;
+            }
+        };
+        for db in names.into_iter().filter(|d| only.is_none_or(|o| o == d)) {
+            if ctx.shutdown.is_cancelled() {
+                return out;
+            }
+            // A drill waits for a backup of the same database to finish: it restores the
+            // newest one.
+            let turn = ctx.turn(job, &db);
+            let _turn = turn.lock().await;
+            let result = drill(
+                job,
+                &job.drill_server,
+                &ctx.tools,
+                &ctx.storage,
+                &db,
+                &ctx.abort,
+            )
+            .await;
+            ctx.board.update_db(&job.name, &db, |entry| {
+                entry.last_drill_at = Some(ctx.clock.now());
+                entry.last_drill_passed = Some(result.is_ok());
+                match &result {
+                    Ok(r) => entry.last_drill_restore_secs = Some(r.restore_time.as_secs_f64()),
+                    Err(_) => entry.drill_failures_total += 1,
+                }
+            });
+            ctx.board.save();
+            let event = match &result {
+                Ok(r) => ctx.event(job, &db, EventKind::DrillPassed, 1, |e| {
+                    e.key = Some(r.key.clone());
+                    e.stored_bytes = Some(r.stored_bytes);
+                    e.duration_secs = Some(r.restore_time.as_secs_f64());
+                    e.summary = Some(r.summary());
+                    e.next_run = None;
+                }),
+                Err(err) => {
+                    tracing::error!(job = %job.name, database = %db, "{err}");
+                    ctx.event(job, &db, EventKind::DrillFailed, 1, |e| {
+                        e.error = Some(err.to_string());
+                        e.next_run = None;
+                    })
+                }
+            };
+            ctx.notify.dispatch(event);
+            out.push((job, db, result));
+        }
+    }
+    out
+}

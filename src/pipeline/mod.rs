@@ -3,5 +3,7 @@
 pub mod backup;
 pub mod drill;
 pub mod job;
+pub mod run;
 
 pub use job::Job;
+pub use run::{Context, Outcome, Trigger};

@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(choose_part_size(1 << 30, 10_000), 5 * MIB);
         let big = 200u64 << 30;
         let p = choose_part_size(big, 10_000);
-        assert!(p * 10_000 >= 2 * big && p % MIB == 0, "{p}");
+        assert!(p * 10_000 >= 2 * big && p.is_multiple_of(MIB), "{p}");
         // Memory stays bounded for any database size; larger dumps continue in pieces.
         assert_eq!(choose_part_size(u64::MAX, 10_000), AUTO_PART_CEILING);
     }

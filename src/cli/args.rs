@@ -1,4 +1,4 @@
-//! Command line: what `pgsidecar` accepts. Parsing only; [`crate::app`] carries commands out.
+//! Command line: what `pgsidecar` accepts. Parsing only; the command modules carry it out.
 
 use std::path::PathBuf;
 
@@ -49,11 +49,15 @@ pub fn multi_call(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
 pub enum Command {
     /// Run the daemon: back up on schedule until SIGTERM (without a schedule: once, then exit).
     Run,
-    /// Take a backup now (waits if a scheduled backup of the database is running).
+    /// Take a backup now (waits if a scheduled backup of the database is running), then
+    /// record it, prune by the job's retention and notify, like a scheduled backup.
     Backup {
         /// The job to back up (needed when several are configured).
         #[arg(long, value_name = "NAME")]
         job: Option<String>,
+        /// Retry a failed backup as the job's `retry` policy says (default: one attempt).
+        #[arg(long)]
+        retry: bool,
     },
     /// List complete backups, newest first.
     List {

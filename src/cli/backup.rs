@@ -1,0 +1,34 @@
+//! `pgsidecar backup`: one backup of every database of a job now, through the same pipeline
+//! and tail as a scheduled one (status, retention, notification).
+
+use super::{report_error, CliError, ExitCode};
+use crate::pipeline::{run::run_job, Trigger};
+use crate::sidecar::Sidecar;
+
+/// Time allowed to deliver the notifications before the command exits.
+const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(15);
+
+pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<ExitCode, CliError> {
+    sidecar.config.job(job.as_deref())?;
+    sidecar.ensure_lifecycle().await;
+    let (config, ctx) = sidecar.command_context(crate::shutdown::on_signal());
+    let job = config.job(job.as_deref())?;
+    let outcomes = run_job(&ctx, job, Trigger::Manual { retry }).await;
+    ctx.notify.flush(NOTIFY_FLUSH).await;
+    let mut failed = 0;
+    // One failing database never hides the others' results.
+    for outcome in outcomes? {
+        match outcome.result {
+            Ok(done) => println!("{}", done.manifest.key),
+            Err(e) => {
+                report_error(&e);
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}

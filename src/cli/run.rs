@@ -1,0 +1,20 @@
+//! `pgsidecar run`: the daemon.
+
+use super::ExitCode;
+use crate::sidecar::Sidecar;
+
+pub async fn run(sidecar: Sidecar) -> ExitCode {
+    let cancel = crate::shutdown::on_signal();
+    sidecar.ensure_lifecycle().await;
+    let Sidecar {
+        config,
+        storage,
+        notify,
+        clock,
+    } = sidecar;
+    if crate::daemon::run(config, storage, notify, clock, cancel).await {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
+}

@@ -1,0 +1,312 @@
+//! Job pipeline: the one place that knows what follows a backup. A run of one database is
+//! backup (with retries when asked) → status board → retention → notification, the same for a
+//! scheduled firing and for `pgsidecar backup`.
+//!
+//! Invariants: prune runs only after a success, and only on that database (another whose
+//! newest attempt failed keeps everything it has); a failure is recorded before it is
+//! notified, so `health` never lags a message; one failing database never stops the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::backup::{self, BackupError, Completed, WhenBusy};
+use super::Job;
+use crate::health::Board;
+use crate::notify::{Dispatcher, Event, EventKind};
+use crate::retry::RetryPolicy;
+use crate::schedule::Clock;
+use crate::source::ToolsConfig;
+use crate::storage::Storage;
+
+/// Everything a run needs besides its job, built once by the composition root.
+pub struct Context {
+    pub storage: Storage,
+    pub notify: Dispatcher,
+    pub board: Board,
+    pub clock: Clock,
+    pub tools: ToolsConfig,
+    /// This sidecar's name in notifications (the container's host name).
+    pub sidecar: String,
+    /// Stops waiting and retrying (SIGTERM).
+    pub shutdown: CancellationToken,
+    /// Stops the running backup or drill (SIGTERM, after the daemon's grace period).
+    pub abort: CancellationToken,
+    /// One per database: a process's backups and drills of one database take turns here
+    /// instead of skipping each other at the advisory lock, which is for other sidecars.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// How a run was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A firing of the job's schedule (or the catch-up of a missed one) at this time: retried
+    /// by the job's policy, skipped when another sidecar is doing the same work.
+    Scheduled(DateTime<Utc>),
+    /// `pgsidecar backup`: waits for another backup of the database, and tries once unless
+    /// `retry` (`--retry`) asks for the job's policy.
+    Manual { retry: bool },
+}
+
+/// How one database's run ended.
+pub struct Outcome {
+    pub database: String,
+    pub result: Result<Completed, BackupError>,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+impl Context {
+    /// A context for `storage`, `notify` and `board`, reading time from `clock`.
+    pub fn new(
+        storage: Storage,
+        notify: Dispatcher,
+        board: Board,
+        clock: Clock,
+        tools: ToolsConfig,
+        shutdown: CancellationToken,
+        abort: CancellationToken,
+    ) -> Context {
+        Context {
+            storage,
+            notify,
+            board,
+            clock,
+            tools,
+            sidecar: hostname(),
+            shutdown,
+            abort,
+            turns: Mutex::default(),
+        }
+    }
+
+    /// The turn of one database: its backups and drills run one at a time in this process.
+    pub fn turn(&self, job: &Job, db: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}:{}/{db}", job.database.host, job.database.port);
+        let mut turns = self.turns.lock().expect("not poisoned");
+        turns.entry(key).or_default().clone()
+    }
+
+    /// An event of `kind` about `db`, with the facts every event carries.
+    pub fn event(
+        &self,
+        job: &Job,
+        db: &str,
+        kind: EventKind,
+        attempt: u32,
+        fill: impl FnOnce(&mut Event),
+    ) -> Event {
+        let now = self.clock.now();
+        let mut e = Event {
+            kind,
+            job: job.name.clone(),
+            database: db.to_string(),
+            server: format!("{}:{}", job.database.host, job.database.port),
+            sidecar: self.sidecar.clone(),
+            attempt,
+            attempts: job.retry.attempts,
+            at: now,
+            stored_bytes: None,
+            raw_bytes: None,
+            duration_secs: None,
+            key: None,
+            next_run: job.schedule.as_ref().and_then(|s| s.next_after(now)),
+            error: None,
+            stderr_tail: Vec::new(),
+            summary: None,
+            pruned: 0,
+            warnings: Vec::new(),
+        };
+        fill(&mut e);
+        e
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pgsidecar".to_string())
+}
+
+/// Runs `job` for every database it backs up, at most `max_parallel` at once. `Err` when
+/// the databases of a `*` job cannot be listed (recorded as a failure and notified).
+pub async fn run_job(
+    ctx: &Context,
+    job: &Job,
+    trigger: Trigger,
+) -> Result<Vec<Outcome>, BackupError> {
+    let databases = match backup::databases(job).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(job = %job.name, "{e}");
+            ctx.notify
+                .dispatch(ctx.event(job, "*", EventKind::Failed, 1, |ev| {
+                    ev.error = Some(format!("cannot list the databases to back up: {e}"));
+                }));
+            return Err(e);
+        }
+    };
+    Ok(futures::stream::iter(databases)
+        .map(|db| async move {
+            if ctx.shutdown.is_cancelled() {
+                return Outcome {
+                    result: Err(BackupError::Cancelled {
+                        database: db.clone(),
+                    }),
+                    database: db,
+                    attempts: 0,
+                };
+            }
+            run_database(ctx, job, &db, trigger).await
+        })
+        .buffer_unordered(job.max_parallel)
+        .collect()
+        .await)
+}
+
+/// Backs up `db` of `job` and runs its tail: status, retention, notification.
+pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) -> Outcome {
+    let turn = ctx.turn(job, db);
+    let _turn = turn.lock().await;
+    ctx.notify
+        .dispatch(ctx.event(job, db, EventKind::Started, 1, |_| {}));
+    let (when_busy, policy) = match trigger {
+        Trigger::Scheduled(at) => (WhenBusy::Skip(Some(at)), job.retry.clone()),
+        Trigger::Manual { retry } => (
+            WhenBusy::Wait,
+            if retry {
+                job.retry.clone()
+            } else {
+                RetryPolicy {
+                    attempts: 1,
+                    ..job.retry.clone()
+                }
+            },
+        ),
+    };
+    let (result, attempts) = crate::retry::retry(
+        &policy,
+        &ctx.shutdown,
+        |e: &BackupError| e.is_permanent(),
+        |attempt, e, wait| {
+            ctx.board.update_db(&job.name, db, |entry| {
+                entry.attempts_total += 1;
+                entry.last_attempt_at = Some(ctx.clock.now());
+                entry.last_error = Some(crate::secret::redact(&e.to_string()).into_owned());
+            });
+            if matches!(e, BackupError::Busy { .. }) {
+                return;
+            }
+            match wait {
+                Some(w) => {
+                    tracing::warn!(job = %job.name, database = %db, attempt, attempts = policy.attempts, "attempt failed, retrying in {}: {e}", humantime::format_duration(w));
+                    ctx.notify.dispatch(ctx.event(job, db, EventKind::AttemptFailed, attempt, |ev| {
+                        ev.error = Some(e.to_string());
+                        ev.stderr_tail = e.stderr_tail().to_vec();
+                    }));
+                }
+                None => tracing::error!(job = %job.name, database = %db, attempt, attempts = policy.attempts, "backup failed: {e}"),
+            }
+        },
+        |_| backup::backup_database(job, &ctx.tools, &ctx.storage, db, when_busy, &ctx.abort),
+    )
+    .await;
+    match &result {
+        Ok(done) => {
+            let m = &done.manifest;
+            ctx.board.update_db(&job.name, db, |entry| {
+                entry.attempts_total += 1;
+                entry.backups_total += 1;
+                entry.last_attempt_at = Some(m.started_at);
+                entry.last_success_at = Some(m.started_at);
+                entry.last_duration_secs = Some(m.duration_ms as f64 / 1000.0);
+                entry.last_stored_bytes = Some(m.stored_bytes);
+                entry.last_raw_bytes = Some(m.raw_bytes);
+                entry.last_key = Some(m.key.clone());
+                entry.last_error = None;
+            });
+            let pruned = prune_after_backup(ctx, job, db).await;
+            ctx.board.save();
+            let kind = if attempts > 1 {
+                EventKind::SucceededAfterRetries
+            } else {
+                EventKind::Succeeded
+            };
+            ctx.notify.dispatch(ctx.event(job, db, kind, attempts, |e| {
+                e.stored_bytes = Some(m.stored_bytes);
+                e.raw_bytes = Some(m.raw_bytes);
+                e.duration_secs = Some(m.duration_ms as f64 / 1000.0);
+                e.key = Some(m.key.clone());
+                if pruned > 0 {
+                    e.summary = Some(format!(
+                        "Pruned {pruned} old backup(s) by the retention policy."
+                    ));
+                }
+                e.pruned = pruned;
+                e.warnings = m.anomalies.clone();
+            }));
+        }
+        Err(BackupError::Busy { .. }) => {
+            tracing::info!(job = %job.name, database = %db, "another sidecar is backing up this database; firing skipped");
+            ctx.board
+                .update_db(&job.name, db, |entry| entry.skipped_total += 1);
+        }
+        Err(e) => {
+            ctx.board
+                .update_db(&job.name, db, |entry| entry.failures_total += 1);
+            ctx.board.save();
+            ctx.notify
+                .dispatch(ctx.event(job, db, EventKind::Failed, attempts, |ev| {
+                    ev.error = Some(e.to_string());
+                    ev.stderr_tail = e.stderr_tail().to_vec();
+                }));
+        }
+    }
+    Outcome {
+        database: db.to_string(),
+        result,
+        attempts,
+    }
+}
+
+/// Prunes `db` by the job's retention after a successful backup; returns how many backups
+/// were deleted. A prune that fails is logged: the backup is stored, and the next run
+/// prunes again.
+async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
+    if job.retention.is_none() {
+        return 0;
+    }
+    let reports =
+        match crate::prune::prune_job(&ctx.storage, job, Some(db), &|_| false, false).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");
+                return 0;
+            }
+        };
+    let mut deleted = 0;
+    for report in &reports {
+        if let Some(why) = &report.held {
+            tracing::info!(job = %job.name, database = %db, "not pruning: {why}");
+        }
+        for (key, until) in &report.locked {
+            tracing::info!(job = %job.name, database = %db, key, "not pruned: object lock until {until}");
+        }
+        for e in &report.errors {
+            tracing::warn!(job = %job.name, database = %db, "prune: {e}");
+        }
+        deleted += report.deleted.len() as u64;
+    }
+    if deleted > 0 {
+        tracing::info!(job = %job.name, database = %db, count = deleted, "pruned old backups");
+    }
+    ctx.board
+        .update_db(&job.name, db, |entry| entry.pruned_total += deleted);
+    deleted
+}
