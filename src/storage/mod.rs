@@ -1,10 +1,11 @@
 //! Storage sink: where dumps and manifests are kept. One trait, one implementation per
 //! backend (S3, local directory), dispatched through the closed [`Storage`] enum.
 //!
-//! Invariant: `put_stream` either stores the whole stream and returns its pieces, or leaves
+//! Invariants: `put_stream` either stores the whole stream and returns its pieces, or leaves
 //! nothing behind: partial uploads are aborted and partial files removed, on every error path
-//! and on cancellation. Every object written (dumps, globals, manifests) carries the same
-//! configured encryption, tags and retention.
+//! and on cancellation. No write replaces a stored object. Every object written (dumps,
+//! globals, manifests) carries the same configured encryption, tags and retention.
+//! `tests/it/storage_contract.rs` checks this contract against every backend.
 
 pub mod local;
 pub mod s3;
@@ -146,7 +147,9 @@ pub enum LifecycleChange {
 #[allow(async_fn_in_trait)]
 pub trait Backend {
     /// Stores `body` under `key` (and `key.002`, … if it outgrows one object). `expected_size`
-    /// is a hint for sizing upload parts.
+    /// is a hint for sizing upload parts. Never replaces a stored object: if `key` (or a
+    /// continuation piece) exists, fails with [`StorageError::AlreadyExists`] naming it, and
+    /// leaves that object as it is and nothing of this upload.
     async fn put_stream(
         &self,
         key: &str,
@@ -154,13 +157,16 @@ pub trait Backend {
         expected_size: u64,
         cancel: &CancellationToken,
     ) -> Result<Vec<StoredPiece>, StorageError>;
-    /// Stores a small object in one request, replacing nothing: `key` must be new.
+    /// Stores a small object in one request, never replacing a stored object: if `key` exists,
+    /// fails with [`StorageError::AlreadyExists`] naming it and leaves it as it is. An object
+    /// that already holds exactly `bytes` counts as written, so a resent request whose first
+    /// attempt landed is no error.
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError>;
-    /// Streams an object.
+    /// Streams an object; a missing one is [`StorageError::NotFound`].
     async fn get(&self, key: &str) -> Result<BoxRead, StorageError>;
-    /// Reads a small object whole.
+    /// Reads a small object whole; a missing one is [`StorageError::NotFound`].
     async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError>;
-    /// Every object whose key starts with `prefix`.
+    /// Every object whose key starts with `prefix`, each once, in byte order of the keys.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
     /// Removes `key`; removing a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;

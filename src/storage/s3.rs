@@ -13,7 +13,10 @@
 //! - encryption, tagging and object lock headers are sent only when configured, and then on
 //!   every object written (dump pieces, globals, manifests): stores that lack a feature reject
 //!   its header;
-//! - bucket lifecycle rules are edited, never replaced: rules the sidecar does not own survive.
+//! - bucket lifecycle rules are edited, never replaced: rules the sidecar does not own survive;
+//! - no write replaces an object: PutObject and CompleteMultipartUpload carry
+//!   `If-None-Match: *` (AWS honours it since 2024; so do moto and s3s-fs), and an object found
+//!   in the way is left as it is.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -451,6 +454,8 @@ impl S3Storage {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(&upload_id)
+            // Never replace a stored object (see the trait's promise).
+            .if_none_match("*")
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -465,6 +470,14 @@ impl S3Storage {
                 key: key.into(),
                 reason: "CompleteMultipartUpload was answered without an ETag".into(),
             }),
+            Err(e) if precondition_failed(&e) => {
+                // The object under `key` is not this upload's: it stays, only the upload goes.
+                // (Should the SDK have retried a completion whose answer was lost, the object
+                // is this upload's after all; the backup then fails, and its dump, having no
+                // manifest, is removed by the next backup of the database.)
+                self.abort(key, &upload_id).await;
+                return Err(StorageError::AlreadyExists { key: key.into() });
+            }
             Err(e) => Err(self.map_err("complete the upload of", key, e)),
         };
         if let Err(e) = checked {
@@ -660,11 +673,13 @@ impl Backend for S3Storage {
     async fn put_bytes(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
         // Content-MD5 is also what S3 requires of a write under object lock.
         let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&bytes));
-        with_object_settings!(
+        let put = with_object_settings!(
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(key)
+                // Never replace a stored object: the store refuses with 412 if `key` exists.
+                .if_none_match("*")
                 .content_type(if key.ends_with(".json") {
                     "application/json"
                 } else {
@@ -672,13 +687,23 @@ impl Backend for S3Storage {
                 })
                 .content_md5(md5)
                 .content_length(bytes.len() as i64)
-                .body(ByteStream::from(bytes)),
+                .body(ByteStream::from(bytes.clone())),
             &self.object
         )
         .send()
-        .await
-        .map_err(|e| self.map_err("write", key, e))?;
-        Ok(())
+        .await;
+        match put {
+            Ok(_) => Ok(()),
+            // The SDK resends a request whose answer was lost, and the resent one finds the
+            // object the first stored. That write did happen: calling it refused would make
+            // the caller undo the backup the object completes (a manifest, say). So an object
+            // holding exactly these bytes counts as written; any other is in the way.
+            Err(e) if precondition_failed(&e) => match self.get_bytes(key).await {
+                Ok(stored) if stored == bytes => Ok(()),
+                _ => Err(StorageError::AlreadyExists { key: key.into() }),
+            },
+            Err(e) => Err(self.map_err("write", key, e)),
+        }
     }
 
     async fn get(&self, key: &str) -> Result<BoxRead, StorageError> {
@@ -858,6 +883,20 @@ fn denied(bucket: &str, action: &'static str, err: StorageError) -> StorageError
 /// The error code of a service error, if it is one.
 fn service_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     err.as_service_error().and_then(|e| e.code())
+}
+
+/// Whether a conditional write was refused because its condition failed: with
+/// `If-None-Match: *`, an object already exists under the key. Some stores answer a completion
+/// 200 with the error in the body, hence the code as well as the status.
+fn precondition_failed<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    match err {
+        SdkError::ServiceError(se) => {
+            se.raw().status().as_u16() == 412 || se.err().code() == Some("PreconditionFailed")
+        }
+        _ => false,
+    }
 }
 
 /// Whether the store answered that it does not implement the operation.

@@ -382,6 +382,19 @@ impl S3 {
         S3::serve(cmd, port, "s3s-fs S3 server")
     }
 
+    /// Starts s3s-fs as [`S3::start_s3s_fs`] does, and returns the directory it keeps its objects
+    /// in: it cannot list multipart uploads, so a test looks for them there.
+    pub fn start_s3s_fs_with_root() -> (S3, PathBuf) {
+        let port = free_port();
+        let root = tempfile::tempdir().unwrap().keep();
+        on_exit(&format!("rm -rf '{}'", root.display()));
+        let mut cmd = Command::new(env_path("PGSC_TEST_S3S_FS"));
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "test", "--secret-key", "test"])
+            .arg(&root);
+        (S3::serve(cmd, port, "s3s-fs S3 server"), root)
+    }
+
     fn serve(mut cmd: Command, port: u16, what: &str) -> S3 {
         let child = cmd
             .stdin(Stdio::null())

@@ -22,6 +22,8 @@ mod prune;
 mod restore;
 /// Secrets never reach output, notifications, manifests or object metadata.
 mod secrets;
+/// The storage contract, run against every backend: round trips, no overwrite, listing, aborts, sweep.
+mod storage_contract;
 /// S3 features: server-side encryption, tags, object lock, lifecycle rules.
 mod storage_features;
 /// TLS to PostgreSQL: verify-full against a server with a CA the test creates.
