@@ -26,8 +26,9 @@ use base64::Engine;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use pgsidecar::config::{Sources, StorageLocation};
+use pgsidecar::config::Sources;
 use pgsidecar::storage::s3::S3Storage;
+use pgsidecar::storage::StorageLocation;
 use pgsidecar::storage::{Storage, StorageError, StoredPiece};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -112,7 +113,7 @@ fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 }
 
 /// The storage configuration for `url`, as the binary would load it, with the smallest parts.
-fn storage_config(url: &str) -> pgsidecar::config::StorageConfig {
+fn storage_config(url: &str) -> pgsidecar::storage::StorageConfig {
     let env = [
         ("PGSIDECAR_STORAGE__URL", url),
         ("PGSIDECAR_STORAGE__PART_SIZE", PART_SIZE),
