@@ -8,8 +8,9 @@ pub mod manifest;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::keys::MANIFEST_SUFFIX;
 use crate::storage::{Storage, StorageError};
-use manifest::{Manifest, MANIFEST_SUFFIX};
+use manifest::Manifest;
 
 /// One backup.
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +34,7 @@ pub async fn load(
     database: Option<&str>,
 ) -> Result<Catalog, StorageError> {
     let prefix = match database {
-        Some(db) => manifest::database_prefix(base, db),
+        Some(db) => crate::keys::database_prefix(base, db),
         None if base.is_empty() => String::new(),
         None => format!("{base}/"),
     };
@@ -63,7 +64,7 @@ pub async fn load(
                     .iter()
                     .map(|p| p.key.as_str())
                     .chain(m.globals.as_ref().map(|g| g.key.as_str()))
-                    .filter(|k| manifest::manifest_key(k) != object.key)
+                    .filter(|k| crate::keys::manifest_key(k) != object.key)
                     .collect();
                 let rejected = if !foreign.is_empty() {
                     Some(format!(

@@ -239,11 +239,11 @@ async fn newest_backup(
     job: &Job,
     db: &str,
 ) -> Result<Option<DateTime<Utc>>, crate::storage::StorageError> {
-    let prefix = crate::catalog::manifest::database_prefix(&job.prefix, db);
+    let prefix = crate::keys::database_prefix(&job.prefix, db);
     let objects = storage.list(&prefix).await?;
     Ok(objects
         .iter()
-        .filter_map(|o| crate::catalog::manifest::started_from_key(&o.key))
+        .filter_map(|o| crate::keys::started_from_key(&o.key))
         .max())
 }
 

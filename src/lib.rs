@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pipeline;

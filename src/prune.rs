@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 
-use crate::catalog::manifest;
 use crate::catalog::{self, Entry};
 use crate::pipeline::Job;
 use crate::retention::{self, Policy, Reason};
@@ -171,17 +170,11 @@ async fn protect_before_anomalies(
     }
 }
 
-/// The key of the marker `pgsidecar ack` writes for `entry`.
-pub fn ack_key(entry: &Entry) -> String {
-    let stem = entry
-        .manifest_key
-        .strip_suffix(manifest::MANIFEST_SUFFIX)
-        .unwrap_or(&entry.manifest_key);
-    format!("{stem}{}", manifest::ACK_SUFFIX)
-}
-
 async fn acknowledged(storage: &Storage, entry: &Entry) -> bool {
-    storage.get_bytes(&ack_key(entry)).await.is_ok()
+    storage
+        .get_bytes(&crate::keys::ack_key(&entry.manifest_key))
+        .await
+        .is_ok()
 }
 
 /// Deletes one backup: its objects first, the manifest last.
@@ -196,7 +189,9 @@ async fn delete_backup(storage: &Storage, entry: &Entry) -> Result<(), StorageEr
     storage.delete(&entry.manifest_key).await?;
     if !m.anomalies.is_empty() {
         // The acknowledgement belongs to the backup; a missing one is fine.
-        let _ = storage.delete(&ack_key(entry)).await;
+        let _ = storage
+            .delete(&crate::keys::ack_key(&entry.manifest_key))
+            .await;
     }
     Ok(())
 }
@@ -212,9 +207,9 @@ async fn remove_leftovers(
     let objects = storage.list(prefix).await?;
     let mut removed = Vec::new();
     for o in &objects {
-        let manifest_key = manifest::manifest_key(&o.key);
-        let orphan = crate::storage::is_dump_key(&o.key)
-            && manifest::started_from_key(&manifest_key).is_some()
+        let manifest_key = crate::keys::manifest_key(&o.key);
+        let orphan = crate::keys::is_dump_key(&o.key)
+            && crate::keys::started_from_key(&manifest_key).is_some()
             && !objects.iter().any(|m| m.key == manifest_key)
             && o.last_modified.is_some_and(|t| now - t > LEFTOVER_AGE);
         if orphan {
@@ -270,7 +265,7 @@ pub async fn prune_job(
             dry_run,
         )
         .await;
-        let prefix = manifest::database_prefix(&job.prefix, db);
+        let prefix = crate::keys::database_prefix(&job.prefix, db);
         match remove_leftovers(storage, &prefix, now, dry_run).await {
             Ok(keys) => report.leftovers = keys,
             Err(e) => report.errors.push(format!("{prefix}: {e}")),

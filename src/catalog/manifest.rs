@@ -8,7 +8,6 @@
 
 use crate::codec::encryption::EncryptionRecord;
 use chrono::{DateTime, Utc};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Compression;
@@ -23,13 +22,6 @@ pub const FORMAT: &str = "pgsidecar-manifest";
 pub const FORMAT_VERSION: u32 = 2;
 /// The version of manifests of unencrypted backups, which every release reads.
 pub const PLAIN_FORMAT_VERSION: u32 = 1;
-/// Suffix of manifest keys.
-pub const MANIFEST_SUFFIX: &str = ".manifest.json";
-/// Suffix of the marker `pgsidecar ack` writes beside a manifest whose anomalies were seen.
-pub const ACK_SUFFIX: &str = ".anomaly-ack";
-/// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
-pub const GLOBALS_SUFFIX: &str = ".globals.sql.zst";
-const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
 
 /// Errors reading a manifest.
 #[derive(Debug, thiserror::Error)]
@@ -157,136 +149,9 @@ pub struct Globals {
     pub role_passwords: bool,
 }
 
-/// The key of the globals stored with the dump `dump_key`; encrypted like the dump (`.age`).
-pub fn globals_key(dump_key: &str) -> String {
-    let manifest = manifest_key(dump_key);
-    let stem = manifest
-        .strip_suffix(MANIFEST_SUFFIX)
-        .expect("manifest keys end with the suffix");
-    let encrypted = if dump_key.ends_with(crate::codec::encryption::SUFFIX) {
-        crate::codec::encryption::SUFFIX
-    } else {
-        ""
-    };
-    format!("{stem}{GLOBALS_SUFFIX}{encrypted}")
-}
-
-/// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
-/// names with `/`, spaces, quotes or unicode make one safe path segment.
-const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
-
-/// `<prefix>/<database>/`: every object of one database's backups.
-pub fn database_prefix(base: &str, database: &str) -> String {
-    let segment = utf8_percent_encode(database, KEY_SAFE).to_string();
-    // `.` and `..` would be path tricks on a file system.
-    let segment = match segment.as_str() {
-        "." => "%2E".to_string(),
-        ".." => "%2E%2E".to_string(),
-        _ => segment,
-    };
-    if base.is_empty() {
-        format!("{segment}/")
-    } else {
-        format!("{base}/{segment}/")
-    }
-}
-
-/// The key of a dump of `database` started at `started`: `.dump`, the compression's suffix,
-/// and `.age` when `encrypted`.
-pub fn dump_key(
-    base: &str,
-    database: &str,
-    started: DateTime<Utc>,
-    compression: Compression,
-    encrypted: bool,
-) -> String {
-    format!(
-        "{}{}.dump{}{}",
-        database_prefix(base, database),
-        started.format(TIMESTAMP_FORMAT),
-        compression.suffix(),
-        if encrypted {
-            crate::codec::encryption::SUFFIX
-        } else {
-            ""
-        }
-    )
-}
-
-/// The start time encoded in a manifest key, if `key` is one.
-pub fn started_from_key(key: &str) -> Option<DateTime<Utc>> {
-    let name = key.rsplit('/').next()?.strip_suffix(MANIFEST_SUFFIX)?;
-    chrono::NaiveDateTime::parse_from_str(name, TIMESTAMP_FORMAT)
-        .ok()
-        .map(|n| n.and_utc())
-}
-
-/// The manifest key belonging to a dump key.
-pub fn manifest_key(dump_key: &str) -> String {
-    // Only the file name is looked at: a prefix such as `pg.dumps/` must not cut the key short.
-    let name_start = dump_key.rfind('/').map_or(0, |i| i + 1);
-    let name = &dump_key[name_start..];
-    let stem_end = name
-        .find(".dump")
-        .or_else(|| name.find(GLOBALS_SUFFIX))
-        .map_or(dump_key.len(), |i| name_start + i);
-    format!("{}{MANIFEST_SUFFIX}", &dump_key[..stem_end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_sortable_and_safe() {
-        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
-            .unwrap()
-            .to_utc();
-        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, false);
-        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst");
-        assert_eq!(
-            manifest_key(&k),
-            "prod/app/2026-11-24T020000Z.manifest.json"
-        );
-        assert_eq!(
-            globals_key(&k),
-            "prod/app/2026-11-24T020000Z.globals.sql.zst"
-        );
-        assert_eq!(
-            manifest_key(&globals_key(&k)),
-            "prod/app/2026-11-24T020000Z.manifest.json"
-        );
-        assert_eq!(
-            dump_key("", "we/ird 'db'ü", t, Compression::None, false),
-            "we%2Fird%20%27db%27%C3%BC/2026-11-24T020000Z.dump"
-        );
-        assert_eq!(database_prefix("p", ".."), "p/%2E%2E/");
-    }
-
-    #[test]
-    fn encrypted_keys_keep_their_suffix_and_map_to_the_same_manifest() {
-        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
-            .unwrap()
-            .to_utc();
-        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, true);
-        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst.age");
-        let manifest = "prod/app/2026-11-24T020000Z.manifest.json";
-        assert_eq!(manifest_key(&k), manifest);
-        assert_eq!(manifest_key(&format!("{k}.002")), manifest);
-        let g = globals_key(&k);
-        assert_eq!(g, "prod/app/2026-11-24T020000Z.globals.sql.zst.age");
-        assert_eq!(manifest_key(&g), manifest);
-        let plain = dump_key("p.age", "x.age", t, Compression::None, true);
-        assert_eq!(plain, "p.age/x.age/2026-11-24T020000Z.dump.age");
-        assert_eq!(
-            manifest_key(&plain),
-            "p.age/x.age/2026-11-24T020000Z.manifest.json"
-        );
-        assert_eq!(
-            globals_key(&plain),
-            "p.age/x.age/2026-11-24T020000Z.globals.sql.zst.age"
-        );
-    }
 
     #[test]
     fn encryption_is_recorded_by_fingerprint_and_old_manifests_parse() {

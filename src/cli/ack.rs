@@ -26,7 +26,7 @@ pub async fn run(
     let stored = sidecar
         .storage
         .put_bytes(
-            &crate::prune::ack_key(entry),
+            &crate::keys::ack_key(&entry.manifest_key),
             bytes::Bytes::from(body.to_string()),
         )
         .await;

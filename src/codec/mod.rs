@@ -15,16 +15,5 @@ pub enum Compression {
     None,
 }
 
-impl Compression {
-    /// Object-key suffix after `.dump`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Zstd { .. } => ".zst",
-            Compression::Gzip { .. } => ".gz",
-            Compression::None => "",
-        }
-    }
-}
-
 /// Default zstd level: measured as the best size-for-time trade-off in bench/ (see README).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;

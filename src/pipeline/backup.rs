@@ -112,11 +112,11 @@ async fn remove_leftovers(
     objects: &[crate::storage::ObjectInfo],
 ) -> Result<(), StorageError> {
     for o in objects {
-        let orphan = crate::storage::is_dump_key(&o.key)
-            && manifest::started_from_key(&manifest::manifest_key(&o.key)).is_some()
+        let orphan = crate::keys::is_dump_key(&o.key)
+            && crate::keys::started_from_key(&crate::keys::manifest_key(&o.key)).is_some()
             && !objects
                 .iter()
-                .any(|m| m.key == manifest::manifest_key(&o.key));
+                .any(|m| m.key == crate::keys::manifest_key(&o.key));
         if orphan {
             tracing::info!(key = %o.key, "removing a dump object without manifest left by an interrupted backup");
             storage.delete(&o.key).await?;
@@ -153,7 +153,7 @@ async fn store_globals(
     if !role_passwords {
         tracing::info!("role passwords are not readable by this user; roles are stored without them (--no-role-passwords)");
     }
-    let key = manifest::globals_key(dump_key);
+    let key = crate::keys::globals_key(dump_key);
     let source_err = |e| BackupError::Storage {
         database: database.clone(),
         key: key.clone(),
@@ -193,8 +193,8 @@ async fn previous_manifest(
 ) -> Option<Manifest> {
     let newest = objects
         .iter()
-        .filter(|o| o.key.ends_with(manifest::MANIFEST_SUFFIX))
-        .filter_map(|o| manifest::started_from_key(&o.key).map(|t| (t, &o.key)))
+        .filter(|o| o.key.ends_with(crate::keys::MANIFEST_SUFFIX))
+        .filter_map(|o| crate::keys::started_from_key(&o.key).map(|t| (t, &o.key)))
         .max()?;
     let bytes = storage.get_bytes(newest.1).await.ok()?;
     Manifest::parse(newest.1, &bytes).ok()
@@ -294,7 +294,7 @@ async fn backup_attempt(
 
     // With the lock held, no other backup of this database runs: what is under its prefix
     // without a manifest is left over from an interrupted one.
-    let prefix = manifest::database_prefix(&job.prefix, database);
+    let prefix = crate::keys::database_prefix(&job.prefix, database);
     let prefix_err = |source| BackupError::Storage {
         database: database.to_string(),
         key: prefix.clone(),
@@ -308,7 +308,7 @@ async fn backup_attempt(
         // Another sidecar answered this firing and finished before this one got the lock.
         if objects
             .iter()
-            .filter_map(|o| manifest::started_from_key(&o.key))
+            .filter_map(|o| crate::keys::started_from_key(&o.key))
             .any(|t| t.timestamp() >= fired_at.timestamp())
         {
             return Err(BackupError::Busy {
@@ -331,11 +331,11 @@ async fn backup_attempt(
     // take the name meanwhile.
     let newest = objects
         .iter()
-        .filter_map(|o| manifest::started_from_key(&o.key))
+        .filter_map(|o| crate::keys::started_from_key(&o.key))
         .filter(|&t| t.timestamp() >= started.timestamp() && t <= started + KEY_CATCH_UP)
         .max();
     let taken = |key: &str| {
-        let manifest_key = manifest::manifest_key(key);
+        let manifest_key = crate::keys::manifest_key(key);
         objects
             .iter()
             .any(|o| o.key == manifest_key || o.key == key)
@@ -343,7 +343,7 @@ async fn backup_attempt(
     let first = newest.map_or(started, |t| t + chrono::TimeDelta::seconds(1));
     let key = (0..)
         .map(|s| {
-            manifest::dump_key(
+            crate::keys::dump_key(
                 &job.prefix,
                 database,
                 first + chrono::TimeDelta::seconds(s),
@@ -353,7 +353,7 @@ async fn backup_attempt(
         })
         .find(|k| !taken(k))
         .expect("an unbounded range has a free second");
-    let manifest_key = manifest::manifest_key(&key);
+    let manifest_key = crate::keys::manifest_key(&key);
     let storage_err = |source| BackupError::Storage {
         database: database.to_string(),
         key: key.clone(),

@@ -308,32 +308,6 @@ pub(crate) fn begun_before(started: Option<DateTime<Utc>>, cutoff: Option<DateTi
     cutoff.is_none_or(|cutoff| started.is_some_and(|t| t < cutoff))
 }
 
-/// Whether `key` is a dump object (or a continuation piece) or a globals object that
-/// pgsidecar writes, encrypted or not: the objects a manifest accounts for.
-pub fn is_dump_key(key: &str) -> bool {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    let base = match name.rsplit_once('.') {
-        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
-        _ => name,
-    };
-    let base = base
-        .strip_suffix(crate::codec::encryption::SUFFIX)
-        .unwrap_or(base);
-    base.ends_with(".dump")
-        || base.ends_with(".dump.zst")
-        || base.ends_with(".dump.gz")
-        || base.ends_with(crate::catalog::manifest::GLOBALS_SUFFIX)
-}
-
-/// The key of piece `n` (1-based) of a stream stored under `key`.
-pub fn piece_key(key: &str, n: u32) -> String {
-    if n == 1 {
-        key.to_string()
-    } else {
-        format!("{key}.{n:03}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,22 +322,5 @@ mod tests {
         assert!(p * 10_000 >= 2 * big && p.is_multiple_of(MIB), "{p}");
         // Memory stays bounded for any database size; larger dumps continue in pieces.
         assert_eq!(choose_part_size(u64::MAX, 10_000), AUTO_PART_CEILING);
-    }
-
-    #[test]
-    fn dump_keys() {
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst"));
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.002"));
-        assert!(is_dump_key("db/x.dump"));
-        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json"));
-        assert!(!is_dump_key("p/other.tar"));
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.age"));
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.gz.age.003"));
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.age"));
-        assert!(is_dump_key("p/db/2026-01-01T000000Z.globals.sql.zst.age"));
-        assert!(!is_dump_key("p/db/notes.age"));
-        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json.age"));
-        assert_eq!(piece_key("a.dump.zst", 1), "a.dump.zst");
-        assert_eq!(piece_key("a.dump.zst", 12), "a.dump.zst.012");
     }
 }

@@ -642,7 +642,7 @@ impl Backend for S3Storage {
                 if first.is_empty() && !pieces.is_empty() {
                     return Ok(());
                 }
-                let piece = super::piece_key(key, pieces.len() as u32 + 1);
+                let piece = crate::keys::piece_key(key, pieces.len() as u32 + 1);
                 let (size, eof) = self
                     .upload_piece(&piece, first, body, part_size, cancel)
                     .await?;
@@ -766,7 +766,7 @@ impl Backend for S3Storage {
     ) -> Result<usize, StorageError> {
         let mut n = 0;
         for (key, id, initiated) in self.list_uploads(prefix).await? {
-            if super::is_dump_key(&key) && super::begun_before(initiated, started_before) {
+            if crate::keys::is_dump_key(&key) && super::begun_before(initiated, started_before) {
                 tracing::info!(key, "aborting an unfinished upload left by an earlier run");
                 self.abort(&key, &id).await;
                 n += 1;

@@ -1,0 +1,210 @@
+//! Key grammar: the one module that names what pgsidecar stores and creates — object keys
+//! (dumps, their pieces, manifests, globals, anomaly acknowledgements, the encryption suffix)
+//! and scratch database names — and reads them back. Everything else asks it; prune deletes
+//! only what it recognises here.
+//!
+//! Layout: `<prefix>/<database, %-encoded>/<start, UTC>.dump[.zst|.gz][.age][.NNN]`, beside
+//! `<start>.manifest.json`, `<start>.globals.sql.zst[.age]` and `<start>.anomaly-ack`.
+
+use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::codec::Compression;
+
+/// Suffix of manifest keys.
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+/// Suffix of the marker `pgsidecar ack` writes beside a manifest whose anomalies were seen.
+pub const ACK_SUFFIX: &str = ".anomaly-ack";
+/// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
+pub const GLOBALS_SUFFIX: &str = ".globals.sql.zst";
+/// The start time in key names (UTC, sortable as text).
+const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
+/// Suffix of an object encrypted with age.
+pub const ENCRYPTED_SUFFIX: &str = ".age";
+
+/// Object-key suffix after `.dump` for `compression`.
+pub fn compression_suffix(compression: Compression) -> &'static str {
+    match compression {
+        Compression::Zstd { .. } => ".zst",
+        Compression::Gzip { .. } => ".gz",
+        Compression::None => "",
+    }
+}
+
+/// The key of the globals stored with the dump `dump_key`; encrypted like the dump (`.age`).
+pub fn globals_key(dump_key: &str) -> String {
+    let manifest = manifest_key(dump_key);
+    let stem = manifest
+        .strip_suffix(MANIFEST_SUFFIX)
+        .expect("manifest keys end with the suffix");
+    let encrypted = if dump_key.ends_with(ENCRYPTED_SUFFIX) {
+        ENCRYPTED_SUFFIX
+    } else {
+        ""
+    };
+    format!("{stem}{GLOBALS_SUFFIX}{encrypted}")
+}
+
+/// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
+/// names with `/`, spaces, quotes or unicode make one safe path segment.
+const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+
+/// `<prefix>/<database>/`: every object of one database's backups.
+pub fn database_prefix(base: &str, database: &str) -> String {
+    let segment = utf8_percent_encode(database, KEY_SAFE).to_string();
+    // `.` and `..` would be path tricks on a file system.
+    let segment = match segment.as_str() {
+        "." => "%2E".to_string(),
+        ".." => "%2E%2E".to_string(),
+        _ => segment,
+    };
+    if base.is_empty() {
+        format!("{segment}/")
+    } else {
+        format!("{base}/{segment}/")
+    }
+}
+
+/// The key of a dump of `database` started at `started`: `.dump`, the compression's suffix,
+/// and `.age` when `encrypted`.
+pub fn dump_key(
+    base: &str,
+    database: &str,
+    started: DateTime<Utc>,
+    compression: Compression,
+    encrypted: bool,
+) -> String {
+    format!(
+        "{}{}.dump{}{}",
+        database_prefix(base, database),
+        started.format(TIMESTAMP_FORMAT),
+        compression_suffix(compression),
+        if encrypted { ENCRYPTED_SUFFIX } else { "" }
+    )
+}
+
+/// The start time encoded in a manifest key, if `key` is one.
+pub fn started_from_key(key: &str) -> Option<DateTime<Utc>> {
+    let name = key.rsplit('/').next()?.strip_suffix(MANIFEST_SUFFIX)?;
+    chrono::NaiveDateTime::parse_from_str(name, TIMESTAMP_FORMAT)
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+/// The manifest key belonging to a dump key.
+pub fn manifest_key(dump_key: &str) -> String {
+    // Only the file name is looked at: a prefix such as `pg.dumps/` must not cut the key short.
+    let name_start = dump_key.rfind('/').map_or(0, |i| i + 1);
+    let name = &dump_key[name_start..];
+    let stem_end = name
+        .find(".dump")
+        .or_else(|| name.find(GLOBALS_SUFFIX))
+        .map_or(dump_key.len(), |i| name_start + i);
+    format!("{}{MANIFEST_SUFFIX}", &dump_key[..stem_end])
+}
+
+/// Whether `key` is a dump object (or a continuation piece) or a globals object that
+/// pgsidecar writes, encrypted or not: the objects a manifest accounts for.
+pub fn is_dump_key(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let base = match name.rsplit_once('.') {
+        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
+        _ => name,
+    };
+    let base = base.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(base);
+    base.ends_with(".dump")
+        || base.ends_with(".dump.zst")
+        || base.ends_with(".dump.gz")
+        || base.ends_with(GLOBALS_SUFFIX)
+}
+
+/// The key of piece `n` (1-based) of a stream stored under `key`.
+pub fn piece_key(key: &str, n: u32) -> String {
+    if n == 1 {
+        key.to_string()
+    } else {
+        format!("{key}.{n:03}")
+    }
+}
+
+/// The key of the acknowledgement of the anomaly of the backup whose manifest is
+/// `manifest_key`.
+pub fn ack_key(manifest_key: &str) -> String {
+    let stem = manifest_key
+        .strip_suffix(MANIFEST_SUFFIX)
+        .unwrap_or(manifest_key);
+    format!("{stem}{ACK_SUFFIX}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sortable_and_safe() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
+            .unwrap()
+            .to_utc();
+        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, false);
+        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst");
+        assert_eq!(
+            manifest_key(&k),
+            "prod/app/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            globals_key(&k),
+            "prod/app/2026-11-24T020000Z.globals.sql.zst"
+        );
+        assert_eq!(
+            manifest_key(&globals_key(&k)),
+            "prod/app/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            dump_key("", "we/ird 'db'ü", t, Compression::None, false),
+            "we%2Fird%20%27db%27%C3%BC/2026-11-24T020000Z.dump"
+        );
+        assert_eq!(database_prefix("p", ".."), "p/%2E%2E/");
+    }
+
+    #[test]
+    fn encrypted_keys_keep_their_suffix_and_map_to_the_same_manifest() {
+        let t = DateTime::parse_from_rfc3339("2026-11-24T02:00:00Z")
+            .unwrap()
+            .to_utc();
+        let k = dump_key("prod", "app", t, Compression::Zstd { level: 3 }, true);
+        assert_eq!(k, "prod/app/2026-11-24T020000Z.dump.zst.age");
+        let manifest = "prod/app/2026-11-24T020000Z.manifest.json";
+        assert_eq!(manifest_key(&k), manifest);
+        assert_eq!(manifest_key(&format!("{k}.002")), manifest);
+        let g = globals_key(&k);
+        assert_eq!(g, "prod/app/2026-11-24T020000Z.globals.sql.zst.age");
+        assert_eq!(manifest_key(&g), manifest);
+        let plain = dump_key("p.age", "x.age", t, Compression::None, true);
+        assert_eq!(plain, "p.age/x.age/2026-11-24T020000Z.dump.age");
+        assert_eq!(
+            manifest_key(&plain),
+            "p.age/x.age/2026-11-24T020000Z.manifest.json"
+        );
+        assert_eq!(
+            globals_key(&plain),
+            "p.age/x.age/2026-11-24T020000Z.globals.sql.zst.age"
+        );
+    }
+
+    #[test]
+    fn dump_keys() {
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.002"));
+        assert!(is_dump_key("db/x.dump"));
+        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json"));
+        assert!(!is_dump_key("p/other.tar"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.zst.age"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.gz.age.003"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.dump.age"));
+        assert!(is_dump_key("p/db/2026-01-01T000000Z.globals.sql.zst.age"));
+        assert!(!is_dump_key("p/db/notes.age"));
+        assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json.age"));
+        assert_eq!(piece_key("a.dump.zst", 1), "a.dump.zst");
+        assert_eq!(piece_key("a.dump.zst", 12), "a.dump.zst.012");
+    }
+}
