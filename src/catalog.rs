@@ -162,3 +162,95 @@ pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    // Golden files in snapshots/: after a deliberate change, `INSTA_UPDATE=always cargo test --lib catalog` rewrites them; review `git diff`.
+    use super::*;
+    use crate::config::Compression;
+    use crate::storage::StoredPiece;
+
+    pub(crate) fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    /// A complete, unencrypted backup of `database` by job `prod`, begun at `started`.
+    pub(crate) fn entry(
+        database: &str,
+        started: &str,
+        stored_bytes: u64,
+        raw_bytes: u64,
+        duration_ms: u64,
+    ) -> Entry {
+        let started_at = at(started);
+        let key = manifest::dump_key(
+            "prod",
+            database,
+            started_at,
+            Compression::Zstd { level: 3 },
+            false,
+        );
+        Entry {
+            manifest_key: manifest::manifest_key(&key),
+            manifest: Manifest {
+                format: manifest::FORMAT.into(),
+                format_version: manifest::PLAIN_FORMAT_VERSION,
+                tool_version: "0.1.0".into(),
+                job: "prod".into(),
+                database: database.into(),
+                host: "db".into(),
+                port: 5432,
+                server_version: "17.2".into(),
+                server_major: 17,
+                pg_dump_version: "17.2".into(),
+                pg_dump_major: 17,
+                dump_format: "custom".into(),
+                started_at,
+                finished_at: started_at + chrono::TimeDelta::milliseconds(duration_ms as i64),
+                duration_ms,
+                database_size_bytes: raw_bytes * 2,
+                raw_bytes,
+                stored_bytes,
+                compression: Compression::Zstd { level: 3 },
+                encryption: None,
+                sha256: "0".repeat(64),
+                key: key.clone(),
+                objects: vec![StoredPiece {
+                    key,
+                    size: stored_bytes,
+                }],
+                globals: None,
+                tables: None,
+                anomalies: vec![],
+                database_properties: None,
+            },
+        }
+    }
+
+    /// What `list` prints: ages in every unit, sizes in every unit, a name wider than its
+    /// column's header and one with non-ASCII letters (columns are padded by characters).
+    #[test]
+    fn golden_list_table() {
+        let now = at("2026-11-24T12:00:00Z");
+        let entries = [
+            entry("app", "2026-11-24T11:59:30Z", 900, 4_000, 1_234),
+            entry(
+                "app",
+                "2026-11-24T11:15:00Z",
+                3 * 1024 * 1024,
+                40 << 20,
+                83_400,
+            ),
+            entry("café", "2026-11-24T02:00:00Z", 512 * 1024, 2 << 20, 5_000),
+            entry(
+                "analytics_warehouse",
+                "2026-11-20T02:00:00Z",
+                7 << 30,
+                33 << 30,
+                3_725_000,
+            ),
+        ];
+        insta::assert_snapshot!("list", render_table(&entries, now));
+        insta::assert_snapshot!("list_empty", render_table(&[], now));
+    }
+}

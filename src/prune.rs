@@ -356,3 +356,73 @@ pub fn render(job: &str, reports: &[DbReport], dry_run: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    // Golden files in snapshots/: after a deliberate change, `INSTA_UPDATE=always cargo test --lib prune` rewrites them; review `git diff`.
+    use super::*;
+    use crate::catalog::tests::{at, entry};
+    use crate::storage::local::LocalStorage;
+
+    /// What `prune --dry-run` prints: a database pruned by the policy with an unacknowledged
+    /// anomaly held, and one held back whole because its newest attempt failed.
+    #[tokio::test]
+    async fn golden_dry_run_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::Local(LocalStorage::new(dir.path()));
+        let now = at("2026-11-24T12:00:00Z");
+        let daily = |database: &str, days: u32| -> Vec<Entry> {
+            (0..days)
+                .map(|d| {
+                    let started = format!("2026-11-{:02}T02:00:00Z", 24 - d);
+                    entry(database, &started, 1 << 20, 4 << 20, 5_000)
+                })
+                .collect()
+        };
+        let mut app = daily("app", 8);
+        app[5].manifest.anomalies = vec!["table public.orders is empty (it had 500 rows)".into()];
+        let billing = daily("billing", 3);
+        let policy = Policy {
+            keep_last: Some(2),
+            keep_daily: Some(4),
+            ..Policy::default()
+        };
+        let tz = chrono_tz::UTC;
+        let reports = [
+            prune_database(&storage, "app", &app, &policy, tz, now, false, true).await,
+            prune_database(&storage, "billing", &billing, &policy, tz, now, true, true).await,
+        ];
+        insta::assert_snapshot!("dry_run_plan", render("prod", &reports, true));
+    }
+
+    /// Every kind of line, as a dry run and as the real run print them.
+    #[test]
+    fn golden_report_lines() {
+        let key = |day: u32| format!("prod/app/2026-11-{day:02}T020000Z.dump.zst");
+        // A dry run aborts no upload: an upload is not a backup.
+        let report = |uploads_aborted| DbReport {
+            database: "app".into(),
+            kept: vec![
+                (
+                    key(24),
+                    at("2026-11-24T02:00:00Z"),
+                    vec![Reason::Newest, Reason::Last(2)],
+                ),
+                (
+                    key(23),
+                    at("2026-11-23T02:00:00Z"),
+                    vec![Reason::Daily, Reason::Weekly],
+                ),
+            ],
+            deleted: vec![(key(10), at("2026-11-10T02:00:00Z"))],
+            locked: vec![(key(9), at("2026-12-09T02:00:00Z"))],
+            held: None,
+            leftovers: vec!["prod/app/2026-11-20T020000Z.dump.zst".into()],
+            uploads_aborted,
+            errors: vec![format!("{}: access denied", key(8))],
+        };
+        insta::assert_snapshot!("report_dry_run", render("prod", &[report(0)], true));
+        insta::assert_snapshot!("report_done", render("prod", &[report(2)], false));
+        insta::assert_snapshot!("no_backups", render("prod", &[], true));
+    }
+}

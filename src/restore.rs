@@ -1351,6 +1351,8 @@ async fn restore_into(
 
 #[cfg(test)]
 mod tests {
+    // Golden files in snapshots/: after a deliberate change, `INSTA_UPDATE=always cargo test --lib restore` rewrites them; review `git diff`.
+
     /// Regression: an in-place restore that failed on the lock table or on a newer dependent
     /// view left the database unchanged but named no way out.
     #[test]
@@ -1402,5 +1404,131 @@ mod tests {
         ] {
             assert_eq!(scratch_started(other, "app", "drill"), None, "{other}");
         }
+    }
+
+    fn client(version: &str) -> ClientTool {
+        let major = version.split('.').next().unwrap().parse().unwrap();
+        ClientTool {
+            path: PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_restore")),
+            version: version.into(),
+            major,
+        }
+    }
+
+    /// A plan as [`super::plan`] would make it, without a server: a backup of `app` taken 3h05m
+    /// before `now` (see [`golden_restore_plans`]).
+    fn fixed_plan(mode: Mode, existing: Option<ExistingDb>) -> Plan {
+        let entry =
+            crate::catalog::tests::entry("app", "2026-11-24T02:00:00Z", 3 << 20, 40 << 20, 83_400);
+        let name = match &mode {
+            Mode::InPlace => entry.manifest.database.clone(),
+            Mode::NewDatabase { name, .. } => name.clone(),
+        };
+        Plan {
+            entry,
+            server: DatabaseConfig {
+                host: "db.internal".into(),
+                port: 5433,
+                user: "postgres".into(),
+                password: None,
+                dbname: "postgres".into(),
+                sslmode: crate::config::SslMode::Prefer,
+                sslrootcert: None,
+                connect_timeout: Duration::from_secs(10),
+            },
+            target: Target {
+                server_version: "17.4".into(),
+                server_major: 17,
+                name,
+                existing,
+            },
+            mode,
+            pg_restore: client("17.4"),
+            via_psql: None,
+            options: Options::default(),
+            roles: None,
+        }
+    }
+
+    fn existing() -> ExistingDb {
+        ExistingDb {
+            size: 52 << 20,
+            connections: 3,
+            owner: "app".into(),
+            encoding: "UTF8".into(),
+            collate: "C.UTF-8".into(),
+            ctype: "C.UTF-8".into(),
+        }
+    }
+
+    /// What `restore` prints before it asks for confirmation, for each mode.
+    #[test]
+    fn golden_restore_plans() {
+        let now = at("2026-11-24T05:05:30Z");
+
+        let in_place = fixed_plan(Mode::InPlace, Some(existing()));
+        insta::assert_snapshot!("in_place", in_place.describe(now));
+
+        // A new database from an encrypted backup with roles to create, through psql (an
+        // older server), with parallel jobs.
+        let mut new_db = fixed_plan(
+            Mode::NewDatabase {
+                name: "app_copy".into(),
+                replace: false,
+                drop_old: false,
+            },
+            None,
+        );
+        let m = &mut new_db.entry.manifest;
+        m.encryption = Some(crate::manifest::Encryption {
+            scheme: crate::encryption::Scheme::X25519,
+            recipients: vec!["0123456789abcdef".into()],
+        });
+        m.globals = Some(crate::manifest::Globals {
+            key: crate::manifest::globals_key(&m.key),
+            raw_bytes: 2048,
+            stored_bytes: 700,
+            sha256: "0".repeat(64),
+            role_passwords: false,
+        });
+        new_db.target.server_version = "16.8".into();
+        new_db.target.server_major = 16;
+        new_db.via_psql = Some(ClientTool {
+            path: PathBuf::from("/usr/lib/postgresql/17/bin/psql"),
+            ..client("17.4")
+        });
+        new_db.options.jobs = Some(4);
+        new_db.options.with_globals = true;
+        new_db.roles = Some(crate::globals::RolePlan {
+            missing: vec!["app_owner".into(), "reporting".into()],
+            statements: vec![],
+        });
+        // The temporary directory comes from the environment.
+        let text = new_db
+            .describe(now)
+            .replace(&std::env::temp_dir().display().to_string(), "$TMPDIR");
+        insta::assert_snapshot!("new_database", text);
+
+        let mut replace = fixed_plan(
+            Mode::NewDatabase {
+                name: "app".into(),
+                replace: true,
+                drop_old: false,
+            },
+            Some(existing()),
+        );
+        replace.options.with_globals = true;
+        replace.roles = Some(crate::globals::RolePlan::default());
+        insta::assert_snapshot!("replace_keep_old", replace.describe(now));
+
+        let replace_drop = fixed_plan(
+            Mode::NewDatabase {
+                name: "app".into(),
+                replace: true,
+                drop_old: true,
+            },
+            Some(existing()),
+        );
+        insta::assert_snapshot!("replace_drop_old", replace_drop.describe(now));
     }
 }

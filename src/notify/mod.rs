@@ -357,6 +357,13 @@ mod tests {
         }
     }
 
+    /// A fixed "now", a day after [`event`]'s time, for renderers that take one.
+    pub(crate) fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T02:03:04Z")
+            .unwrap()
+            .to_utc()
+    }
+
     fn dispatcher(events: NotifyEvents, each_attempt: bool) -> Dispatcher {
         let cfg = NotifyConfig {
             events,

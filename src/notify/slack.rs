@@ -1,6 +1,6 @@
 //! Slack incoming webhook: one message per outcome, coloured good / warning / danger.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{human_bytes, post_json, Event, EventKind, Notifier, NotifyError};
@@ -17,8 +17,9 @@ impl Slack {
     }
 }
 
-/// The message for `event` (pure, so its text is tested without a network).
-pub fn render(event: &Event) -> Value {
+/// The message for `event` (pure, so its text is tested without a network); `now` caps the
+/// timestamp Slack shows, and is passed in so that the message is testable.
+pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
     let (color, status) = match event.kind {
         EventKind::Succeeded => ("good", "succeeded".to_string()),
         EventKind::SucceededAfterRetries => (
@@ -111,7 +112,7 @@ pub fn render(event: &Event) -> Value {
             "text": text,
             "fields": fields,
             "footer": "pgsidecar",
-            "ts": event.at.timestamp().min(Utc::now().timestamp()),
+            "ts": event.at.timestamp().min(now.timestamp()),
         }]
     })
 }
@@ -128,18 +129,25 @@ impl Notifier for Slack {
         kind != EventKind::Started
     }
     async fn send(&self, client: &reqwest::Client, event: &Event) -> Result<(), NotifyError> {
-        post_json(client, "Slack webhook", self.url.expose(), &render(event)).await
+        post_json(
+            client,
+            "Slack webhook",
+            self.url.expose(),
+            &render(event, Utc::now()),
+        )
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    // Golden files in snapshots/: after a deliberate change, `INSTA_UPDATE=always cargo test --lib notify::slack` rewrites them; review `git diff`.
     use super::*;
-    use crate::notify::tests::event;
+    use crate::notify::tests::{event, now};
 
     #[test]
     fn success_after_retries_is_a_warning_with_the_facts() {
-        let v = render(&event(EventKind::SucceededAfterRetries));
+        let v = render(&event(EventKind::SucceededAfterRetries), now());
         let a = &v["attachments"][0];
         assert_eq!(a["color"], "warning");
         let text = v.to_string();
@@ -161,7 +169,7 @@ mod tests {
     fn an_anomaly_turns_success_into_a_warning_that_says_what_shrank() {
         let mut e = event(EventKind::Succeeded);
         e.warnings = vec!["table public.orders is empty (it had 500 rows)".into()];
-        let v = render(&e);
+        let v = render(&e, now());
         assert_eq!(v["attachments"][0]["color"], "warning");
         assert!(v["text"].as_str().unwrap().contains("WARNING"), "{v}");
         assert!(v.to_string().contains("public.orders is empty"), "{v}");
@@ -171,13 +179,13 @@ mod tests {
     fn drills_say_what_they_found() {
         let mut e = event(EventKind::DrillFailed);
         e.error = Some("`prod/app/x.dump.zst` is damaged: sha256 mismatch".into());
-        let v = render(&e);
+        let v = render(&e, now());
         assert_eq!(v["attachments"][0]["color"], "danger");
         assert_eq!(v["text"], "Restore drill of `app` (prod) FAILED");
         assert!(v.to_string().contains("sha256 mismatch"));
         let mut e = event(EventKind::DrillPassed);
         e.summary = Some("restored in 3.0s: 4 tables, 1000 rows".into());
-        let v = render(&e);
+        let v = render(&e, now());
         assert_eq!(v["attachments"][0]["color"], "good");
         assert!(v.to_string().contains("4 tables, 1000 rows"));
         assert!(!v.to_string().contains("Attempt"));
@@ -188,12 +196,54 @@ mod tests {
         let mut e = event(EventKind::Failed);
         e.error = Some("pg_dump exited with status 1".into());
         e.stderr_tail = vec!["pg_dump: error: connection lost".into()];
-        let v = render(&e);
+        let v = render(&e, now());
         assert_eq!(v["attachments"][0]["color"], "danger");
         let text = v["attachments"][0]["text"].as_str().unwrap();
         assert!(
             text.contains("pg_dump exited with status 1") && text.contains("connection lost"),
             "{text}"
         );
+    }
+
+    /// The messages as Slack receives them, one golden file per kind of outcome.
+    #[test]
+    fn golden_messages() {
+        insta::assert_json_snapshot!("success", render(&event(EventKind::Succeeded), now()));
+        insta::assert_json_snapshot!(
+            "success_after_retries",
+            render(&event(EventKind::SucceededAfterRetries), now())
+        );
+
+        let mut failed = event(EventKind::Failed);
+        failed.stored_bytes = None;
+        failed.raw_bytes = None;
+        failed.key = None;
+        failed.error = Some("pg_dump exited with status 1".into());
+        failed.stderr_tail = vec![
+            "pg_dump: error: connection to server lost".into(),
+            "pg_dump: detail: the server closed the connection unexpectedly".into(),
+        ];
+        insta::assert_json_snapshot!("failure", render(&failed, now()));
+
+        let mut anomaly = event(EventKind::Succeeded);
+        anomaly.warnings = vec![
+            "the dump is 2.0 MiB, 90% smaller than the 20.0 MiB before it".into(),
+            "table public.orders is empty (it had 500 rows)".into(),
+        ];
+        anomaly.pruned = 2;
+        anomaly.summary = Some("Pruned 2 old backup(s) by the retention policy.".into());
+        insta::assert_json_snapshot!("anomaly_warning", render(&anomaly, now()));
+
+        let mut drill = event(EventKind::DrillPassed);
+        drill.summary = Some("restored in 3.0s: 4 tables, 1000 rows".into());
+        insta::assert_json_snapshot!("drill_passed", render(&drill, now()));
+    }
+
+    #[test]
+    fn the_timestamp_is_never_in_the_future() {
+        let e = event(EventKind::Succeeded);
+        let before = e.at - chrono::TimeDelta::hours(1);
+        let v = render(&e, before);
+        assert_eq!(v["attachments"][0]["ts"], before.timestamp());
     }
 }

@@ -480,14 +480,48 @@ fn completion_answered_200_with_an_error_body_is_a_failure() {
     assert_only_backup(pg, &db, &bucket, run.stdout.trim());
 }
 
-/// Resident memory of `pid` in KiB, from /proc.
+/// Resident memory of `pid` in KiB, from /proc. Panics when it cannot be read: a sample of 0
+/// would make the memory look flat, and the check pass without measuring anything.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    let file = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("cannot read the memory of pid {pid} from {file}: {e}"));
+    vm_rss_kib(&file, &status)
+}
+
+/// The `VmRSS:` value of a /proc/<pid>/status text (`file`, for the message).
+fn vm_rss_kib(file: &str, status: &str) -> u64 {
+    let line = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("{file} has no VmRSS line (the process has exited?):\n{status}"));
+    line.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{file}: VmRSS `{}` is not a number of kB: {e}", line.trim()))
+}
+
+/// The flat-memory check below fails, not passes, when memory cannot be measured.
+#[test]
+#[should_panic(expected = "cannot read the memory of pid 4294967295 from /proc/4294967295/status")]
+fn memory_of_a_process_that_does_not_exist_is_an_error() {
+    // Above any pid_max (at most 2^22), so no process has it.
+    rss_kib(u32::MAX);
+}
+
+#[test]
+#[should_panic(expected = "/proc/7/status has no VmRSS line")]
+fn memory_without_a_vm_rss_line_is_an_error() {
+    // What a zombie or a kernel thread shows: no resident memory at all.
+    vm_rss_kib("/proc/7/status", "Name:\tpgsidecar\nState:\tZ (zombie)\n");
+}
+
+#[test]
+fn memory_is_read_from_vm_rss() {
+    let status = "Name:\tpgsidecar\nVmPeak:\t  99999 kB\nVmRSS:\t   12345 kB\n";
+    assert_eq!(vm_rss_kib("/proc/7/status", status), 12345);
+    assert!(rss_kib(std::process::id()) > 0);
 }
 
 /// Scenario 11: 200 consecutive backups at a per-second schedule of a small database.

@@ -140,7 +140,7 @@ fn no_secret_reaches_output_notifications_manifests_or_metadata() {
         "health, after a failure",
         sidecar(&wrong).args(&["health"]).run(),
     );
-    seen.push(std::fs::read_to_string(&status_file).unwrap_or_default());
+    seen.push(read_status(&status_file));
     seen.push(d.stderr());
     drop(d);
     let d = Daemon::start(sidecar(&db_pw));
@@ -151,19 +151,25 @@ fn no_secret_reaches_output_notifications_manifests_or_metadata() {
     );
     seen.push(d.stderr());
     drop(d);
-    let bodies: Vec<String> = slack.messages().iter().map(|m| m.to_string()).collect();
+    // Every body as received: `messages()` would leave out any that is not JSON.
+    let bodies: Vec<String> = slack.bodies.lock().unwrap().clone();
     assert!(bodies.iter().any(|b| b.contains("FAILED")), "{bodies:?}");
     assert!(bodies.iter().any(|b| b.contains("succeeded")), "{bodies:?}");
     seen.extend(bodies);
 
     // What is stored: manifests, globals (encrypted) and every object's metadata.
-    for key in s3().keys(&bucket, "") {
+    let keys = s3().keys(&bucket, "");
+    assert!(
+        keys.iter().any(|k| k.ends_with(".json")),
+        "no manifest stored to search for secrets: {keys:?}"
+    );
+    for key in keys {
         seen.push(s3().metadata(&bucket, &key));
         if key.ends_with(".json") {
             seen.push(String::from_utf8_lossy(&s3().get(&bucket, &key)).into_owned());
         }
     }
-    seen.push(std::fs::read_to_string(&status_file).unwrap_or_default());
+    seen.push(read_status(&status_file));
 
     let leaks: Vec<&String> = seen.iter().filter(|s| s.contains(MARK)).collect();
     assert!(
@@ -175,4 +181,15 @@ fn no_secret_reaches_output_notifications_manifests_or_metadata() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// The daemon's status file. A missing or unreadable one fails the test: read as empty, it
+/// would pass the search for secrets without anything having been searched.
+fn read_status(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "the status file {} could not be read to search it for secrets: {e}",
+            path.display()
+        )
+    })
 }
