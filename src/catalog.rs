@@ -167,7 +167,7 @@ pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
 pub(crate) mod tests {
     // Golden files in snapshots/: after a deliberate change, `INSTA_UPDATE=always cargo test --lib catalog` rewrites them; review `git diff`.
     use super::*;
-    use crate::config::Compression;
+    use crate::codec::Compression;
     use crate::storage::StoredPiece;
 
     pub(crate) fn at(s: &str) -> DateTime<Utc> {
@@ -183,7 +183,7 @@ pub(crate) mod tests {
         duration_ms: u64,
     ) -> Entry {
         let started_at = at(started);
-        let key = manifest::dump_key(
+        let key = crate::keys::dump_key(
             "prod",
             database,
             started_at,
@@ -191,7 +191,7 @@ pub(crate) mod tests {
             false,
         );
         Entry {
-            manifest_key: manifest::manifest_key(&key),
+            manifest_key: crate::keys::manifest_key(&key),
             manifest: Manifest {
                 format: manifest::FORMAT.into(),
                 format_version: manifest::PLAIN_FORMAT_VERSION,

@@ -1432,7 +1432,7 @@ mod tests {
                 user: "postgres".into(),
                 password: None,
                 dbname: "postgres".into(),
-                sslmode: crate::config::SslMode::Prefer,
+                sslmode: crate::source::SslMode::Prefer,
                 sslrootcert: None,
                 connect_timeout: Duration::from_secs(10),
             },
@@ -1480,12 +1480,12 @@ mod tests {
             None,
         );
         let m = &mut new_db.entry.manifest;
-        m.encryption = Some(crate::manifest::Encryption {
-            scheme: crate::encryption::Scheme::X25519,
+        m.encryption = Some(crate::codec::encryption::EncryptionRecord {
+            scheme: crate::codec::encryption::Scheme::X25519,
             recipients: vec!["0123456789abcdef".into()],
         });
-        m.globals = Some(crate::manifest::Globals {
-            key: crate::manifest::globals_key(&m.key),
+        m.globals = Some(crate::catalog::manifest::Globals {
+            key: crate::keys::globals_key(&m.key),
             raw_bytes: 2048,
             stored_bytes: 700,
             sha256: "0".repeat(64),
@@ -1499,7 +1499,7 @@ mod tests {
         });
         new_db.options.jobs = Some(4);
         new_db.options.with_globals = true;
-        new_db.roles = Some(crate::globals::RolePlan {
+        new_db.roles = Some(crate::source::globals::RolePlan {
             missing: vec!["app_owner".into(), "reporting".into()],
             statements: vec![],
         });
@@ -1518,7 +1518,7 @@ mod tests {
             Some(existing()),
         );
         replace.options.with_globals = true;
-        replace.roles = Some(crate::globals::RolePlan::default());
+        replace.roles = Some(crate::source::globals::RolePlan::default());
         insta::assert_snapshot!("replace_keep_old", replace.describe(now));
 
         let replace_drop = fixed_plan(
