@@ -15,7 +15,7 @@ pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pipeline;
-pub mod prune;
+
 pub mod restore;
 pub mod retention;
 pub mod retry;

@@ -4,8 +4,8 @@ use super::ExitCode;
 use crate::config::ConfigError;
 use crate::health::status::StatusError;
 use crate::pipeline::backup::BackupError;
-use crate::prune::PruneError;
 use crate::restore::RestoreError;
+use crate::retention::prune::PruneError;
 use crate::storage::StorageError;
 use crate::verify::VerifyError;
 

@@ -3,7 +3,7 @@
 use super::{CliError, ExitCode};
 use crate::health::status::Status;
 use crate::pipeline::Job;
-use crate::prune::{prune_job, render, PruneError};
+use crate::retention::prune::{prune_job, render, PruneError};
 use crate::sidecar::Sidecar;
 
 pub async fn run(

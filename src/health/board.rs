@@ -186,6 +186,7 @@ mod tests {
         };
         status.ensure_jobs(&jobs);
         let daemon = Board::for_daemon(status, path.clone(), clock);
+        daemon.update_db("prod", "other", |_| {});
         daemon.update_db("prod", "app", |d| {
             d.last_success_at = Some(t("2026-01-01T02:00:00Z"));
             d.last_attempt_at = d.last_success_at;
@@ -204,6 +205,9 @@ mod tests {
             d.last_attempt_at = d.last_success_at;
             d.last_key = Some("manual-key".into());
         });
+        command.update_db("prod", "foreign", |d| {
+            d.last_attempt_at = Some(t("2026-01-01T05:00:00Z"))
+        });
         command.save();
         let file = Status::read(&path).unwrap();
         assert_eq!(file.pid, 1, "a command leaves the daemon's pid");
@@ -218,6 +222,11 @@ mod tests {
         assert_eq!(app.last_key.as_deref(), Some("manual-key"));
         assert_eq!(app.backups_total, 1);
         assert!(board.last_attempt_failed("prod", "other"));
+        // A database the daemon does not back up is not brought into its board.
+        assert!(!board.jobs[0]
+            .databases
+            .iter()
+            .any(|d| d.database == "foreign"));
         assert!(Status::read(&path)
             .unwrap()
             .last_attempt_failed("prod", "other"));

@@ -162,28 +162,21 @@ impl Status {
     }
 
     /// Takes newer outcomes that another process (a backup or drill run by hand) recorded in
-    /// `other`, for the jobs and databases this board lists.
+    /// `other`, for the jobs and databases this board lists; others are not brought in (the
+    /// file may hold databases this daemon no longer backs up).
     pub fn adopt_newer_outcomes(&mut self, other: &Status) {
         for other_job in &other.jobs {
             let Some(job) = self.jobs.iter_mut().find(|j| j.name == other_job.name) else {
                 continue;
             };
             for theirs in &other_job.databases {
-                let i = match job
+                if let Some(mine) = job
                     .databases
-                    .iter()
-                    .position(|d| d.database == theirs.database)
+                    .iter_mut()
+                    .find(|d| d.database == theirs.database)
                 {
-                    Some(i) => i,
-                    None => {
-                        job.databases.push(DbStatus {
-                            database: theirs.database.clone(),
-                            ..DbStatus::default()
-                        });
-                        job.databases.len() - 1
-                    }
-                };
-                job.databases[i].adopt(theirs);
+                    mine.adopt(theirs);
+                }
             }
         }
     }

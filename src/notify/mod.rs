@@ -194,8 +194,16 @@ pub struct Dispatcher {
     last_failed: Mutex<HashMap<(String, String, bool), bool>>,
 }
 
-/// Tries per delivery.
-const DELIVERY_ATTEMPTS: u32 = 3;
+/// How a delivery is retried: three tries, 1 s then 2 s apart. Short, because the whole
+/// delivery is bounded by the flush before exit.
+const DELIVERY: crate::retry::RetryPolicy = crate::retry::RetryPolicy {
+    attempts: 3,
+    interval: Duration::from_secs(1),
+    exponential: true,
+    max_interval: Duration::from_secs(2),
+    jitter: false,
+    attempt_timeout: Duration::from_secs(60),
+};
 
 impl Dispatcher {
     /// Builds the notifiers named in the configuration.
@@ -284,23 +292,27 @@ impl Dispatcher {
                 (self.notifiers.clone(), self.client.clone(), event.clone());
             self.tracker.spawn(async move {
                 let n = &notifiers[index];
-                for attempt in 1..=DELIVERY_ATTEMPTS {
-                    match n.send(&client, &event).await {
-                        Ok(()) => return,
-                        Err(e) if attempt == DELIVERY_ATTEMPTS => {
-                            tracing::warn!(
-                                notifier = n.name(),
-                                "notification not delivered after {attempt} tries: {e}"
-                            );
-                        }
-                        Err(e) => {
+                let never = tokio_util::sync::CancellationToken::new();
+                let (result, tries) = crate::retry::retry(
+                    &DELIVERY,
+                    &never,
+                    |_| false,
+                    |_, e, wait| {
+                        if wait.is_some() {
                             tracing::debug!(
                                 notifier = n.name(),
                                 "notification failed, retrying: {e}"
                             );
-                            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
                         }
-                    }
+                    },
+                    |_| n.send(&client, &event),
+                )
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(
+                        notifier = n.name(),
+                        "notification not delivered after {tries} tries: {e}"
+                    );
                 }
             });
         }

@@ -283,7 +283,9 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
         return 0;
     }
     let reports =
-        match crate::prune::prune_job(&ctx.storage, job, Some(db), &|_| false, false).await {
+        match crate::retention::prune::prune_job(&ctx.storage, job, Some(db), &|_| false, false)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");

@@ -6,6 +6,8 @@
 //! should refuse to prune with it, as restic does, rather than rely on that); calendar buckets
 //! are taken in the configured time zone, so "one per day" means one per local day across DST.
 
+pub mod prune;
+
 use std::cmp::Reverse;
 use std::collections::HashSet;
 use std::fmt;

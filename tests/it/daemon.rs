@@ -422,7 +422,8 @@ fn metrics_and_healthz_over_http_and_json_logs() {
     };
     assert!(
         harness::wait_until(30, || get("/healthz").starts_with("HTTP/1.1 200")),
-        "{}",
+        "{}\n{}",
+        get("/healthz"),
         d.stderr()
     );
     let metrics = get("/metrics");
