@@ -5,9 +5,9 @@ use crate::config::ConfigError;
 use crate::health::status::StatusError;
 use crate::pipeline::backup::BackupError;
 use crate::prune::PruneError;
+use crate::restore::verify::VerifyError;
 use crate::restore::RestoreError;
 use crate::storage::StorageError;
-use crate::verify::VerifyError;
 
 /// Why a command failed; [`CliError::exit_code`] says how the process ends.
 #[derive(Debug, thiserror::Error)]
