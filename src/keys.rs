@@ -136,9 +136,102 @@ pub fn ack_key(manifest_key: &str) -> String {
     format!("{stem}{ACK_SUFFIX}")
 }
 
+/// PostgreSQL truncates longer identifiers, which would make scratch names collide.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+/// Tag of the database a restore into a new database restores into before the swap.
+pub const RESTORING_TAG: &str = "restoring";
+/// Tag of a drill's copy.
+pub const DRILL_TAG: &str = "drill";
+/// Tag of the database a `--full`/`--replace-target` restore renamed aside.
+pub const PRE_RESTORE_TAG: &str = "pre_restore";
+/// Every tag of a database the sidecar creates.
+const SCRATCH_TAGS: [&str; 3] = [RESTORING_TAG, DRILL_TAG, PRE_RESTORE_TAG];
+/// The time in scratch database names, and its length.
+const STAMP: &str = "%Y%m%d%H%M%S";
+const STAMP_LEN: usize = 14;
+
+/// `<base>__<tag>_<time>`, cut so that it fits PostgreSQL's identifier length.
+pub fn scratch_name(base: &str, tag: &str, at: DateTime<Utc>) -> String {
+    let suffix = format!("__{tag}_{}", at.format(STAMP));
+    let mut cut = MAX_IDENTIFIER_BYTES
+        .saturating_sub(suffix.len())
+        .min(base.len());
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &base[..cut])
+}
+
+/// When the scratch database `name` of `base` and `tag` was begun: the time in its own name,
+/// or for its `__restoring_` stage, the stage's time. `None` for any other name.
+pub fn scratch_started(name: &str, base: &str, tag: &str) -> Option<DateTime<Utc>> {
+    // The base is cut to fit PostgreSQL's identifier limit the same way at any time.
+    let template = scratch_name(base, tag, DateTime::UNIX_EPOCH);
+    let prefix = &template[..template.len() - STAMP_LEN];
+    let stamp = |s: &str| {
+        s.get(..STAMP_LEN)
+            .and_then(|s| chrono::NaiveDateTime::parse_from_str(s, STAMP).ok())
+            .map(|t| t.and_utc())
+    };
+    let stage = format!("__{RESTORING_TAG}_");
+    let stage_at = name.len().checked_sub(stage.len() + STAMP_LEN);
+    match stage_at.and_then(|i| Some((i, name.get(i..)?.strip_prefix(stage.as_str())?))) {
+        Some((i, time)) if name[..i].starts_with(prefix) => stamp(time),
+        _ => stamp(name.strip_prefix(prefix)?),
+    }
+}
+
+/// Whether `name` is a database the sidecar made (a restore's stage, a drill's copy, the old
+/// database a restore kept): never backed up.
+pub fn is_scratch_database(name: &str) -> bool {
+    SCRATCH_TAGS
+        .iter()
+        .any(|tag| name.contains(&format!("__{tag}_")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn scratch_databases_are_dated_by_their_names() {
+        let drill = at("2026-11-20T02:00:00Z");
+        let stage = at("2026-11-20T02:00:05Z");
+        for base in ["app", "a_database_of_29_bytes_name_x"] {
+            let scratch = scratch_name(base, "drill", drill);
+            assert_eq!(scratch_started(&scratch, base, "drill"), Some(drill));
+            // The stage name is cut to 63 bytes, which for long bases cuts the drill's time.
+            let restoring = scratch_name(&scratch, "restoring", stage);
+            assert_eq!(
+                scratch_started(&restoring, base, "drill"),
+                Some(stage),
+                "{restoring}"
+            );
+        }
+        for other in [
+            "app",
+            "app2__drill_20261120020000",
+            "app__drill_notatime12345",
+            "app__restoring_20261120020000",
+            "app__pre_restore_20261120020000",
+        ] {
+            assert_eq!(scratch_started(other, "app", "drill"), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn scratch_databases_are_recognised_by_their_tags() {
+        let t = at("2026-11-20T02:00:00Z");
+        for tag in [RESTORING_TAG, DRILL_TAG, PRE_RESTORE_TAG] {
+            assert!(is_scratch_database(&scratch_name("app", tag, t)), "{tag}");
+        }
+        assert!(!is_scratch_database("app"));
+        assert!(!is_scratch_database("app_drill_copy"));
+    }
 
     #[test]
     fn keys_are_sortable_and_safe() {

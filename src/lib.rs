@@ -25,4 +25,3 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod source;
 pub mod storage;
-pub mod verify;

@@ -4,10 +4,10 @@ use super::ExitCode;
 use crate::config::ConfigError;
 use crate::health::status::StatusError;
 use crate::pipeline::backup::BackupError;
+use crate::restore::verify::VerifyError;
 use crate::restore::RestoreError;
 use crate::retention::prune::PruneError;
 use crate::storage::StorageError;
-use crate::verify::VerifyError;
 
 /// Why a command failed; [`CliError::exit_code`] says how the process ends.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ use super::CliError;
 use crate::catalog::{self, Catalog, Entry};
 use crate::codec::encryption::Encryption;
 use crate::config::{Config, ConfigError};
+use crate::restore::verify::VerifyError;
 use crate::restore::RestoreError;
 use crate::sidecar::Sidecar;
-use crate::verify::VerifyError;
 
 /// The configured encryption, with the identities of `--identity FILE` when given (it wins
 /// over `encryption.identity_file`).
@@ -37,7 +37,7 @@ pub fn select<'a>(catalog: &'a Catalog, selector: &str) -> Result<&'a Entry, Cli
     for problem in &catalog.problems {
         tracing::warn!("{problem}");
     }
-    let entry = crate::verify::select(&catalog.entries, selector)
+    let entry = crate::restore::verify::select(&catalog.entries, selector)
         .ok_or_else(|| VerifyError::NoMatch(selector.to_string()))?;
     let mut databases: Vec<&str> = catalog
         .entries

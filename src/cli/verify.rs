@@ -18,7 +18,8 @@ pub async fn run(
     let catalog = load_catalog(sidecar, job, db).await?;
     let entry = select(&catalog, backup)?;
     let done =
-        crate::verify::verify(&sidecar.storage, &sidecar.config.tools, entry, &encryption).await?;
+        crate::restore::verify::verify(&sidecar.storage, &sidecar.config.tools, entry, &encryption)
+            .await?;
     println!(
         "ok: {} ({} stored, {} raw, {} archive entries, sha256 matches the manifest)",
         entry.manifest.key,

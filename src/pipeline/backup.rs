@@ -89,11 +89,7 @@ pub async fn databases(job: &Job) -> Result<Vec<String>, BackupError> {
                 source,
             })?
             .into_iter()
-            .filter(|d| {
-                !["__restoring_", "__drill_", "__pre_restore_"]
-                    .iter()
-                    .any(|by_restore| d.contains(by_restore))
-            })
+            .filter(|d| !crate::keys::is_scratch_database(d))
             .collect()
     } else {
         job.databases.clone()

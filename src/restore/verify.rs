@@ -1,4 +1,8 @@
-//! Verify: proves a stored backup can be read back, without touching any database. The stored
+//! Restore stage, the read path of a stored backup (verify). Invariant: a backup only counts as
+//! read back once its stored bytes match the manifest's size and sha256 (with
+//! [`Feed::hold_back`], the consumer gets the last byte only then); nothing is written anywhere.
+//!
+//! Proves a stored backup can be read back, without touching any database. The stored
 //! bytes are streamed once: their sha256 and size are checked against the manifest, they are
 //! decrypted when encrypted (age authenticates every chunk), decompressed (zstd and gzip check
 //! their own frames), and the archive is handed to `pg_restore --list`, which must accept it.
