@@ -15,8 +15,9 @@ use crate::codec::Compression;
 pub const MANIFEST_SUFFIX: &str = ".manifest.json";
 /// Suffix of the marker `pgsidecar ack` writes beside a manifest whose anomalies were seen.
 pub const ACK_SUFFIX: &str = ".anomaly-ack";
-/// Suffix of the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup.
-pub const GLOBALS_SUFFIX: &str = ".globals.sql.zst";
+/// What names the roles and tablespaces (`pg_dumpall --globals-only`) stored with a backup:
+/// `<start>.globals.sql`, then the compression's suffix (as the dump's) and `.age`.
+pub const GLOBALS_STEM: &str = ".globals.sql";
 /// The start time in key names (UTC, sortable as text).
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H%M%SZ";
 /// Suffix of an object encrypted with age.
@@ -31,18 +32,45 @@ pub fn compression_suffix(compression: Compression) -> &'static str {
     }
 }
 
-/// The key of the globals stored with the dump `dump_key`; encrypted like the dump (`.age`).
+/// The compression named by an object key's suffix: that of a dump, or of globals (which
+/// before they followed the job's compression were always `.zst`). `None` for other keys.
+pub fn compression_of(key: &str) -> Option<Compression> {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let base = strip_piece(name);
+    let base = base.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(base);
+    let after = [".dump", GLOBALS_STEM]
+        .iter()
+        .find_map(|stem| base.find(stem).map(|i| &base[i + stem.len()..]))?;
+    match after {
+        ".zst" => Some(Compression::Zstd { level: 3 }),
+        ".gz" => Some(Compression::Gzip { level: 6 }),
+        "" => Some(Compression::None),
+        _ => None,
+    }
+}
+
+/// The key of the globals stored with the dump `dump_key`: compressed and encrypted like the
+/// dump.
 pub fn globals_key(dump_key: &str) -> String {
     let manifest = manifest_key(dump_key);
     let stem = manifest
         .strip_suffix(MANIFEST_SUFFIX)
         .expect("manifest keys end with the suffix");
+    let compressed = compression_of(dump_key).map_or("", compression_suffix);
     let encrypted = if dump_key.ends_with(ENCRYPTED_SUFFIX) {
         ENCRYPTED_SUFFIX
     } else {
         ""
     };
-    format!("{stem}{GLOBALS_SUFFIX}{encrypted}")
+    format!("{stem}{GLOBALS_STEM}{compressed}{encrypted}")
+}
+
+/// `name` without a continuation piece's `.NNN`.
+fn strip_piece(name: &str) -> &str {
+    match name.rsplit_once('.') {
+        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
+        _ => name,
+    }
 }
 
 /// Characters kept as they are in a database name's key segment; the rest are %-encoded, so
@@ -98,7 +126,7 @@ pub fn manifest_key(dump_key: &str) -> String {
     let name = &dump_key[name_start..];
     let stem_end = name
         .find(".dump")
-        .or_else(|| name.find(GLOBALS_SUFFIX))
+        .or_else(|| name.find(GLOBALS_STEM))
         .map_or(dump_key.len(), |i| name_start + i);
     format!("{}{MANIFEST_SUFFIX}", &dump_key[..stem_end])
 }
@@ -107,15 +135,13 @@ pub fn manifest_key(dump_key: &str) -> String {
 /// pgsidecar writes, encrypted or not: the objects a manifest accounts for.
 pub fn is_dump_key(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
-    let base = match name.rsplit_once('.') {
-        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => b,
-        _ => name,
-    };
+    let base = strip_piece(name);
     let base = base.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(base);
-    base.ends_with(".dump")
-        || base.ends_with(".dump.zst")
-        || base.ends_with(".dump.gz")
-        || base.ends_with(GLOBALS_SUFFIX)
+    [".dump", GLOBALS_STEM].iter().any(|stem| {
+        ["", ".zst", ".gz"]
+            .iter()
+            .any(|c| base.ends_with(&format!("{stem}{c}")))
+    })
 }
 
 /// The key of piece `n` (1-based) of a stream stored under `key`.
@@ -278,10 +304,35 @@ mod tests {
             manifest_key(&plain),
             "p.age/x.age/2026-11-24T020000Z.manifest.json"
         );
+        // Globals are compressed like their dump (before, always zstd).
         assert_eq!(
             globals_key(&plain),
-            "p.age/x.age/2026-11-24T020000Z.globals.sql.zst.age"
+            "p.age/x.age/2026-11-24T020000Z.globals.sql.age"
         );
+        let gz = dump_key("p", "x", t, Compression::Gzip { level: 6 }, false);
+        assert_eq!(globals_key(&gz), "p/x/2026-11-24T020000Z.globals.sql.gz");
+        assert!(is_dump_key(&globals_key(&gz)) && is_dump_key(&globals_key(&plain)));
+    }
+
+    #[test]
+    fn compression_is_read_from_dump_and_globals_keys_old_and_new() {
+        let cases = [
+            (
+                "p/x/T.dump.zst.age.003",
+                Some(Compression::Zstd { level: 3 }),
+            ),
+            ("p/x/T.dump.gz", Some(Compression::Gzip { level: 6 })),
+            ("p/x/T.dump", Some(Compression::None)),
+            (
+                "p/x/T.globals.sql.zst.age",
+                Some(Compression::Zstd { level: 3 }),
+            ),
+            ("p/x/T.globals.sql", Some(Compression::None)),
+            ("p/x/T.manifest.json", None),
+        ];
+        for (key, want) in cases {
+            assert_eq!(compression_of(key), want, "{key}");
+        }
     }
 
     #[test]

@@ -13,14 +13,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 
-use async_compression::tokio::bufread::GzipEncoder;
+use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder, ZstdDecoder};
 use async_compression::Level;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, BufReader};
 
 use crate::codec::Compression;
 
@@ -45,6 +44,23 @@ pub fn compress(input: impl AsyncRead + Send + 'static, compression: Compression
             Level::Precise(level),
         )),
         Compression::None => Box::pin(BufReader::with_capacity(READ_BUFFER, input)),
+    }
+}
+
+/// Undoes [`compress`]: every frame or member of `input` in turn (chunked zstd writes many).
+pub fn decompress(input: impl AsyncRead + Send + 'static, compression: Compression) -> BoxRead {
+    match compression {
+        Compression::Zstd { .. } => {
+            let mut d = ZstdDecoder::new(BufReader::with_capacity(READ_BUFFER, input));
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+        Compression::Gzip { .. } => {
+            let mut d = GzipDecoder::new(BufReader::with_capacity(READ_BUFFER, input));
+            d.multiple_members(true);
+            Box::pin(d)
+        }
+        Compression::None => Box::pin(input),
     }
 }
 
@@ -173,93 +189,14 @@ pub(crate) fn reader_from(
     tokio_util::io::StreamReader::new(stream)
 }
 
-/// Counts bytes read through it into a shared counter, readable while the stream runs.
-pub struct Counted<R> {
-    inner: R,
-    count: Arc<AtomicU64>,
-}
-
-impl<R> Counted<R> {
-    /// Wraps `inner`; the returned counter grows as bytes pass.
-    pub fn new(inner: R) -> (Self, Arc<AtomicU64>) {
-        let count = Arc::new(AtomicU64::new(0));
-        (
-            Counted {
-                inner,
-                count: count.clone(),
-            },
-            count,
-        )
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let n = (buf.filled().len() - before) as u64;
-        self.count.fetch_add(n, Ordering::Relaxed);
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Computes the sha256 and length of the bytes read through it: the stored object's identity,
-/// recorded in the manifest and checked again at restore.
-pub struct Hashed<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-/// The identity of a stored stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamDigest {
-    /// Lower-case hex sha256.
-    pub sha256: String,
-    pub bytes: u64,
-}
-
-impl<R> Hashed<R> {
-    pub fn new(inner: R) -> Self {
-        Hashed {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    /// The digest of everything read so far; call after EOF.
-    pub fn finish(self) -> StreamDigest {
-        StreamDigest {
-            sha256: hex::encode(self.hasher.finalize()),
-            bytes: self.bytes,
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let fresh = &buf.filled()[before..];
-        self.bytes += fresh.len() as u64;
-        self.hasher.update(fresh);
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::hash::{Counted, Hashed};
+    use sha2::{Digest, Sha256};
+    use std::task::Context;
     use tokio::io::AsyncReadExt;
+    use tokio::io::ReadBuf;
 
     #[tokio::test]
     async fn zstd_round_trip_counts_and_hashes() {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use age::secrecy::SecretString;
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 
@@ -74,7 +74,7 @@ impl Recipient {
 }
 
 fn fingerprint(key_text: &str) -> String {
-    hex::encode(&Sha256::digest(key_text.as_bytes())[..8])
+    crate::codec::hash::sha256_hex(key_text.as_bytes())[..16].to_string()
 }
 
 impl FromStr for Recipient {
@@ -233,6 +233,20 @@ pub struct Encryption {
     /// messages.
     #[serde(skip)]
     identity_origin: String,
+}
+
+#[cfg(test)]
+impl Encryption {
+    /// A fresh key pair: encrypts to its recipient and decrypts with its identity.
+    pub(crate) fn generated_for_tests() -> Encryption {
+        let id = Identity(age::x25519::Identity::generate());
+        Encryption {
+            recipients: vec![id.recipient()],
+            identities: vec![id],
+            identity_origin: "a test key".into(),
+            ..Encryption::default()
+        }
+    }
 }
 
 /// Why a backup cannot be decrypted. Key problems name what to configure; none quotes a key.
@@ -428,7 +442,8 @@ impl Encryption {
     }
 
     /// `data` encrypted as configured (or unchanged), for small objects.
-    pub async fn encrypt_bytes(&self, data: Vec<u8>) -> io::Result<Vec<u8>> {
+    #[cfg(test)]
+    pub(crate) async fn encrypt_bytes(&self, data: Vec<u8>) -> io::Result<Vec<u8>> {
         let Some(seal) = self.seal() else {
             return Ok(data);
         };
@@ -552,7 +567,8 @@ impl Encryption {
     }
 
     /// A small age file decrypted whole.
-    pub async fn decrypt_bytes(
+    #[cfg(test)]
+    pub(crate) async fn decrypt_bytes(
         &self,
         record: &EncryptionRecord,
         data: Bytes,

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::manifest::{self, Manifest};
-use crate::codec::compress::{self, Counted, Hashed};
+use crate::codec::hash::{Counted, Hashed};
+use crate::codec::Codec;
 use crate::pipeline::Job;
 use crate::shutdown::Bounded;
 use crate::source::dump::{self, DumpError};
@@ -125,7 +126,7 @@ async fn remove_leftovers(
 /// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`, compressed
 /// and encrypted like the dump.
 async fn store_globals(
-    encryption: &crate::codec::encryption::Encryption,
+    codec: &Codec<'_>,
     tools: &ToolsConfig,
     storage: &Storage,
     db: &crate::source::DatabaseConfig,
@@ -158,16 +159,12 @@ async fn store_globals(
             source: e,
         },
     };
-    let compressed = zstd::encode_all(sql.as_slice(), 3).map_err(source_err)?;
-    let stored = encryption
-        .encrypt_bytes(compressed)
-        .await
-        .map_err(source_err)?;
+    let stored = codec.encode_bytes(sql.clone()).await.map_err(source_err)?;
     let globals = manifest::Globals {
         key: key.clone(),
         raw_bytes: sql.len() as u64,
         stored_bytes: stored.len() as u64,
-        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored)),
+        sha256: crate::codec::hash::sha256_hex(&stored),
         role_passwords,
     };
     storage
@@ -379,10 +376,11 @@ async fn backup_attempt(
     };
     let source = dump::spawn(&tool, &db, snapshot.as_ref().map(|s| s.id())).map_err(db_err)?;
     let (counted, raw_bytes) = Counted::new(source);
-    let mut stored = Hashed::new(
-        job.encryption
-            .encrypt(compress::compress(counted, job.compression)),
-    );
+    let codec = Codec {
+        compression: job.compression,
+        encryption: &job.encryption,
+    };
+    let mut stored = Hashed::new(codec.encode(counted));
 
     // Counting runs beside the upload and never holds it up or fails it: a failed count only
     // leaves the manifest without counts.
@@ -447,7 +445,7 @@ async fn backup_attempt(
 
     let globals = if job.globals {
         let stored = tokio::select! {
-            r = store_globals(&job.encryption, tools, storage, &db, server.major, &key) => r,
+            r = store_globals(&codec, tools, storage, &db, server.major, &key) => r,
             _ = cancel.cancelled() => Err(cancelled()),
         };
         match stored {

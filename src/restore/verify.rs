@@ -9,16 +9,16 @@
 
 use std::process::Stdio;
 
+use crate::codec::hash::Sha256Hex;
+use crate::codec::Codec;
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Entry;
 use crate::codec::encryption::{DecryptError, Encryption};
-use crate::codec::Compression;
 use crate::source::tools::{self, ToolError};
 use crate::source::ToolsConfig;
 use crate::storage::{Storage, StorageError};
@@ -177,21 +177,22 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
         reason,
     };
     let (tx, rx) = tokio::io::duplex(1 << 20);
-    // Decryption sits after the hash: the sha256 stays over the bytes as stored. A missing key
+    // Decoding sits after the hash: the sha256 stays over the bytes as stored. A missing key
     // fails here, before anything is read.
-    let stored_plain: crate::codec::compress::BoxRead = match &m.encryption {
-        None => Box::pin(rx),
-        Some(record) => encryption
-            .decrypt(record, rx)
-            .map_err(|source| VerifyError::Key {
-                key: m.key.clone(),
-                source,
-            })?,
+    let codec = Codec {
+        compression: m.compression,
+        encryption,
     };
+    let mut raw = codec
+        .decode(m.encryption.as_ref(), rx)
+        .map_err(|source| VerifyError::Key {
+            key: m.key.clone(),
+            source,
+        })?;
     let mut stored = open_pieces(storage, entry).await?;
     let hasher = tokio::spawn(async move {
         let mut tx = tx;
-        let mut h = Sha256::new();
+        let mut h = Sha256Hex::default();
         let mut n = 0u64;
         let mut buf = vec![0u8; 256 * 1024];
         let mut feeding = true;
@@ -206,23 +207,8 @@ pub async fn stream_archive<W: AsyncWrite + Unpin>(
             // When the decompressor stopped (it reports why), keep hashing to the end.
             feeding = feeding && tx.write_all(&buf[..k]).await.is_ok();
         }
-        Ok::<_, std::io::Error>((hex::encode(h.finalize()), n))
+        Ok::<_, std::io::Error>((h.finish(), n))
     });
-    let mut raw: Box<dyn AsyncRead + Send + Unpin> = match m.compression {
-        Compression::Zstd { .. } => {
-            let mut d =
-                async_compression::tokio::bufread::ZstdDecoder::new(BufReader::new(stored_plain));
-            d.multiple_members(true);
-            Box::new(d)
-        }
-        Compression::Gzip { .. } => {
-            let mut d =
-                async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(stored_plain));
-            d.multiple_members(true);
-            Box::new(d)
-        }
-        Compression::None => Box::new(stored_plain),
-    };
     let mut sink = Some(sink);
     let mut held: Vec<u8> = Vec::new();
     let mut raw_bytes = 0u64;
@@ -392,7 +378,6 @@ pub(crate) fn drain<R: AsyncRead + Send + Unpin + 'static>(
 mod tests {
     use super::*;
     use crate::catalog::manifest::Manifest;
-    use sha2::Digest;
 
     /// A stored uncompressed object of `len` bytes and a manifest claiming `sha256`.
     async fn stored(dir: &std::path::Path, len: usize, sha256: Option<&str>) -> (Storage, Entry) {
@@ -402,7 +387,7 @@ mod tests {
             .put_bytes("p/app/x.dump", body.clone().into())
             .await
             .unwrap();
-        let sha = sha256.map_or_else(|| hex::encode(Sha256::digest(&body)), str::to_string);
+        let sha = sha256.map_or_else(|| crate::codec::hash::sha256_hex(&body), str::to_string);
         let json = serde_json::json!({
             "format": "pgsidecar-manifest", "format_version": 1, "tool_version": "0",
             "job": "j", "database": "app", "host": "h", "port": 5432,

@@ -8,8 +8,6 @@
 
 use std::collections::BTreeSet;
 
-use sha2::{Digest, Sha256};
-
 use crate::catalog::manifest::Globals;
 use crate::storage::{Storage, StorageError};
 
@@ -45,7 +43,7 @@ pub async fn fetch(
             key: globals.key.clone(),
             source,
         })?;
-    let sha = hex::encode(Sha256::digest(&bytes));
+    let sha = crate::codec::hash::sha256_hex(&bytes);
     if sha != globals.sha256 || bytes.len() as u64 != globals.stored_bytes {
         return Err(damaged(format!(
             "sha256 {sha} over {} bytes does not match the manifest ({} over {} bytes)",
@@ -54,14 +52,19 @@ pub async fn fetch(
             globals.stored_bytes
         )));
     }
-    let compressed = match encrypted {
-        None => bytes.to_vec(),
-        Some(record) => keys
-            .decrypt_bytes(record, bytes)
-            .await
-            .map_err(|e| damaged(format!("cannot decrypt: {e}")))?,
+    // Globals written before they followed the job's compression are `.zst`; the key says.
+    let codec = crate::codec::Codec {
+        compression: crate::keys::compression_of(&globals.key)
+            .ok_or_else(|| damaged("its key names no known compression".into()))?,
+        encryption: keys,
     };
-    let sql = zstd::decode_all(&compressed[..]).map_err(|e| damaged(e.to_string()))?;
+    let sql = codec
+        .decode_bytes(encrypted, bytes.to_vec())
+        .await
+        .map_err(|e| match crate::codec::encryption::as_decrypt_error(&e) {
+            Some(d) => damaged(format!("cannot decrypt: {d}")),
+            None => damaged(e.to_string()),
+        })?;
     String::from_utf8(sql).map_err(|e| damaged(e.to_string()))
 }
 
