@@ -34,8 +34,15 @@ pub async fn run(
                 .as_ref()
                 .is_some_and(|s| s.last_attempt_failed(&job.name, db))
         };
-        let reports =
-            prune_job(&sidecar.storage, job, db.as_deref(), &failed_last, dry_run).await?;
+        let reports = prune_job(
+            &sidecar.storage,
+            job.prune_scope(),
+            db.as_deref(),
+            &failed_last,
+            dry_run,
+            sidecar.clock.now(),
+        )
+        .await?;
         errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
         print!("{}", render(&job.name, &reports, dry_run));
     }

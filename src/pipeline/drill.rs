@@ -105,7 +105,7 @@ pub async fn drill(
         key: m.key.clone(),
         source,
     };
-    let scratch = restore::scratch_name(database, "drill", Utc::now());
+    let scratch = restore::scratch_name(database, crate::keys::DRILL_TAG, Utc::now());
     let mode = Mode::NewDatabase {
         name: scratch.clone(),
         replace: false,
@@ -128,7 +128,7 @@ pub async fn drill(
         // is one whose drill was killed (a SIGKILL, a lost node) and will never be dropped.
         if let Some(stale) = Utc::now().checked_sub_signed(crate::shutdown::longest_run(limit)) {
             let major = plan.target.server_major;
-            for name in restore::drop_stale_scratch(server, database, "drill", stale, major).await {
+            for name in restore::drop_stale_scratch(server, database, crate::keys::DRILL_TAG, stale, major).await {
                 tracing::warn!(scratch = %name, "dropped a scratch database left by an interrupted drill");
             }
         }

@@ -54,3 +54,16 @@ pub fn serialize_schedule<S: serde::Serializer>(
         None => ser.serialize_str("(none: one backup, then exit)"),
     }
 }
+
+impl Job {
+    /// What a prune of this job covers.
+    pub fn prune_scope(&self) -> crate::retention::prune::Scope<'_> {
+        crate::retention::prune::Scope {
+            job: &self.name,
+            prefix: &self.prefix,
+            policy: self.retention.as_ref(),
+            timezone: self.timezone,
+            attempt_timeout: self.retry.attempt_timeout,
+        }
+    }
+}

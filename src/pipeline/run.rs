@@ -282,16 +282,22 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
     if job.retention.is_none() {
         return 0;
     }
-    let reports =
-        match crate::retention::prune::prune_job(&ctx.storage, job, Some(db), &|_| false, false)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");
-                return 0;
-            }
-        };
+    let reports = match crate::retention::prune::prune_job(
+        &ctx.storage,
+        job.prune_scope(),
+        Some(db),
+        &|_| false,
+        false,
+        ctx.clock.now(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");
+            return 0;
+        }
+    };
     let mut deleted = 0;
     for report in &reports {
         if let Some(why) = &report.held {

@@ -15,6 +15,7 @@
 //! path of a stored backup.
 
 mod execute;
+pub mod globals;
 mod plan;
 mod progress;
 mod restorer;
@@ -54,7 +55,7 @@ pub enum RestoreError {
     #[error("{0}")]
     Database(#[from] DumpError),
     #[error(transparent)]
-    Globals(#[from] crate::source::globals::GlobalsError),
+    Globals(#[from] crate::restore::globals::GlobalsError),
     #[error("query on the target server failed ({what}): {cause}")]
     Query { what: String, cause: String },
     #[error("refusing to restore: {0}")]

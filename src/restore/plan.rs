@@ -51,7 +51,7 @@ pub struct Plan {
     pub via_psql: Option<ClientTool>,
     pub options: Options,
     /// With `--with-globals`: the roles to create first.
-    pub roles: Option<crate::source::globals::RolePlan>,
+    pub roles: Option<crate::restore::globals::RolePlan>,
 }
 
 pub(super) async fn existing_db(
@@ -172,7 +172,7 @@ pub async fn plan(
         }
         (Some(g), true) => {
             let sql =
-                crate::source::globals::fetch(storage, g, m.encryption.as_ref(), &options.encryption)
+                crate::restore::globals::fetch(storage, g, m.encryption.as_ref(), &options.encryption)
                     .await?;
             let existing = admin
                 .query("SELECT rolname::text FROM pg_roles", &[])
@@ -181,7 +181,7 @@ pub async fn plan(
                 .iter()
                 .map(|r| r.get::<_, String>(0))
                 .collect();
-            Some(crate::source::globals::plan_roles(&sql, &existing))
+            Some(crate::restore::globals::plan_roles(&sql, &existing))
         }
     };
     Ok(Plan {
@@ -426,7 +426,7 @@ mod tests {
         });
         new_db.options.jobs = Some(4);
         new_db.options.with_globals = true;
-        new_db.roles = Some(crate::source::globals::RolePlan {
+        new_db.roles = Some(crate::restore::globals::RolePlan {
             missing: vec!["app_owner".into(), "reporting".into()],
             statements: vec![],
         });
@@ -445,7 +445,7 @@ mod tests {
             Some(existing()),
         );
         replace.options.with_globals = true;
-        replace.roles = Some(crate::source::globals::RolePlan::default());
+        replace.roles = Some(crate::restore::globals::RolePlan::default());
         insta::assert_snapshot!("replace_keep_old", replace.describe(now));
 
         let replace_drop = fixed_plan(

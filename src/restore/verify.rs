@@ -343,7 +343,7 @@ pub async fn verify(
         });
     }
     if let Some(g) = &m.globals {
-        crate::source::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
+        crate::restore::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
             .await
             .map_err(|e| VerifyError::Damaged {
                 key: g.key.clone(),

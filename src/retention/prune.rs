@@ -14,7 +14,6 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 
 use crate::catalog::{self, Entry};
-use crate::pipeline::Job;
 use crate::retention::{self, Policy, Reason};
 use crate::storage::{Storage, StorageError};
 
@@ -222,23 +221,38 @@ async fn remove_leftovers(
     Ok(removed)
 }
 
-/// Prunes every database of `job` found in storage (`only`: just that one).
+/// What one job's prune covers, in the job's terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The job's name, for messages.
+    pub job: &'a str,
+    /// The key prefix of the job's backups.
+    pub prefix: &'a str,
+    /// What to keep; `None` is an error ([`PruneError::NoPolicy`]), never "delete all".
+    pub policy: Option<&'a Policy>,
+    /// The zone of the policy's calendar periods.
+    pub timezone: chrono_tz::Tz,
+    /// How long one backup attempt may run: uploads begun longer ago are abandoned.
+    pub attempt_timeout: std::time::Duration,
+}
+
+/// Prunes every database of `job` found in storage (`only`: just that one), as of `now`.
 pub async fn prune_job(
     storage: &Storage,
-    job: &Job,
+    job: Scope<'_>,
     only: Option<&str>,
     failed_last: &(dyn Fn(&str) -> bool + Sync),
     dry_run: bool,
+    now: DateTime<Utc>,
 ) -> Result<Vec<DbReport>, PruneError> {
     let policy = job
-        .retention
-        .as_ref()
-        .ok_or_else(|| PruneError::NoPolicy(job.name.clone()))?;
+        .policy
+        .ok_or_else(|| PruneError::NoPolicy(job.job.to_string()))?;
     let tz = job.timezone;
-    let catalog = catalog::load(storage, &job.prefix, only)
+    let catalog = catalog::load(storage, job.prefix, only)
         .await
         .map_err(|source| PruneError::List {
-            prefix: job.prefix.clone(),
+            prefix: job.prefix.to_string(),
             source,
         })?;
     for problem in &catalog.problems {
@@ -251,7 +265,6 @@ pub async fn prune_job(
             .or_default()
             .push(e.clone());
     }
-    let now = Utc::now();
     let mut reports = Vec::new();
     for (db, entries) in by_db {
         let mut report = prune_database(
@@ -265,15 +278,14 @@ pub async fn prune_job(
             dry_run,
         )
         .await;
-        let prefix = crate::keys::database_prefix(&job.prefix, db);
+        let prefix = crate::keys::database_prefix(job.prefix, db);
         match remove_leftovers(storage, &prefix, now, dry_run).await {
             Ok(keys) => report.leftovers = keys,
             Err(e) => report.errors.push(format!("{prefix}: {e}")),
         }
         // A backup running now (in this daemon or another) began its upload less than an
         // attempt's time limit ago; a day, when the limit is shorter.
-        let running_at_most =
-            crate::shutdown::longest_run(job.retry.attempt_timeout).max(LEFTOVER_AGE);
+        let running_at_most = crate::shutdown::longest_run(job.attempt_timeout).max(LEFTOVER_AGE);
         let cutoff = now.checked_sub_signed(running_at_most);
         if !dry_run && cutoff.is_some() {
             match storage.abort_stale_uploads(&prefix, cutoff).await {

@@ -3,7 +3,7 @@
 //! reads of a database (properties, row counts, roles).
 
 pub mod dump;
-pub mod globals;
+
 pub mod pgpass;
 pub mod properties;
 pub mod tables;
