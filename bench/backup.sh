@@ -25,7 +25,7 @@ BENCH_COMMANDS=${BENCH_COMMANDS:-a b c d e}
 # ---------------------------------------------------------------------------
 bench_check_knobs
 valid_level() { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le 19 ]; }
-# The codecs pgsidecar accepts (src/config.rs): none, zstd 1..19, gzip 1..9.
+# The codecs pgsidecar accepts (src/config/validate.rs): none, zstd 1..19, gzip 1..9.
 valid_codec() {
   case $1 in
     none) ;;

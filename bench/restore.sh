@@ -85,7 +85,7 @@ log "archive: $RAW_SIZE bytes"
 # ---------------------------------------------------------------------------
 # Measurements. Each run_* sets R_RC R_WALL R_RSS (KiB) R_WHO R_DISK R_BYTES R_NOTE.
 # ---------------------------------------------------------------------------
-# The flags src/restore.rs gives pg_restore for --target-db: not one transaction, no --clean
+# The flags src/restore/ gives pg_restore for --target-db: not one transaction, no --clean
 # (the database is new), --jobs only when asked; the database is named last before the file.
 restore_flags() { # jobs (empty for none), database
   RESTORE_FLAGS=(--no-password --exit-on-error)
