@@ -2,7 +2,10 @@
 
 use super::*;
 
-pub(super) fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigError> {
+pub(super) fn validate_storage(
+    raw: RawStorage,
+    sources: &Sources,
+) -> Result<StorageConfig, ConfigError> {
     let url = raw.url.ok_or_else(|| {
         ConfigError::invalid(
             "storage.url",
@@ -10,8 +13,20 @@ pub(super) fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigE
         )
     })?;
     let location = parse_storage_url(&url)?;
-    // An empty value (a compose file's `${VAR:-}`) means unset.
-    let endpoint = raw.endpoint.filter(|e| !e.trim().is_empty());
+    // An empty value (a compose file's `${VAR:-}`) means unset. The SDK's S3-only variable
+    // is read here, not by storage, so the endpoint has one source of truth (`AWS_ENDPOINT_URL`
+    // the SDK reads itself).
+    let nonblank = |e: &String| !e.trim().is_empty();
+    let (endpoint_key, endpoint) = match raw.endpoint.filter(nonblank) {
+        Some(e) => ("storage.endpoint", Some(e)),
+        None => (
+            "AWS_ENDPOINT_URL_S3",
+            sources
+                .var("AWS_ENDPOINT_URL_S3")
+                .map(str::to_string)
+                .filter(nonblank),
+        ),
+    };
     // Blank values and files mean "use the AWS default chain" (an instance role), so one
     // compose file serves both.
     let access_key_id = optional_secret(
@@ -36,14 +51,11 @@ pub(super) fn validate_storage(raw: RawStorage) -> Result<StorageConfig, ConfigE
     }
     if let Some(endpoint) = &endpoint {
         let parsed = url::Url::parse(endpoint).map_err(|e| {
-            ConfigError::invalid(
-                "storage.endpoint",
-                format!("`{endpoint}` is not a URL ({e})"),
-            )
+            ConfigError::invalid(endpoint_key, format!("`{endpoint}` is not a URL ({e})"))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(ConfigError::invalid(
-                "storage.endpoint",
+                endpoint_key,
                 format!("`{endpoint}` must be an http:// or https:// URL"),
             ));
         }

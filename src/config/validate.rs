@@ -4,7 +4,7 @@ use super::*;
 
 /// Turns the raw layers into a checked [`Config`].
 pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
-    let storage = validate_storage(raw.storage)?;
+    let storage = validate_storage(raw.storage, sources)?;
     let encryption = validate_encryption(raw.encryption)?;
     let base_prefix = storage.base_prefix();
     let default_tz = raw

@@ -84,13 +84,9 @@ impl S3Storage {
             ));
         }
         let sdk = loader.load().await;
-        // The endpoint may also come from the SDK's own variables (AWS_ENDPOINT_URL, or its
-        // S3-only form), which the configuration never sees.
-        let endpoint = sdk
-            .endpoint_url()
-            .map(str::to_string)
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok());
-        if let Some(endpoint) = endpoint.filter(|e| e.starts_with("http://")) {
+        // The endpoint may also come from the SDK's own variable (AWS_ENDPOINT_URL), which the
+        // configuration never sees.
+        if let Some(endpoint) = sdk.endpoint_url().filter(|e| e.starts_with("http://")) {
             tracing::warn!(
                 endpoint = %endpoint,
                 "storage endpoint uses plain HTTP: backups cross the network unencrypted unless client-side encryption is on; use https:// outside a private network"
@@ -103,8 +99,7 @@ impl S3Storage {
     /// on top; [`S3Storage::new`] passes aws-config's default chain.
     pub fn with_sdk_config(cfg: &StorageConfig, bucket: &str, sdk: &aws_config::SdkConfig) -> Self {
         // MinIO, Garage and moto serve buckets by path, not by virtual host.
-        let custom_endpoint =
-            sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let custom_endpoint = sdk.endpoint_url().is_some();
         let mut builder = aws_sdk_s3::config::Builder::from(sdk)
             // A stalled connection must fail, not hang a backup or shutdown.
             .timeout_config(
