@@ -14,12 +14,16 @@ mod encryption;
 mod failures;
 /// Faults mid-backup or mid-restore: nothing falsely reported, nothing partial listed, next run succeeds.
 mod faults;
+/// `pgsidecar backup` by hand: status file, retention, notifications and retries, as scheduled.
+mod manual_backup;
 /// The container files: Dockerfile lint, Compose schema, configuration names without drift.
 mod packaging;
 /// Retention: prune and its safety floor; every database of a server.
 mod prune;
-/// Restores, refusals, drills and the command names.
+/// Restores that succeed: modes, server majors, database properties, the command names.
 mod restore;
+/// Restores and drills that must fail safely: damage, kills, refusals, regressions.
+mod restore_safety;
 /// Secrets never reach output, notifications, manifests or object metadata.
 mod secrets;
 /// The storage contract, run against every backend: round trips, no overwrite, listing, aborts, sweep.
