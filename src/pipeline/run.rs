@@ -174,8 +174,6 @@ pub async fn run_job(
 pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) -> Outcome {
     let turn = ctx.turn(job, db);
     let _turn = turn.lock().await;
-    ctx.notify
-        .dispatch(ctx.event(job, db, EventKind::Started, 1, |_| {}));
     let (when_busy, policy) = match trigger {
         Trigger::Scheduled(at) => (WhenBusy::Skip(Some(at)), job.retry.clone()),
         Trigger::Manual { retry } => (
@@ -190,6 +188,13 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
             },
         ),
     };
+    // Events say how many attempts this run makes (one by hand without --retry).
+    let event = |kind, attempt, fill: &dyn Fn(&mut Event)| {
+        let mut e = ctx.event(job, db, kind, attempt, fill);
+        e.attempts = policy.attempts;
+        e
+    };
+    ctx.notify.dispatch(event(EventKind::Started, 1, &|_| {}));
     let (result, attempts) = crate::retry::retry(
         &policy,
         &ctx.shutdown,
@@ -206,7 +211,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
             match wait {
                 Some(w) => {
                     tracing::warn!(job = %job.name, database = %db, attempt, attempts = policy.attempts, "attempt failed, retrying in {}: {e}", humantime::format_duration(w));
-                    ctx.notify.dispatch(ctx.event(job, db, EventKind::AttemptFailed, attempt, |ev| {
+                    ctx.notify.dispatch(event(EventKind::AttemptFailed, attempt, &|ev| {
                         ev.error = Some(e.to_string());
                         ev.stderr_tail = e.stderr_tail().to_vec();
                     }));
@@ -238,7 +243,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
             } else {
                 EventKind::Succeeded
             };
-            ctx.notify.dispatch(ctx.event(job, db, kind, attempts, |e| {
+            ctx.notify.dispatch(event(kind, attempts, &|e| {
                 e.stored_bytes = Some(m.stored_bytes);
                 e.raw_bytes = Some(m.raw_bytes);
                 e.duration_secs = Some(m.duration_ms as f64 / 1000.0);
@@ -262,7 +267,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 .update_db(&job.name, db, |entry| entry.failures_total += 1);
             ctx.board.save();
             ctx.notify
-                .dispatch(ctx.event(job, db, EventKind::Failed, attempts, |ev| {
+                .dispatch(event(EventKind::Failed, attempts, &|ev| {
                     ev.error = Some(e.to_string());
                     ev.stderr_tail = e.stderr_tail().to_vec();
                 }));

@@ -214,6 +214,8 @@ fn failed_manual_backup_tries_once_records_the_error_and_notifies_the_failure() 
     assert_eq!(failure["kind"], "failed", "{failure}");
     assert_eq!(failure["database"], db.as_str(), "{failure}");
     assert_eq!(failure["attempt"], 1, "{failure}");
+    // The message tells the attempts this run made room for, not the job's policy (2).
+    assert_eq!(failure["attempts"], 1, "{failure}");
     assert!(
         failure["error"]
             .as_str()
@@ -248,6 +250,7 @@ fn failed_manual_backup_with_retry_follows_the_jobs_retry_policy() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0]["kind"], "failed", "{}", messages[0]);
     assert_eq!(messages[0]["attempt"], 2, "{}", messages[0]);
+    assert_eq!(messages[0]["attempts"], 2, "{}", messages[0]);
     assert!(entry["last_error"].is_string(), "{entry}");
     assert_eq!(entry["attempts_total"], 2, "{entry}");
     assert_eq!(entry["failures_total"], 1, "{entry}");

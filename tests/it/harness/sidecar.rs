@@ -59,7 +59,17 @@ impl Sidecar {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true");
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // Commands record outcomes in the status file too: one per test configuration and
+            // test run, so parallel tests and earlier runs never see each other's records.
+            .env(
+                "PGSIDECAR_HEALTH__STATUS_FILE",
+                std::env::temp_dir().join(format!(
+                    "pgsidecar-it-{}-{bucket}-{}-{db}.status.json",
+                    std::process::id(),
+                    prefix.replace('/', "_")
+                )),
+            );
         Sidecar { cmd }
     }
 
