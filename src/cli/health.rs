@@ -13,7 +13,10 @@ pub fn run(config: &Config, live: bool) -> Result<ExitCode, CliError> {
     } else {
         status.problems(now)
     };
-    if !pid_alive(status.pid) {
+    if status.pid == 0 {
+        // Only commands run by hand have written the file (see `health::Board`).
+        problems.insert(0, "no daemon has run: start `pgsidecar run`".to_string());
+    } else if !pid_alive(status.pid) {
         problems.insert(0, format!("the daemon (pid {}) is not running", status.pid));
     }
     if problems.is_empty() {

@@ -110,6 +110,17 @@ fn manual_backup_notifies_start_and_success_and_records_it_in_the_status_file() 
     assert!(entry["last_error"].is_null(), "{entry}");
     assert_eq!(entry["attempts_total"], 1, "{entry}");
     assert_eq!(entry["backups_total"], 1, "{entry}");
+
+    // A status file written by commands alone has no daemon behind it, and `health` says so.
+    let health = sidecar(&db, &s3().endpoint(), &bucket, &status, &hook)
+        .args(&["health"])
+        .run()
+        .expect_code(1);
+    assert!(
+        health.stdout.contains("no daemon has run"),
+        "{}",
+        health.stdout
+    );
 }
 
 #[test]
