@@ -70,6 +70,26 @@ impl Board {
         }
     }
 
+    /// Like [`Board::update_db`], but the daemon records only databases its board lists: a
+    /// drill of a `*` job may restore a database no longer backed up, which must not appear
+    /// as one without a backup.
+    pub fn update_listed_db(&self, job: &str, database: &str, change: impl FnOnce(&mut DbStatus)) {
+        if matches!(self.owner, Owner::Daemon) {
+            let mut status = self.lock();
+            let listed = status
+                .jobs
+                .iter_mut()
+                .filter(|j| j.name == job)
+                .flat_map(|j| j.databases.iter_mut())
+                .find(|d| d.database == database);
+            if let Some(entry) = listed {
+                change(entry);
+            }
+            return;
+        }
+        self.update_db(job, database, change);
+    }
+
     /// Changes the board as a whole.
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
         change(&mut self.lock());
@@ -94,13 +114,20 @@ impl Board {
     }
 
     fn try_save(&self) -> Result<(), StatusError> {
-        let _guard = FileLock::acquire(&self.path)?;
+        // A lock that cannot be taken (a lock file another user created) must not stop the
+        // heartbeat: `health` would then call a live daemon dead.
+        let _guard = FileLock::acquire(&self.path)
+            .inspect_err(|e| tracing::debug!("writing the status file unlocked: {e}"))
+            .ok();
         let on_disk = Status::read(&self.path).ok();
         let snapshot = match &self.owner {
             Owner::Daemon => {
                 let mut board = self.lock();
                 if let Some(on_disk) = &on_disk {
-                    board.adopt_newer_outcomes(on_disk);
+                    // Only what commands recorded since this daemon started: older records
+                    // are a previous daemon's, and storage is the truth about successes.
+                    let since = board.started_at;
+                    board.adopt_newer_outcomes(on_disk, since);
                 }
                 board.heartbeat_at = self.clock.now();
                 board.clone()
@@ -147,11 +174,16 @@ impl FileLock {
             path: lock_path.clone(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        // flock needs no write access: an existing lock file is opened read-only, so one
+        // created by another user (a command run as root) still serves.
+        let file = std::fs::File::open(&lock_path)
+            .or_else(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+            })
             .map_err(err)?;
         file.lock().map_err(err)?;
         Ok(FileLock(file))

@@ -162,9 +162,9 @@ impl Status {
     }
 
     /// Takes newer outcomes that another process (a backup or drill run by hand) recorded in
-    /// `other`, for the jobs and databases this board lists; others are not brought in (the
-    /// file may hold databases this daemon no longer backs up).
-    pub fn adopt_newer_outcomes(&mut self, other: &Status) {
+    /// `other` at or after `since`, for the jobs and databases this board lists; others are
+    /// not brought in (the file may hold databases this daemon no longer backs up).
+    pub fn adopt_newer_outcomes(&mut self, other: &Status, since: DateTime<Utc>) {
         for other_job in &other.jobs {
             let Some(job) = self.jobs.iter_mut().find(|j| j.name == other_job.name) else {
                 continue;
@@ -175,7 +175,10 @@ impl Status {
                     .iter_mut()
                     .find(|d| d.database == theirs.database)
                 {
-                    mine.adopt(theirs);
+                    let recent = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t >= since);
+                    if recent(theirs.last_attempt_at) || recent(theirs.last_drill_at) {
+                        mine.adopt(theirs);
+                    }
                 }
             }
         }

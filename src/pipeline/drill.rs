@@ -214,6 +214,13 @@ pub async fn run_drills<'a>(
         let names = match databases(&ctx.storage, job).await {
             Ok(n) => n,
             Err(e) => {
+                // Said and notified: a drill that cannot even list its backups failed.
+                tracing::error!(job = %job.name, "{e}");
+                ctx.notify
+                    .dispatch(ctx.event(job, "*", EventKind::DrillFailed, 1, |ev| {
+                        ev.error = Some(e.to_string());
+                        ev.next_run = None;
+                    }));
                 out.push((job, "*".to_string(), Err(e)));
                 continue;
             }
@@ -235,7 +242,7 @@ pub async fn run_drills<'a>(
                 &ctx.abort,
             )
             .await;
-            ctx.board.update_db(&job.name, &db, |entry| {
+            ctx.board.update_listed_db(&job.name, &db, |entry| {
                 entry.last_drill_at = Some(ctx.clock.now());
                 entry.last_drill_passed = Some(result.is_ok());
                 match &result {

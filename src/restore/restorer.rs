@@ -5,38 +5,17 @@
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Child;
 
 use super::{Plan, RestoreError};
 use crate::source::dump::{self, DumpError};
+use crate::source::process::{Child, LogAs};
 use crate::source::tools::ClientTool;
-
-/// How many of pg_restore's last stderr lines an error carries.
-const STDERR_TAIL_LINES: usize = 12;
 
 /// The running restore processes: pg_restore alone, or pg_restore feeding psql through the
 /// filter. Dropping it kills them, which rolls back whatever they had not committed.
 pub(super) struct Restorer {
     children: Vec<Child>,
-    stderr: Vec<tokio::task::JoinHandle<Vec<String>>>,
     filter: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-fn stderr_tail(pipe: Option<tokio::process::ChildStderr>) -> tokio::task::JoinHandle<Vec<String>> {
-    tokio::spawn(async move {
-        let mut tail = std::collections::VecDeque::new();
-        if let Some(p) = pipe {
-            let mut lines = BufReader::new(p).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "pg_restore", "{line}");
-                if tail.len() == STDERR_TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-        Vec::from(tail)
-    })
 }
 
 /// The statement pg_restore 17+ writes into every script and servers before 17 reject.
@@ -119,12 +98,10 @@ impl Restorer {
             Stdio::piped()
         } else {
             Stdio::null()
-        })
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut pg_restore = cmd.spawn().map_err(spawn_err(&plan.pg_restore))?;
-        let stdin = pg_restore.stdin.take();
-        let mut stderr = vec![stderr_tail(pg_restore.stderr.take())];
+        });
+        let mut pg_restore =
+            Child::spawn(&mut cmd, LogAs::PgRestore).map_err(spawn_err(&plan.pg_restore))?;
+        let stdin = pg_restore.take_stdin();
         let mut children = vec![];
         let mut filter = None;
         if let Some(psql) = &plan.via_psql {
@@ -132,41 +109,33 @@ impl Restorer {
             cmd.args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1"])
                 .arg(format!("--dbname={}", dump::conninfo(database)))
                 .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            let mut psql_child = cmd.spawn().map_err(spawn_err(psql))?;
-            stderr.push(stderr_tail(psql_child.stderr.take()));
+                .stdout(Stdio::null());
+            let mut psql_child =
+                Child::spawn(&mut cmd, LogAs::PgRestore).map_err(spawn_err(psql))?;
             filter = Some(tokio::spawn(filter_script(
-                pg_restore.stdout.take().expect("stdout is piped"),
-                psql_child.stdin.take().expect("stdin is piped"),
+                pg_restore.take_stdout().expect("stdout is piped"),
+                psql_child.take_stdin().expect("stdin is piped"),
             )));
             children.push(pg_restore);
             children.push(psql_child);
         } else {
             children.push(pg_restore);
         }
-        Ok((
-            Restorer {
-                children,
-                stderr,
-                filter,
-            },
-            stdin,
-        ))
+        Ok((Restorer { children, filter }, stdin))
     }
 
     /// Waits for every process; on failure returns the exit status and stderr lines.
     pub(super) async fn wait(mut self) -> Result<(), (String, Vec<String>)> {
         let mut failure = None;
-        for child in &mut self.children {
+        let mut lines = Vec::new();
+        // Drained one by one: dropping this future (a cancel) drops the ones not yet waited
+        // for, which kills them.
+        for child in self.children.drain(..) {
             match child.wait().await {
-                Ok(s) if s.success() => {}
-                Ok(s) => {
-                    failure.get_or_insert_with(|| describe(s));
-                }
-                Err(e) => {
-                    failure.get_or_insert_with(|| format!("could not be waited for: {e}"));
+                Ok(stderr) => lines.extend(stderr),
+                Err(f) => {
+                    failure.get_or_insert_with(|| f.exit.noun());
+                    lines.extend(f.stderr);
                 }
             }
         }
@@ -175,23 +144,10 @@ impl Restorer {
                 failure.get_or_insert_with(|| format!("script filter failed: {e}"));
             }
         }
-        let mut lines = Vec::new();
-        for s in self.stderr.drain(..) {
-            lines.extend(s.await.unwrap_or_default());
-        }
         match failure {
             None => Ok(()),
             Some(status) => Err((status, lines)),
         }
-    }
-}
-
-fn describe(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => "ended abnormally".into(),
     }
 }
 

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::catalog::Entry;
 use crate::codec::encryption::{DecryptError, Encryption};
+use crate::source::process::{Child, Exit, Failure, LogAs};
 use crate::source::tools::{self, ToolError};
 use crate::source::ToolsConfig;
 use crate::storage::{Storage, StorageError};
@@ -306,42 +307,43 @@ pub async fn verify(
     let found = tools::discover("pg_restore", &tools.bin_dirs).await?;
     // No server is involved: any pg_restore that can read the archive can list it.
     let tool = tools::choose_for_restore(&found, m.pg_dump_major, u32::MAX)?;
-    let mut child = tokio::process::Command::new(&tool.path)
-        .arg("--list")
+    let mut cmd = tokio::process::Command::new(&tool.path);
+    cmd.arg("--list")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| VerifyError::Damaged {
-            key: m.key.clone(),
-            reason: format!("cannot start pg_restore: {e}"),
-        })?;
-    let stdin = child.stdin.take().expect("stdin is piped");
+        .stdout(Stdio::piped());
+    let mut child = Child::spawn(&mut cmd, LogAs::PgRestore).map_err(|e| VerifyError::Damaged {
+        key: m.key.clone(),
+        reason: format!("cannot start pg_restore: {e}"),
+    })?;
+    let stdin = child.take_stdin().expect("stdin is piped");
     // Drained concurrently: a long listing must not block pg_restore while it is being fed.
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let stdout = drain(child.take_stdout());
     let feed = Feed {
         hold_back: false,
         check_after_close: true,
     };
     let streamed = stream_archive(storage, entry, encryption, stdin, feed, Arc::default()).await?;
-    let status = child.wait().await.map_err(|e| VerifyError::Damaged {
-        key: m.key.clone(),
-        reason: format!("pg_restore did not finish: {e}"),
-    })?;
-    let (stdout, stderr) = (
-        stdout.await.unwrap_or_default(),
-        stderr.await.unwrap_or_default(),
-    );
-    if !status.success() {
-        return Err(VerifyError::Archive {
-            key: m.key.clone(),
-            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
-        });
+    match child.wait().await {
+        Ok(_) => {}
+        Err(Failure {
+            exit: Exit::Unwaited(e),
+            ..
+        }) => {
+            return Err(VerifyError::Damaged {
+                key: m.key.clone(),
+                reason: format!("pg_restore did not finish: {e}"),
+            })
+        }
+        Err(Failure { stderr, .. }) => {
+            return Err(VerifyError::Archive {
+                key: m.key.clone(),
+                stderr: stderr.join("\n").trim().to_string(),
+            })
+        }
     }
+    let stdout = stdout.await.unwrap_or_default();
     if let Some(g) = &m.globals {
         crate::restore::globals::fetch(storage, g, m.encryption.as_ref(), encryption)
             .await

@@ -6,7 +6,6 @@
 //! lines, so no sink can ever complete a failed dump. The password reaches pg_dump through its
 //! environment, never its command line.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -14,15 +13,13 @@ use std::process::Stdio;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::process::{ChildStdout, Command};
 
+use crate::source::process::{stderr_suffix, Child, Exit, Failure, LogAs};
 use crate::source::tools::ClientTool;
 use crate::source::DatabaseConfig;
 use crate::source::SslMode;
-
-/// How many of pg_dump's last stderr lines an error carries.
-const STDERR_TAIL_LINES: usize = 20;
 
 /// Errors from the database side of a backup.
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +51,6 @@ pub enum DumpError {
     NotAnArchive,
     #[error("cannot wait for pg_dump: {0}")]
     Wait(io::Error),
-}
-
-fn stderr_suffix(lines: &[String]) -> String {
-    if lines.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", lines.join(" | "))
-    }
 }
 
 impl DumpError {
@@ -453,25 +442,32 @@ pub async fn dump_globals(
     if !role_passwords {
         cmd.arg("--no-role-passwords");
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    // As `Command::output` did: any I/O failure running the tool counts as not starting it.
+    let spawn_err = |source| DumpError::Spawn {
+        path: tool.path.clone(),
+        source,
+    };
+    let mut child = Child::spawn(&mut cmd, LogAs::PgDump).map_err(spawn_err)?;
+    let mut sql = Vec::new();
+    // On a read error the child is dropped, which kills it.
+    child
+        .take_stdout()
+        .expect("stdout is piped")
+        .read_to_end(&mut sql)
         .await
-        .map_err(|source| DumpError::Spawn {
-            path: tool.path.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<String> = stderr.lines().map(str::to_string).collect();
-        let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].to_vec();
-        return Err(DumpError::Globals {
-            status: describe_status(out.status),
-            stderr: tail,
-        });
+        .map_err(spawn_err)?;
+    match child.wait().await {
+        Ok(_) => Ok((sql, role_passwords)),
+        Err(Failure {
+            exit: Exit::Unwaited(e),
+            ..
+        }) => Err(spawn_err(e)),
+        Err(Failure { exit, stderr }) => Err(DumpError::Globals {
+            status: exit.sentence(),
+            stderr,
+        }),
     }
-    Ok((out.stdout, role_passwords))
 }
 
 /// Starts `pg_dump --format=custom --compress=0` (the sidecar compresses) for `db.dbname`,
@@ -487,39 +483,23 @@ pub fn spawn(
     if let Some(id) = snapshot {
         cmd.arg(format!("--snapshot={id}"));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|source| DumpError::Spawn {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    let mut child = Child::spawn(&mut cmd, LogAs::PgDump).map_err(|source| DumpError::Spawn {
         path: tool.path.clone(),
         source,
     })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_task = tokio::spawn(async move {
-        let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tracing::debug!(target: "pg_dump", "{line}");
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-        Vec::from(tail)
-    });
+    let stdout = child.take_stdout().expect("stdout is piped");
     let exit = async move {
-        let status = child.wait().await.map_err(DumpError::Wait)?;
-        let stderr = stderr_task.await.unwrap_or_default();
-        if status.success() {
-            Ok(stderr)
-        } else {
-            Err(DumpError::Failed {
-                status: describe_status(status),
+        child.wait().await.map_err(|f| match f {
+            Failure {
+                exit: Exit::Unwaited(e),
+                ..
+            } => DumpError::Wait(e),
+            Failure { exit, stderr } => DumpError::Failed {
+                status: exit.sentence(),
                 stderr,
-            })
-        }
+            },
+        })
     };
     Ok(DumpReader {
         stdout,
@@ -527,15 +507,6 @@ pub fn spawn(
         state: State::Streaming,
         total: 0,
     })
-}
-
-fn describe_status(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(sig)) => format!("was killed by signal {sig}"),
-        _ => "ended abnormally".to_string(),
-    }
 }
 
 type ExitFuture = Pin<Box<dyn Future<Output = Result<Vec<String>, DumpError>> + Send>>;

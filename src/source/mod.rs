@@ -5,6 +5,7 @@
 pub mod dump;
 
 pub mod pgpass;
+pub mod process;
 pub mod properties;
 pub mod tables;
 pub mod tls;
