@@ -24,9 +24,6 @@ use crate::pipeline::{self, Job, Trigger};
 use crate::schedule::{fire_on_schedule, Clock, Firings};
 use crate::storage::Storage;
 
-/// Time allowed to deliver queued notifications before the process exits.
-const NOTIFY_FLUSH: Duration = Duration::from_secs(15);
-
 /// The daemon's state: the validated configuration and the pipeline's context.
 struct Daemon {
     config: Config,
@@ -119,7 +116,7 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
         true
     };
-    d.ctx.notify.flush(NOTIFY_FLUSH).await;
+    d.ctx.notify.flush(crate::notify::FLUSH_LIMIT).await;
     writer.abort();
     d.ctx.board.save();
     all_ok

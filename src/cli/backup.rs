@@ -5,16 +5,13 @@ use super::{report_error, CliError, ExitCode};
 use crate::pipeline::{run::run_job, Trigger};
 use crate::sidecar::Sidecar;
 
-/// Time allowed to deliver the notifications before the command exits.
-const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(15);
-
 pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<ExitCode, CliError> {
     sidecar.config.job(job.as_deref())?;
     sidecar.ensure_lifecycle().await;
     let (config, ctx) = sidecar.command_context(crate::shutdown::on_signal());
     let job = config.job(job.as_deref())?;
     let outcomes = run_job(&ctx, job, Trigger::Manual { retry }).await;
-    ctx.notify.flush(NOTIFY_FLUSH).await;
+    ctx.notify.flush(crate::notify::FLUSH_LIMIT).await;
     let mut failed = 0;
     // One failing database never hides the others' results.
     for outcome in outcomes? {
@@ -26,9 +23,5 @@ pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<E
             }
         }
     }
-    Ok(if failed == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
-    })
+    Ok(ExitCode::success_if(failed == 0))
 }

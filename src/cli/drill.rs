@@ -8,9 +8,6 @@ use crate::pipeline::drill::run_drills;
 use crate::pipeline::Job;
 use crate::sidecar::Sidecar;
 
-/// Time allowed to deliver the notifications before the command exits.
-const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(15);
-
 pub async fn run(
     sidecar: Sidecar,
     job: Option<String>,
@@ -30,7 +27,7 @@ pub async fn run(
     .collect();
     let (_, ctx) = sidecar.command_context(crate::shutdown::on_signal());
     let results = run_drills(&ctx, &jobs, db.as_deref()).await;
-    ctx.notify.flush(NOTIFY_FLUSH).await;
+    ctx.notify.flush(crate::notify::FLUSH_LIMIT).await;
     let mut failed = 0;
     for (_, _, result) in results {
         match result {
@@ -41,9 +38,5 @@ pub async fn run(
             }
         }
     }
-    Ok(if failed == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
-    })
+    Ok(ExitCode::success_if(failed == 0))
 }

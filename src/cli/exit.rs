@@ -11,6 +11,17 @@ pub enum ExitCode {
     Usage = 2,
 }
 
+impl ExitCode {
+    /// [`ExitCode::Success`] when `ok`, else [`ExitCode::Failure`].
+    pub fn success_if(ok: bool) -> ExitCode {
+        if ok {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        }
+    }
+}
+
 impl From<ExitCode> for std::process::ExitCode {
     fn from(c: ExitCode) -> Self {
         std::process::ExitCode::from(c as u8)

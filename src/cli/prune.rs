@@ -46,9 +46,5 @@ pub async fn run(
         errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
         print!("{}", render(&job.name, &reports, dry_run));
     }
-    Ok(if errors == 0 {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
-    })
+    Ok(ExitCode::success_if(errors == 0))
 }

@@ -12,9 +12,5 @@ pub async fn run(sidecar: Sidecar) -> ExitCode {
         notify,
         clock,
     } = sidecar;
-    if crate::daemon::run(config, storage, notify, clock, cancel).await {
-        ExitCode::Success
-    } else {
-        ExitCode::Failure
-    }
+    ExitCode::success_if(crate::daemon::run(config, storage, notify, clock, cancel).await)
 }

@@ -183,6 +183,9 @@ pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
     text
 }
 
+/// How long a process waits for queued deliveries before it exits.
+pub const FLUSH_LIMIT: Duration = Duration::from_secs(15);
+
 /// Delivers events in the background according to the policy.
 pub struct Dispatcher {
     notifiers: Arc<Vec<Notifiers>>,
