@@ -96,8 +96,7 @@ pub async fn run(
         tracing::info!("no schedule configured: taking one backup of each job, then exiting");
         let mut ok = true;
         for job in &d.config.jobs {
-            let at = d.ctx.clock.now();
-            ok &= succeeded(pipeline::run::run_job(&d.ctx, job, Trigger::Scheduled(at)).await);
+            ok &= succeeded(pipeline::run::run_job(&d.ctx, job, Trigger::Once).await);
         }
         ok
     } else {
@@ -126,10 +125,11 @@ pub async fn run(
 fn succeeded(run: Result<Vec<pipeline::Outcome>, pipeline::backup::BackupError>) -> bool {
     run.is_ok_and(|outcomes| {
         outcomes.iter().all(|o| {
-            matches!(
-                o.result,
-                Ok(_) | Err(pipeline::backup::BackupError::Busy { .. })
-            )
+            o.prune_errors.is_empty()
+                && matches!(
+                    o.result,
+                    Ok(_) | Err(pipeline::backup::BackupError::Busy { .. })
+                )
         })
     })
 }

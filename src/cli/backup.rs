@@ -1,5 +1,6 @@
 //! `pgsidecar backup`: one backup of every database of a job now, through the same pipeline
-//! and tail as a scheduled one (status, retention, notification).
+//! and tail as a scheduled one (status, retention, notification). Exits 1 when a backup
+//! failed or its retention could not be applied.
 
 use super::{report_error, CliError, ExitCode};
 use crate::pipeline::{run::run_job, Trigger};
@@ -16,7 +17,15 @@ pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<E
     // One failing database never hides the others' results.
     for outcome in outcomes? {
         match outcome.result {
-            Ok(done) => println!("{}", done.manifest.key),
+            Ok(done) => {
+                println!("{}", done.manifest.key);
+                // The backup is stored, but a retention policy that is not applied fills the
+                // store: the run is not a clean success.
+                for e in &outcome.prune_errors {
+                    report_error(&format!("{}: {e}", outcome.database));
+                    failed += 1;
+                }
+            }
             Err(e) => {
                 report_error(&e);
                 failed += 1;

@@ -106,7 +106,10 @@ pub(super) fn validate_database(
             password = crate::source::pgpass::lookup(&path, &host, port, &dbname, &user);
         }
     }
+    let tls = crate::source::tls::Connector::new(sslmode, sslrootcert.as_deref())
+        .map_err(|e| ConfigError::invalid("database.sslrootcert", e.to_string()))?;
     Ok(DatabaseConfig {
+        tls,
         host,
         port,
         user,

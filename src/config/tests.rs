@@ -608,3 +608,19 @@ fn blank_secrets_mean_unset() {
         "{err}"
     );
 }
+
+#[test]
+fn root_certificate_is_read_when_the_config_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("root.crt");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let err = load(&env(&[
+        URL,
+        ("PGSIDECAR_DATABASE__SSLMODE", "verify-full"),
+        ("PGSIDECAR_DATABASE__SSLROOTCERT", not_pem.to_str().unwrap()),
+    ]))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("`database.sslrootcert`"), "{text}");
+    assert!(text.contains("holds no certificate"), "{text}");
+}

@@ -46,6 +46,9 @@ pub enum Trigger {
     /// A firing of the job's schedule (or the catch-up of a missed one) at this time: retried
     /// by the job's policy, skipped when another sidecar is doing the same work.
     Scheduled(DateTime<Utc>),
+    /// `run` without any schedule: one backup of every job, retried by the job's policy,
+    /// skipped when another sidecar holds the database's backup lock.
+    Once,
     /// `pgsidecar backup`: waits for another backup of the database, and tries once unless
     /// `retry` (`--retry`) asks for the job's policy.
     Manual { retry: bool },
@@ -57,6 +60,9 @@ pub struct Outcome {
     pub result: Result<Completed, BackupError>,
     /// Attempts made.
     pub attempts: u32,
+    /// What kept the retention policy from being applied after a successful backup (the
+    /// backup itself is stored; the next run prunes again).
+    pub prune_errors: Vec<String>,
 }
 
 impl Context {
@@ -161,6 +167,7 @@ pub async fn run_job(
                     }),
                     database: db,
                     attempts: 0,
+                    prune_errors: Vec::new(),
                 };
             }
             run_database(ctx, job, &db, trigger).await
@@ -176,6 +183,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
     let _turn = turn.lock().await;
     let (when_busy, policy) = match trigger {
         Trigger::Scheduled(at) => (WhenBusy::Skip(Some(at)), job.retry.clone()),
+        Trigger::Once => (WhenBusy::Skip(None), job.retry.clone()),
         Trigger::Manual { retry } => (
             WhenBusy::Wait,
             if retry {
@@ -222,6 +230,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
         |_| backup::backup_database(job, &ctx.tools, &ctx.storage, db, when_busy, &ctx.abort),
     )
     .await;
+    let mut prune_errors = Vec::new();
     match &result {
         Ok(done) => {
             let m = &done.manifest;
@@ -236,7 +245,8 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 entry.last_key = Some(m.key.clone());
                 entry.last_error = None;
             });
-            let pruned = prune_after_backup(ctx, job, db).await;
+            let (pruned, errors) = prune_after_backup(ctx, job, db).await;
+            prune_errors = errors;
             ctx.board.save();
             let kind = if attempts > 1 {
                 EventKind::SucceededAfterRetries
@@ -255,6 +265,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 }
                 e.pruned = pruned;
                 e.warnings = m.anomalies.clone();
+                e.warnings.extend(prune_errors.iter().cloned());
             }));
         }
         Err(BackupError::Busy { .. }) => {
@@ -277,15 +288,16 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
         database: db.to_string(),
         result,
         attempts,
+        prune_errors,
     }
 }
 
 /// Prunes `db` by the job's retention after a successful backup; returns how many backups
-/// were deleted. A prune that fails is logged: the backup is stored, and the next run
-/// prunes again.
-async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
+/// were deleted and what failed. A failed prune is logged and returned, never turned into a
+/// failed backup: the backup is stored, and the next run prunes again.
+async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> (u64, Vec<String>) {
     if job.retention.is_none() {
-        return 0;
+        return (0, Vec::new());
     }
     let reports = match crate::retention::prune::prune_job(
         &ctx.storage,
@@ -300,10 +312,10 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");
-            return 0;
+            return (0, vec![format!("cannot prune: {e}")]);
         }
     };
-    let mut deleted = 0;
+    let (mut deleted, mut errors) = (0, Vec::new());
     for report in &reports {
         if let Some(why) = &report.held {
             tracing::info!(job = %job.name, database = %db, "not pruning: {why}");
@@ -313,6 +325,7 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
         }
         for e in &report.errors {
             tracing::warn!(job = %job.name, database = %db, "prune: {e}");
+            errors.push(format!("prune: {e}"));
         }
         deleted += report.deleted.len() as u64;
     }
@@ -321,5 +334,5 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> u64 {
     }
     ctx.board
         .update_db(&job.name, db, |entry| entry.pruned_total += deleted);
-    deleted
+    (deleted, errors)
 }

@@ -358,6 +358,7 @@ mod tests {
                 sslmode: crate::source::SslMode::Prefer,
                 sslrootcert: None,
                 connect_timeout: Duration::from_secs(10),
+                tls: crate::source::tls::Connector::unverified(),
             },
             target: Target {
                 server_version: "17.4".into(),

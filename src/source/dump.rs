@@ -121,29 +121,25 @@ pub async fn connect(
     db: &DatabaseConfig,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, DumpError> {
-    let tls = crate::source::tls::connector(db).map_err(|e| DumpError::Connect {
-        endpoint: endpoint(db),
-        user: db.user.clone(),
-        dbname: dbname.to_string(),
-        cause: e.to_string(),
-        permanent: true,
-    })?;
-    let (client, connection) = pg_config(db, dbname).connect(tls).await.map_err(|e| {
-        let permanent = e.as_db_error().is_some_and(|d| {
-            use tokio_postgres::error::SqlState;
-            let c = d.code();
-            *c == SqlState::INVALID_PASSWORD
-                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                || *c == SqlState::INVALID_CATALOG_NAME
-        });
-        DumpError::Connect {
-            endpoint: endpoint(db),
-            user: db.user.clone(),
-            dbname: dbname.to_string(),
-            cause: pg_error_text(&e),
-            permanent,
-        }
-    })?;
+    let (client, connection) = pg_config(db, dbname)
+        .connect(db.tls.make())
+        .await
+        .map_err(|e| {
+            let permanent = e.as_db_error().is_some_and(|d| {
+                use tokio_postgres::error::SqlState;
+                let c = d.code();
+                *c == SqlState::INVALID_PASSWORD
+                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                    || *c == SqlState::INVALID_CATALOG_NAME
+            });
+            DumpError::Connect {
+                endpoint: endpoint(db),
+                user: db.user.clone(),
+                dbname: dbname.to_string(),
+                cause: pg_error_text(&e),
+                permanent,
+            }
+        })?;
     tokio::spawn(async move {
         // Errors surface on the client's next query; nothing to do with them here.
         let _ = connection.await;
@@ -615,6 +611,7 @@ mod tests {
             sslmode: SslMode::Disable,
             sslrootcert: None,
             connect_timeout: Duration::from_secs(1),
+            tls: crate::source::tls::Connector::unverified(),
         }
     }
 

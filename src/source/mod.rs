@@ -30,6 +30,9 @@ pub struct DatabaseConfig {
     pub sslrootcert: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Built from `sslmode` and `sslrootcert` when the configuration is read.
+    #[serde(skip)]
+    pub tls: tls::Connector,
 }
 
 /// libpq `sslmode` values the sidecar supports.

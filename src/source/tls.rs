@@ -13,32 +13,67 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::source::DatabaseConfig;
+use std::path::Path;
+
 use crate::source::SslMode;
 
 /// Errors preparing TLS.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the root certificate `{path}` (database.sslrootcert): {cause}")]
+    #[error("cannot read the root certificate `{path}`: {cause}")]
     RootCert { path: String, cause: String },
+    #[error("sslmode {0} checks the server's certificate and needs the root certificate it must chain to (sslrootcert)")]
+    NoRootCert(&'static str),
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The connector for `db`'s sslmode.
-pub fn connector(db: &DatabaseConfig) -> Result<MakeRustlsConnect, TlsError> {
+/// The TLS setup of one server's connections, built once when the configuration is read
+/// (reading the root certificate then, not at 2 AM) and shared by every connection to it.
+#[derive(Clone)]
+pub struct Connector(MakeRustlsConnect);
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
+}
+
+impl Connector {
+    /// The connector for `sslmode`. `sslrootcert` is required by `verify-ca` and
+    /// `verify-full` and ignored by the other modes.
+    ///
+    /// # Errors
+    /// [`TlsError::RootCert`] when the root certificate is missing, unreadable or holds no
+    /// PEM certificate.
+    pub fn new(sslmode: SslMode, sslrootcert: Option<&Path>) -> Result<Self, TlsError> {
+        build(sslmode, sslrootcert).map(Connector)
+    }
+
+    /// The connector of the modes that check no certificate (`disable`, `prefer`,
+    /// `require`), which cannot fail.
+    pub fn unverified() -> Self {
+        Connector(
+            build(SslMode::Require, None).expect("building an unverified connector reads no file"),
+        )
+    }
+
+    /// What tokio-postgres connects with (a cheap clone of shared state).
+    pub fn make(&self) -> MakeRustlsConnect {
+        self.0.clone()
+    }
+}
+
+fn build(sslmode: SslMode, sslrootcert: Option<&Path>) -> Result<MakeRustlsConnect, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("the ring provider supports the default protocol versions");
-    let verifier: Arc<dyn ServerCertVerifier> = match db.sslmode {
+    let verifier: Arc<dyn ServerCertVerifier> = match sslmode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(EncryptOnly(provider())),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let path = db
-                .sslrootcert
-                .as_ref()
-                .expect("validation requires sslrootcert for verify-ca and verify-full");
+            let path = sslrootcert.ok_or(TlsError::NoRootCert(sslmode.as_libpq()))?;
             let err = |cause: String| TlsError::RootCert {
                 path: path.display().to_string(),
                 cause,
@@ -51,7 +86,7 @@ pub fn connector(db: &DatabaseConfig) -> Result<MakeRustlsConnect, TlsError> {
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| err(e.to_string()))?;
-            if db.sslmode == SslMode::VerifyFull {
+            if sslmode == SslMode::VerifyFull {
                 webpki
             } else {
                 Arc::new(ChainOnly(webpki))

@@ -156,6 +156,47 @@ fn manual_backup_prunes_by_the_jobs_retention_after_success() {
 }
 
 #[test]
+fn manual_backup_whose_prune_is_refused_keeps_the_backup_and_exits_1() {
+    let db = small_db("mb_prune_refused");
+    let bucket = s3().bucket("mb-prune-refused");
+    let hook = FakeHttp::start(Answer::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let status = dir.path().join("status.json");
+    let keep_one = |endpoint: &str| {
+        sidecar(&db, endpoint, &bucket, &status, &hook).env("PGSIDECAR_RETENTION__KEEP_LAST", "1")
+    };
+    let first = keep_one(&s3().endpoint()).backup_key();
+    harness::next_key_second();
+
+    let denied = harness::HttpFaultProxy::with_fault(s3().port, harness::Fault::Deletes);
+    let run = keep_one(&denied.endpoint())
+        .args(&["backup"])
+        .run()
+        .expect_code(1);
+    let second = run.stdout.trim();
+    assert!(!second.is_empty() && second != first, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!("error: {db}: prune: "))
+            && run.stderr.contains("AccessDenied"),
+        "{}",
+        run.stderr
+    );
+    assert!(denied.injected.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // Both backups are still stored: the refused prune lost nothing, the new one counts.
+    assert_eq!(
+        listed(keep_one(&s3().endpoint())),
+        vec![second.to_string(), first]
+    );
+    let successes = events(&hook, "succeeded");
+    assert_eq!(successes.len(), 2, "{successes:?}");
+    let warned = successes[1]["warnings"].to_string();
+    assert!(
+        warned.contains("prune: ") && warned.contains("AccessDenied"),
+        "{warned}"
+    );
+}
+
+#[test]
 fn manual_backup_prunes_nothing_below_the_safety_floor() {
     let db = small_db("mb_floor");
     let bucket = s3().bucket("mb-floor");

@@ -150,6 +150,9 @@ pub enum Fault {
     /// Every CompleteMultipartUpload is answered 200 OK with an `<Error>` body, as S3 does
     /// when a completion fails after it started answering.
     CompleteErrorBody,
+    /// Every DeleteObject is answered 403 AccessDenied, as S3 answers a role whose bucket
+    /// policy denies `s3:DeleteObject`.
+    Deletes,
 }
 
 /// An HTTP proxy in front of S3 that answers some requests itself with an injected fault and
@@ -226,6 +229,8 @@ fn http_fault_one(
     let is_complete = request_line.starts_with("POST ")
         && request_line.contains("uploadId=")
         && !request_line.contains("partNumber=");
+    let is_delete_object =
+        request_line.starts_with("DELETE ") && !request_line.contains("uploadId=");
     let answer = |client: &mut TcpStream, status: u16, code: &str| {
         let body = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
@@ -252,6 +257,10 @@ fn http_fault_one(
         Fault::CompleteErrorBody if is_complete => {
             injected.fetch_add(1, Ordering::SeqCst);
             return answer(&mut client, 200, "InternalError");
+        }
+        Fault::Deletes if is_delete_object => {
+            injected.fetch_add(1, Ordering::SeqCst);
+            return answer(&mut client, 403, "AccessDenied");
         }
         _ => {}
     }
