@@ -92,7 +92,7 @@ pub async fn run(
     let scheduled: Vec<usize> = (0..d.config.jobs.len())
         .filter(|&i| d.config.jobs[i].schedule.is_some())
         .collect();
-    let all_ok = if scheduled.is_empty() {
+    let all_ok = if scheduled.is_empty() && !d.config.pitr.enabled {
         tracing::info!("no schedule configured: taking one backup of each job, then exiting");
         let mut ok = true;
         for job in &d.config.jobs {
@@ -111,6 +111,19 @@ pub async fn run(
         }
         if d.config.drill_schedule.is_some() {
             tasks.spawn(drill_loop(d.clone()));
+        }
+        if d.config.pitr.enabled {
+            let d = d.clone();
+            tasks.spawn(async move {
+                let service = crate::pitr::service::Service {
+                    config: &d.config.pitr,
+                    tools: &d.config.tools,
+                    storage: &d.ctx.storage,
+                    encryption: &d.config.encryption,
+                    notify: &d.ctx.notify,
+                };
+                service.run(d.ctx.shutdown.clone()).await;
+            });
         }
         while tasks.join_next().await.is_some() {}
         true

@@ -5,6 +5,14 @@
 //!
 //! Layout: `<prefix>/<database, %-encoded>/<start, UTC>.dump[.zst|.gz][.age][.NNN]`, beside
 //! `<start>.manifest.json`, `<start>.globals.sql.zst[.age]` and `<start>.anomaly-ack`.
+//!
+//! The WAL archive of point-in-time recovery lives under `<prefix>/~pitr/<system identifier>/`
+//! (`~` is %-encoded in database names, so no database's backups can share it), keyed by the
+//! cluster so a restored or different cluster never mixes into an old archive:
+//! `wal/<segment>.<sha256>.zst[.age]`, `wal/<segment>.partial.<time>.<sha256>.zst[.age]`,
+//! `wal/<timeline>.history.<sha256>.zst[.age]`, and base backups
+//! `base/<start>.tar.zst[.age][.NNN]` with `base/<start>.base.json`. The sha256 is that of the
+//! WAL file itself, so the same segment stored twice has the same key.
 
 use chrono::{DateTime, Utc};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -350,5 +358,192 @@ mod tests {
         assert!(!is_dump_key("p/db/2026-01-01T000000Z.manifest.json.age"));
         assert_eq!(piece_key("a.dump.zst", 1), "a.dump.zst");
         assert_eq!(piece_key("a.dump.zst", 12), "a.dump.zst.012");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The WAL archive (point-in-time recovery).
+
+/// `<pitr prefix>/<system identifier>/`: everything archived from one cluster.
+pub fn pitr_cluster_prefix(pitr_prefix: &str, system_identifier: u64) -> String {
+    format!("{pitr_prefix}/{system_identifier}/")
+}
+
+/// The clusters (system identifiers) of the `<pitr prefix>/<id>/` prefixes of `keys`.
+pub fn pitr_cluster_of(pitr_prefix: &str, key: &str) -> Option<u64> {
+    let rest = key.strip_prefix(pitr_prefix)?.strip_prefix('/')?;
+    rest.split_once('/')?.0.parse().ok()
+}
+
+/// `<cluster>wal/`
+pub fn wal_prefix(cluster: &str) -> String {
+    format!("{cluster}wal/")
+}
+
+/// `<cluster>base/`
+pub fn base_backup_prefix(cluster: &str) -> String {
+    format!("{cluster}base/")
+}
+
+fn archived_suffix(encrypted: bool) -> &'static str {
+    if encrypted {
+        ".zst.age"
+    } else {
+        ".zst"
+    }
+}
+
+/// What a key under `<cluster>wal/` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalKey {
+    /// A complete segment: its 24-hex file name.
+    Segment { name: String, sha256: String },
+    /// The segment being written, as it was at `at`.
+    Partial {
+        name: String,
+        at: DateTime<Utc>,
+        sha256: String,
+    },
+    /// A timeline's history file.
+    History { timeline: u32, sha256: String },
+}
+
+/// The key of a complete WAL segment `name` (24 hex digits) whose content has `sha256`.
+pub fn wal_segment_key(cluster: &str, name: &str, sha256: &str, encrypted: bool) -> String {
+    format!(
+        "{}{name}.{sha256}{}",
+        wal_prefix(cluster),
+        archived_suffix(encrypted)
+    )
+}
+
+/// The key of segment `name` as it was, partly written, at `at`.
+pub fn wal_partial_key(
+    cluster: &str,
+    name: &str,
+    at: DateTime<Utc>,
+    sha256: &str,
+    encrypted: bool,
+) -> String {
+    format!(
+        "{}{name}.partial.{}.{sha256}{}",
+        wal_prefix(cluster),
+        at.format(TIMESTAMP_FORMAT),
+        archived_suffix(encrypted)
+    )
+}
+
+/// The key of timeline `timeline`'s history file.
+pub fn wal_history_key(cluster: &str, timeline: u32, sha256: &str, encrypted: bool) -> String {
+    format!(
+        "{}{timeline:08X}.history.{sha256}{}",
+        wal_prefix(cluster),
+        archived_suffix(encrypted)
+    )
+}
+
+/// What `key` (anywhere under a `wal/` prefix) holds; `None` for keys pgsidecar did not name.
+pub fn parse_wal_key(key: &str) -> Option<WalKey> {
+    let name = key.rsplit('/').next()?;
+    let name = name.strip_suffix(ENCRYPTED_SUFFIX).unwrap_or(name);
+    let name = name.strip_suffix(".zst")?;
+    let parts: Vec<&str> = name.split('.').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let sha = |s: &str| hex(s, 64).then(|| s.to_string());
+    match parts.as_slice() {
+        [seg, digest] if hex(seg, 24) => Some(WalKey::Segment {
+            name: seg.to_string(),
+            sha256: sha(digest)?,
+        }),
+        [seg, "partial", at, digest] if hex(seg, 24) => Some(WalKey::Partial {
+            name: seg.to_string(),
+            at: chrono::NaiveDateTime::parse_from_str(at, TIMESTAMP_FORMAT)
+                .ok()?
+                .and_utc(),
+            sha256: sha(digest)?,
+        }),
+        [tli, "history", digest] if hex(tli, 8) => Some(WalKey::History {
+            timeline: u32::from_str_radix(tli, 16).ok()?,
+            sha256: sha(digest)?,
+        }),
+        _ => None,
+    }
+}
+
+/// The key of a base backup started at `started`.
+pub fn base_backup_key(cluster: &str, started: DateTime<Utc>, encrypted: bool) -> String {
+    format!(
+        "{}{}.tar{}",
+        base_backup_prefix(cluster),
+        started.format(TIMESTAMP_FORMAT),
+        archived_suffix(encrypted)
+    )
+}
+
+/// Suffix of base backup manifests (not [`MANIFEST_SUFFIX`]: they are no dump's).
+pub const BASE_MANIFEST_SUFFIX: &str = ".base.json";
+
+/// The manifest key of the base backup `base_key`.
+pub fn base_manifest_key(base_key: &str) -> String {
+    let stem = base_key.split(".tar").next().unwrap_or(base_key);
+    format!("{stem}{BASE_MANIFEST_SUFFIX}")
+}
+
+#[cfg(test)]
+mod pitr_tests {
+    use super::*;
+
+    #[test]
+    fn wal_keys_round_trip() {
+        let c = pitr_cluster_prefix("prod/~pitr", 7_312_345_678_901_234_567);
+        assert_eq!(c, "prod/~pitr/7312345678901234567/");
+        assert_eq!(
+            pitr_cluster_of("prod/~pitr", &c),
+            Some(7_312_345_678_901_234_567)
+        );
+        let sha = "ab".repeat(32);
+        let seg = wal_segment_key(&c, "000000010000000000000003", &sha, false);
+        assert_eq!(seg, format!("{c}wal/000000010000000000000003.{sha}.zst"));
+        assert_eq!(
+            parse_wal_key(&seg),
+            Some(WalKey::Segment {
+                name: "000000010000000000000003".into(),
+                sha256: sha.clone()
+            })
+        );
+        let at = "2026-11-30T14:05:00Z".parse().unwrap();
+        let partial = wal_partial_key(&c, "000000010000000000000004", at, &sha, true);
+        assert_eq!(
+            parse_wal_key(&partial),
+            Some(WalKey::Partial {
+                name: "000000010000000000000004".into(),
+                at,
+                sha256: sha.clone()
+            })
+        );
+        assert!(partial.ends_with(".zst.age"));
+        let history = wal_history_key(&c, 2, &sha, false);
+        assert_eq!(
+            parse_wal_key(&history),
+            Some(WalKey::History {
+                timeline: 2,
+                sha256: sha.clone()
+            })
+        );
+        assert_eq!(parse_wal_key(&format!("{c}wal/notes.txt")), None);
+        assert_eq!(
+            parse_wal_key(&format!("{c}wal/000000010000000000000003.zst")),
+            None
+        );
+        let base = base_backup_key(&c, at, false);
+        assert_eq!(base, format!("{c}base/2026-11-30T140500Z.tar.zst"));
+        assert_eq!(
+            base_manifest_key(&base),
+            format!("{c}base/2026-11-30T140500Z.base.json")
+        );
+        // A base backup's manifest is never taken for a dump's.
+        assert!(!base_manifest_key(&base).ends_with(MANIFEST_SUFFIX));
+        // No database's prefix can be the archive's.
+        assert_ne!(database_prefix("prod", "~pitr"), "prod/~pitr/");
     }
 }

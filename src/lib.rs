@@ -15,6 +15,7 @@ pub mod keys;
 pub mod logging;
 pub mod notify;
 pub mod pipeline;
+pub mod pitr;
 
 pub mod restore;
 pub mod retention;

@@ -70,6 +70,10 @@ pub enum Command {
         /// Only backups of this database.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
+        /// The point-in-time recovery archive instead: each cluster's base backups and the
+        /// window each can be restored to.
+        #[arg(long, conflicts_with_all = ["job", "db"])]
+        pitr: bool,
     },
     /// Check that a backup can be read back: sha256 and sizes against its manifest,
     /// decompression, and `pg_restore --list`. Never touches a database.
@@ -174,6 +178,11 @@ pub enum Command {
     },
     /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
     /// otherwise print why and exit 1.
+    /// Point-in-time recovery: preflight, base backups, restore to a moment, removal.
+    Pitr {
+        #[command(subcommand)]
+        command: PitrCommand,
+    },
     Health {
         /// Check only that the daemon runs and updates its status, not the backups' age: for
         /// orchestrators that restart unhealthy containers (a restart cures no stale backup).
@@ -182,6 +191,43 @@ pub enum Command {
     },
     /// Print the effective configuration, secrets redacted.
     Config,
+}
+
+/// `pgsidecar pitr …`
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// Check that the server allows WAL archiving (role, pg_hba.conf, settings); each failure
+    /// prints the line or statement that fixes it. Exits 1 when one fails.
+    Check,
+    /// Take a base backup now (the daemon takes them on pitr.base_backup_schedule).
+    BaseBackup,
+    /// Prepare a data directory recovered to a moment: the base backup is unpacked into DIR,
+    /// the WAL it needs is staged beside it and checked (no gap), and recovery is configured.
+    /// Start PostgreSQL (the archive's major version) on DIR to replay and promote.
+    Restore {
+        /// `latest`, or a time with its offset: `2026-11-30 14:05:00+01`.
+        #[arg(long, value_name = "TIME")]
+        time: String,
+        /// The new data directory (absent or empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Where WAL is staged (default: DIR.wal beside DIR).
+        #[arg(long, value_name = "DIR")]
+        wal_dir: Option<PathBuf>,
+        /// The cluster to restore, when the archive holds several.
+        #[arg(long, value_name = "ID")]
+        system_identifier: Option<u64>,
+        /// Owner of what is written, `UID[:GID]` (the server's user; 999 in the official
+        /// image).
+        #[arg(long, value_name = "UID[:GID]")]
+        owner: Option<String>,
+        /// age identity file that decrypts the archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Drop the sidecar's replication slot, so the server stops keeping WAL for it. Run it
+    /// before removing the sidecar or turning pitr.enabled off.
+    Disable,
 }
 
 #[cfg(test)]

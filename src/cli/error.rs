@@ -26,6 +26,8 @@ pub enum CliError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(transparent)]
+    Pitr(Box<crate::pitr::PitrError>),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
@@ -33,6 +35,12 @@ pub enum CliError {
 impl From<BackupError> for CliError {
     fn from(e: BackupError) -> Self {
         CliError::Backup(Box::new(e))
+    }
+}
+
+impl From<crate::pitr::PitrError> for CliError {
+    fn from(e: crate::pitr::PitrError) -> Self {
+        CliError::Pitr(Box::new(e))
     }
 }
 
@@ -50,6 +58,7 @@ impl CliError {
             CliError::Config(_) => true,
             CliError::Restore(e) => e.is_usage(),
             CliError::Verify(e) => e.is_usage(),
+            CliError::Pitr(e) => e.is_usage(),
             _ => false,
         };
         if usage {

@@ -10,6 +10,7 @@ mod error;
 mod exit;
 mod health;
 mod list;
+mod pitr;
 mod print_config;
 mod prune;
 mod restore;
@@ -110,7 +111,11 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
             db,
             identity,
         } => verify::run(&sidecar, &backup, job, db, identity).await,
-        Command::List { json, job, db } => list::run(&sidecar, json, job, db).await,
+        Command::List {
+            json, pitr: true, ..
+        } => pitr::list(&sidecar, json).await,
+        Command::List { json, job, db, .. } => list::run(&sidecar, json, job, db).await,
+        Command::Pitr { command } => pitr::run(&sidecar, command).await,
         Command::Config | Command::Health { .. } => unreachable!("handled above"),
     }
 }

@@ -100,6 +100,48 @@ impl<R> Hashed<R> {
     }
 }
 
+/// Where the digest of a [`Tapped`] stream appears once it was read to its end.
+pub type DigestSlot = Arc<std::sync::Mutex<Option<StreamDigest>>>;
+
+/// [`Hashed`] for a stream handed on to a consumer that keeps it: the digest appears in the
+/// slot [`Tapped::new`] returns when the stream reaches its end (and never before).
+pub struct Tapped<R> {
+    inner: Option<Hashed<R>>,
+    slot: DigestSlot,
+}
+
+impl<R> Tapped<R> {
+    pub fn new(inner: R) -> (Self, DigestSlot) {
+        let slot = DigestSlot::default();
+        (
+            Tapped {
+                inner: Some(Hashed::new(inner)),
+                slot: slot.clone(),
+            },
+            slot,
+        )
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Tapped<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            let digest = self.inner.take().expect("present").finish();
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,

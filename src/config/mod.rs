@@ -106,8 +106,9 @@ pub struct Config {
     /// When restore drills run (they also run by hand with `pgsidecar drill`).
     #[serde(serialize_with = "crate::pipeline::job::serialize_schedule")]
     pub drill_schedule: Option<crate::schedule::Schedule>,
-    /// Client-side encryption (one section for every job).
+    /// Client-side encryption (one section for every job, and the WAL archive).
     pub encryption: crate::codec::encryption::Encryption,
+    pub pitr: crate::pitr::PitrConfig,
 }
 
 const DEFAULT_GZIP_LEVEL: i32 = 6;

@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub retention: RawRetention,
     pub anomaly: RawAnomaly,
     pub encryption: RawEncryption,
+    pub pitr: RawPitr,
     /// Databases the single job leaves out (with `databases = ["*"]`).
     #[serde(deserialize_with = "lenient::opt_string_list")]
     pub exclude: Option<Vec<String>>,
@@ -176,6 +177,33 @@ pub struct RawHealth {
     pub status_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub grace: Option<Duration>,
+}
+
+/// `[pitr]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPitr {
+    pub enabled: Option<bool>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub slot: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub partial_interval: Option<Duration>,
+    /// `0s` writes no heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub base_backup_schedule: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub timezone: Option<String>,
+    /// The replication role (default: `database.user`).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub user: Option<String>,
+    /// Its password (default: `database.password` when `user` is unset).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub spool: Option<PathBuf>,
+    pub allow_unbounded_wal: Option<bool>,
 }
 
 /// `[http]`

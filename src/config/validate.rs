@@ -191,7 +191,9 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             )
         })?),
     };
+    let pitr = validate_pitr(raw.pitr, &raw.database, &base_prefix, &default_tz, sources)?;
     Ok(Config {
+        pitr,
         jobs,
         storage,
         notify: validate_notify(raw.notify)?,
@@ -210,6 +212,71 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
         log: validate_log(raw.log)?,
         drill_schedule,
         encryption,
+    })
+}
+
+/// `[pitr]`: the replication role's connection is the database's, with `pitr.user` and its
+/// password when set.
+fn validate_pitr(
+    raw: RawPitr,
+    database: &RawDatabase,
+    base_prefix: &str,
+    default_tz: &str,
+    sources: &Sources,
+) -> Result<crate::pitr::PitrConfig, ConfigError> {
+    use crate::pitr::settings::*;
+    let slot = raw.slot.unwrap_or_else(|| DEFAULT_SLOT.to_string());
+    if !valid_slot_name(&slot) {
+        return Err(ConfigError::invalid(
+            "pitr.slot",
+            format!("`{slot}` is not a replication slot name (lower-case letters, digits and `_`, at most 63)"),
+        ));
+    }
+    let partial_interval = raw.partial_interval.unwrap_or(DEFAULT_PARTIAL_INTERVAL);
+    if partial_interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "pitr.partial_interval",
+            "must be at least 1s",
+        ));
+    }
+    let tz_name = raw.timezone.unwrap_or_else(|| default_tz.to_string());
+    let tz = crate::schedule::parse_tz(&tz_name)
+        .map_err(|e| ConfigError::invalid("pitr.timezone", e.to_string()))?;
+    let expr = raw
+        .base_backup_schedule
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_BASE_BACKUP_SCHEDULE.to_string());
+    let base_backup_schedule = crate::schedule::Schedule::parse(expr.trim(), tz)
+        .map_err(|e| ConfigError::invalid("pitr.base_backup_schedule", e.to_string()))?;
+    let password = optional_secret("pitr.password", raw.password, raw.password_file.as_deref())?;
+    let mut role = database.clone();
+    if let Some(user) = raw.user.filter(|u| !u.is_empty()) {
+        role.user = Some(user);
+        // Another role never inherits the database user's password.
+        role.password = None;
+        role.password_file = None;
+    }
+    let mut database = validate_database(role, sources)?;
+    if password.is_some() {
+        database.password = password;
+    }
+    let prefix = if base_prefix.is_empty() {
+        "~pitr".to_string()
+    } else {
+        format!("{base_prefix}/~pitr")
+    };
+    Ok(crate::pitr::PitrConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        slot,
+        partial_interval,
+        heartbeat: raw.heartbeat.filter(|d| !d.is_zero()),
+        base_backup_schedule,
+        database,
+        spool: raw
+            .spool
+            .unwrap_or_else(|| std::env::temp_dir().join("pgsidecar-wal-spool")),
+        allow_unbounded_wal: raw.allow_unbounded_wal.unwrap_or(false),
+        prefix,
     })
 }
 

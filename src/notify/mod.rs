@@ -50,11 +50,17 @@ pub enum EventKind {
     DrillPassed,
     /// A restore drill failed: the newest backup could not be restored or did not match.
     DrillFailed,
+    /// WAL archiving for point-in-time recovery needs the operator (a lost slot, a conflict,
+    /// a receiver that keeps failing); `error` says what happened and what to do.
+    ArchiveAlert,
 }
 
 impl EventKind {
     pub fn is_failure(self) -> bool {
-        matches!(self, EventKind::Failed | EventKind::DrillFailed)
+        matches!(
+            self,
+            EventKind::Failed | EventKind::DrillFailed | EventKind::ArchiveAlert
+        )
     }
 
     pub fn is_success(self) -> bool {
@@ -261,7 +267,10 @@ impl Dispatcher {
         match event.kind {
             EventKind::Started => true,
             EventKind::AttemptFailed => self.each_attempt,
-            EventKind::Failed | EventKind::Skipped | EventKind::DrillFailed => true,
+            EventKind::Failed
+            | EventKind::Skipped
+            | EventKind::DrillFailed
+            | EventKind::ArchiveAlert => true,
             EventKind::Succeeded | EventKind::SucceededAfterRetries | EventKind::DrillPassed => {
                 match self.events {
                     NotifyEvents::All => true,

@@ -29,7 +29,8 @@ impl Ping {
             EventKind::AttemptFailed
             | EventKind::Skipped
             | EventKind::DrillPassed
-            | EventKind::DrillFailed => None,
+            | EventKind::DrillFailed
+            | EventKind::ArchiveAlert => None,
         }
     }
 }

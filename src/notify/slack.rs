@@ -35,6 +35,7 @@ pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
         EventKind::Started => ("#439FE0", "started".to_string()),
         EventKind::DrillPassed => ("good", "passed".to_string()),
         EventKind::DrillFailed => ("danger", "FAILED".to_string()),
+        EventKind::ArchiveAlert => ("danger", "needs attention".to_string()),
     };
     let (color, status) = if event.warnings.is_empty() {
         (color, status)
@@ -46,6 +47,8 @@ pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
     };
     let what = if event.kind.is_drill() {
         "Restore drill"
+    } else if event.kind == EventKind::ArchiveAlert {
+        "WAL archiving"
     } else {
         "Backup"
     };

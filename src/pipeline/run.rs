@@ -131,7 +131,8 @@ impl Context {
     }
 }
 
-fn hostname() -> String {
+/// The name events give the sidecar: the container's host name.
+pub fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .ok()

@@ -124,18 +124,11 @@ async fn open_pieces(
     storage: &Storage,
     entry: &Entry,
 ) -> Result<Box<dyn AsyncRead + Send + Unpin>, VerifyError> {
-    let mut stream: Box<dyn AsyncRead + Send + Unpin> = Box::new(tokio::io::empty());
-    for piece in &entry.manifest.objects {
-        let part = storage
-            .get(&piece.key)
-            .await
-            .map_err(|source| VerifyError::Storage {
-                key: piece.key.clone(),
-                source,
-            })?;
-        stream = Box::new(stream.chain(part));
-    }
-    Ok(stream)
+    storage
+        .get_pieces(&entry.manifest.objects)
+        .await
+        .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>)
+        .map_err(|(key, source)| VerifyError::Storage { key, source })
 }
 
 /// How [`stream_archive`] treats its consumer.

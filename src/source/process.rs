@@ -25,6 +25,8 @@ pub enum LogAs {
     PgDump,
     /// Target `pg_restore` (pg_restore, and psql when it replays pg_restore's script).
     PgRestore,
+    /// Target `wal` (pg_receivewal, pg_basebackup).
+    Wal,
 }
 
 /// How a child ended, when it did not succeed.
@@ -144,6 +146,78 @@ impl Child {
 /// Reads `pipe` to its end, echoing each line to `log` and keeping the last
 /// [`STDERR_TAIL_LINES`]. Undecodable bytes are replaced rather than ending the read, so the
 /// tool never blocks on a full pipe.
+type Waiting =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, Failure>> + Send>>;
+
+/// A child's stdout that ends in an error unless the child exited with status 0: the end of
+/// the output is never taken for success. On success the child's last stderr lines are kept
+/// for [`CheckedOutput::stderr`].
+pub struct CheckedOutput {
+    tool: &'static str,
+    stdout: ChildStdout,
+    exit: Option<Waiting>,
+    stderr: std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>>,
+    failed: bool,
+}
+
+impl CheckedOutput {
+    /// The stdout of `child` (spawned with a piped stdout), named `tool` in errors.
+    pub fn new(tool: &'static str, mut child: Child) -> CheckedOutput {
+        let stdout = child.take_stdout().expect("stdout is piped");
+        CheckedOutput {
+            tool,
+            stdout,
+            exit: Some(Box::pin(child.wait())),
+            stderr: Default::default(),
+            failed: false,
+        }
+    }
+
+    /// Where the stderr lines of a successful run appear once the output ended.
+    pub fn stderr(&self) -> std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>> {
+        self.stderr.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for CheckedOutput {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::{ready, Poll};
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(io::Error::other(format!("{} failed", this.tool))));
+        }
+        let Some(exit) = this.exit.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        ready!(std::pin::Pin::new(&mut this.stdout).poll_read(cx, buf))?;
+        if buf.filled().len() > before || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let result = ready!(exit.as_mut().poll(cx));
+        this.exit = None;
+        match result {
+            Ok(lines) => {
+                *this.stderr.lock().unwrap_or_else(|p| p.into_inner()) = Some(lines);
+                Poll::Ready(Ok(()))
+            }
+            Err(f) => {
+                this.failed = true;
+                Poll::Ready(Err(io::Error::other(format!(
+                    "{} {}{}",
+                    this.tool,
+                    f.exit.sentence(),
+                    stderr_suffix(&f.stderr)
+                ))))
+            }
+        }
+    }
+}
+
 async fn collect_tail(pipe: Option<ChildStderr>, log: LogAs) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let Some(pipe) = pipe else {
@@ -163,6 +237,7 @@ async fn collect_tail(pipe: Option<ChildStderr>, log: LogAs) -> Vec<String> {
         match log {
             LogAs::PgDump => tracing::debug!(target: "pg_dump", "{line}"),
             LogAs::PgRestore => tracing::debug!(target: "pg_restore", "{line}"),
+            LogAs::Wal => tracing::debug!(target: "wal", "{line}"),
         }
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();

@@ -232,6 +232,23 @@ impl Storage {
     pub async fn get(&self, key: &str) -> Result<BoxRead, StorageError> {
         dispatch!(self, b => b.get(key).await)
     }
+    /// Every piece of one stored stream, in order, as one stream; `Err` names the piece that
+    /// could not be opened.
+    pub async fn get_pieces(
+        &self,
+        pieces: &[StoredPiece],
+    ) -> Result<BoxRead, (String, StorageError)> {
+        use tokio::io::AsyncReadExt;
+        let mut stream: BoxRead = Box::pin(tokio::io::empty());
+        for piece in pieces {
+            let part = self
+                .get(&piece.key)
+                .await
+                .map_err(|e| (piece.key.clone(), e))?;
+            stream = Box::pin(stream.chain(part));
+        }
+        Ok(stream)
+    }
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
         dispatch!(self, b => b.get_bytes(key).await)
     }

@@ -18,6 +18,8 @@ mod faults;
 mod manual_backup;
 /// The container files: Dockerfile lint, Compose schema, configuration names without drift.
 mod packaging;
+/// Point-in-time recovery: WAL archiving, base backups, restores to a moment.
+mod pitr;
 /// Retention: prune and its safety floor; every database of a server.
 mod prune;
 /// Restores that succeed: modes, server majors, database properties, the command names.

@@ -72,7 +72,7 @@ fn on_exit(cleanup: &str) {
         .expect("spawn cleanup watcher");
 }
 
-fn postgres_ids() -> Option<(u32, u32)> {
+pub fn postgres_ids() -> Option<(u32, u32)> {
     // initdb refuses root, so as root the clusters run as `postgres`.
     let me = Command::new("id").arg("-u").output().ok()?;
     if String::from_utf8_lossy(&me.stdout).trim() != "0" {

@@ -48,7 +48,59 @@ impl Pg {
     }
 
     fn start(major: u32) -> Pg {
-        let (server_bin, lib, client_bin) = match major {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pgsc-pg{major}-"))
+            .tempdir()
+            .unwrap()
+            .keep();
+        std::fs::write(dir.join("pw"), PG_PASSWORD).unwrap();
+        if postgres_ids().is_some() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+        }
+        let data = dir.join("data");
+        let data_s = data.to_str().unwrap();
+        let pw = dir.join("pw");
+        Pg::tool(
+            major,
+            &dir,
+            "initdb",
+            &[
+                "-D",
+                data_s,
+                "-U",
+                "postgres",
+                "--pwfile",
+                pw.to_str().unwrap(),
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+        );
+        Pg::launch(major, dir)
+    }
+
+    /// A server of `major` on the data directory `dir/data` that already exists (a restored
+    /// one): started, and stopped when the tests end.
+    pub fn start_on(major: u32, dir: &Path) -> Pg {
+        if postgres_ids().is_some() {
+            Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir)
+                .status()
+                .unwrap();
+        }
+        Pg::launch(major, dir.to_path_buf())
+    }
+
+    /// Server binaries, their libraries, and client tools of `major`.
+    fn bins(major: u32) -> (PathBuf, Option<PathBuf>, PathBuf) {
+        match major {
             15 => (pg15_bin(), None, pg15_bin()),
             18 => (pg18_bin(), None, pg18_bin()),
             // Server-only packages: the newest client tools serve them, as in the image.
@@ -57,64 +109,43 @@ impl Pg {
                 Some(env_path(&format!("PGSC_TEST_PG{major}_LIB"))),
                 pg18_bin(),
             ),
-        };
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("pgsc-pg{major}-"))
-            .tempdir()
-            .unwrap()
-            .keep();
-        let data = dir.join("data");
-        std::fs::write(dir.join("pw"), PG_PASSWORD).unwrap();
-        let ids = postgres_ids();
-        if ids.is_some() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap();
         }
-        let port = free_port();
-        let run = |bin: &str, args: &[&str]| {
-            let mut cmd = Command::new(server_bin.join(bin));
-            cmd.args(args);
-            if let Some(lib) = &lib {
-                cmd.env("LD_LIBRARY_PATH", lib);
-            }
-            if let Some((uid, gid)) = ids {
-                std::os::unix::process::CommandExt::uid(&mut cmd, uid);
-                std::os::unix::process::CommandExt::gid(&mut cmd, gid);
-            }
-            cmd.current_dir(&dir);
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{bin} {args:?} failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let data_s = data.to_str().unwrap();
-        run(
-            "initdb",
-            &[
-                "-D",
-                data_s,
-                "-U",
-                "postgres",
-                "--pwfile",
-                dir.join("pw").to_str().unwrap(),
-                "--auth-host=scram-sha-256",
-                "--auth-local=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
+    }
+
+    /// Runs the server tool `bin` of `major` as the `postgres` user in `dir`; panics on failure.
+    fn tool(major: u32, dir: &Path, bin: &str, args: &[&str]) {
+        let (server_bin, lib, _) = Pg::bins(major);
+        let mut cmd = Command::new(server_bin.join(bin));
+        cmd.args(args);
+        if let Some(lib) = &lib {
+            cmd.env("LD_LIBRARY_PATH", lib);
+        }
+        if let Some((uid, gid)) = postgres_ids() {
+            std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+            std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        }
+        cmd.current_dir(dir);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{bin} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    fn launch(major: u32, dir: PathBuf) -> Pg {
+        let (server_bin, lib, client_bin) = Pg::bins(major);
+        let data = dir.join("data");
+        let data_s = data.to_str().unwrap();
+        let port = free_port();
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             dir.display()
         );
-        run(
+        Pg::tool(
+            major,
+            &dir,
             "pg_ctl",
             &[
                 "-D",
@@ -136,7 +167,7 @@ impl Pg {
         if let Some(lib) = &lib {
             stop = format!("LD_LIBRARY_PATH={} {stop}", lib.display());
         }
-        if ids.is_some() {
+        if postgres_ids().is_some() {
             stop = format!("su postgres -s /bin/sh -c '{stop}'");
         }
         on_exit(&stop);
@@ -149,6 +180,24 @@ impl Pg {
             client_bin,
             dir,
         }
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn crash(&self) {
+        let data = self.dir.join("data");
+        Pg::tool(
+            self.major,
+            &self.dir,
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
     }
 
     /// A client tool command connected as the superuser over TCP.

@@ -1,0 +1,203 @@
+//! `pgsidecar pitr …` and `pgsidecar list --pitr`.
+
+use std::io::Write;
+
+use super::args::PitrCommand;
+use super::select::encryption_with;
+use super::{CliError, ExitCode};
+use crate::pitr::archive::Archive;
+use crate::pitr::restore::{self, Target};
+use crate::pitr::server::Primary;
+use crate::pitr::{base, check, PitrError};
+use crate::sidecar::Sidecar;
+
+pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, CliError> {
+    let config = &sidecar.config;
+    let pitr = &config.pitr;
+    match command {
+        PitrCommand::Check => {
+            let findings = check::run(pitr, &config.tools).await;
+            let mut out = std::io::stdout().lock();
+            for f in &findings {
+                writeln!(out, "{} {}", if f.ok { "ok  " } else { "FAIL" }, f.what)?;
+                if let Some(fix) = f.fix.as_deref().filter(|f| !f.is_empty()) {
+                    writeln!(out, "     fix: {fix}")?;
+                }
+            }
+            Ok(ExitCode::success_if(findings.iter().all(|f| f.ok)))
+        }
+        PitrCommand::BaseBackup => {
+            let primary = Primary::connect(&pitr.database)
+                .await
+                .map_err(PitrError::from)?;
+            let facts = primary.facts().await.map_err(PitrError::from)?;
+            let cluster = crate::keys::pitr_cluster_prefix(&pitr.prefix, facts.system_identifier);
+            let done = base::take(
+                &pitr.database,
+                &config.tools,
+                &sidecar.storage,
+                &cluster,
+                &facts,
+                &config.encryption,
+                &crate::shutdown::on_signal(),
+            )
+            .await
+            .map_err(PitrError::from)?;
+            println!("{}", done.key);
+            eprintln!(
+                "base backup from {} to {} on timeline {}; usable once the WAL up to {} is archived",
+                done.start_lsn, done.end_lsn, done.timeline, done.end_lsn
+            );
+            Ok(ExitCode::Success)
+        }
+        PitrCommand::Restore {
+            time,
+            to,
+            wal_dir,
+            system_identifier,
+            owner,
+            identity,
+        } => {
+            let target: Target =
+                time.parse()
+                    .map_err(|message| crate::config::ConfigError::Invalid {
+                        key: "--time".into(),
+                        source_name: None,
+                        message,
+                    })?;
+            let encryption = encryption_with(config, identity.as_deref())?;
+            let prepared = restore::prepare(&restore::Request {
+                storage: &sidecar.storage,
+                pitr_prefix: &pitr.prefix,
+                system_identifier,
+                target,
+                data_dir: &to,
+                wal_dir: wal_dir.as_deref(),
+                encryption: &encryption,
+                owner: owner.as_deref(),
+            })
+            .await
+            .map_err(PitrError::from)?;
+            for w in &prepared.warnings {
+                eprintln!("warning: {w}");
+            }
+            let b = &prepared.base;
+            println!(
+                "prepared {} from the base backup of {} (PostgreSQL {}, timeline {}) and {} WAL file(s) in {}, the last {}",
+                prepared.data_dir.display(),
+                b.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                b.server_version,
+                b.timeline,
+                prepared.staged,
+                prepared.wal_dir.display(),
+                prepared.last
+            );
+            println!(
+                "next: start PostgreSQL {} on {} (with zstd on its PATH); it replays to {} and promotes",
+                b.server_major,
+                prepared.data_dir.display(),
+                match target {
+                    Target::Latest => "the end of the archive".to_string(),
+                    Target::Time(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                }
+            );
+            Ok(ExitCode::success_if(prepared.warnings.is_empty()))
+        }
+        PitrCommand::Disable => {
+            let primary = Primary::connect(&pitr.database)
+                .await
+                .map_err(PitrError::from)?;
+            if primary
+                .drop_slot(&pitr.slot)
+                .await
+                .map_err(PitrError::from)?
+            {
+                println!("dropped the replication slot `{}`: the server no longer keeps WAL for pgsidecar", pitr.slot);
+            } else {
+                println!(
+                    "no replication slot `{}` on the server; nothing to do",
+                    pitr.slot
+                );
+            }
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+/// `list --pitr`: per cluster, each base backup and the window it can restore to.
+pub async fn list(sidecar: &Sidecar, json: bool) -> Result<ExitCode, CliError> {
+    let prefix = &sidecar.config.pitr.prefix;
+    let ids = restore::clusters(&sidecar.storage, prefix)
+        .await
+        .map_err(PitrError::from)?;
+    let mut rows = Vec::new();
+    for id in ids {
+        let cluster = crate::keys::pitr_cluster_prefix(prefix, id);
+        let archive = Archive::load(&sidecar.storage, &cluster, None)
+            .await
+            .map_err(PitrError::from)?;
+        for problem in &archive.problems {
+            tracing::warn!("{problem}");
+        }
+        for b in archive.base_backups.iter().rev() {
+            let (reaches, note) = match archive.reach(b) {
+                Ok(r) => {
+                    let last = match (&r.partial, r.complete_to) {
+                        (Some((seg, _, _)), _) => {
+                            format!(
+                                "{} (partial)",
+                                b.wal_segment_size.file_name(b.timeline, *seg)
+                            )
+                        }
+                        (None, Some(seg)) => b.wal_segment_size.file_name(b.timeline, seg),
+                        (None, None) => "-".into(),
+                    };
+                    let until = r
+                        .partial
+                        .as_ref()
+                        .map(|(_, at, _)| at.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+                    (
+                        true,
+                        until.map_or(format!("to {last}"), |u| format!("to {last}, stored {u}")),
+                    )
+                }
+                Err(gap) => (
+                    false,
+                    format!("not restorable: WAL segment {} is missing", gap.missing),
+                ),
+            };
+            rows.push(serde_json::json!({
+                "system_identifier": id.to_string(),
+                "base_backup": b.key,
+                "started_at": b.started_at,
+                "from": b.finished_at,
+                "timeline": b.timeline,
+                "server_version": b.server_version,
+                "stored_bytes": b.stored_bytes,
+                "restorable": reaches,
+                "window": note,
+            }));
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else if rows.is_empty() {
+        writeln!(out, "no point-in-time recovery archive under `{prefix}/`")?;
+    } else {
+        for r in &rows {
+            writeln!(
+                out,
+                "{}  base {}  PostgreSQL {}  timeline {}  restorable from {}  {}",
+                r["system_identifier"].as_str().unwrap_or_default(),
+                r["started_at"].as_str().unwrap_or_default(),
+                r["server_version"].as_str().unwrap_or_default(),
+                r["timeline"],
+                r["from"].as_str().unwrap_or_default(),
+                r["window"].as_str().unwrap_or_default()
+            )?;
+        }
+    }
+    Ok(ExitCode::Success)
+}

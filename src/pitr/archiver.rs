@@ -1,0 +1,475 @@
+//! Continuous WAL archiving: `pg_receivewal` (without a slot) writes into a small spool,
+//! every completed segment is stored (zstd, optional age, named by its sha256), and only then
+//! is the sidecar's slot advanced past it. The segment being written is stored as a partial
+//! every `pitr.partial_interval` while it changes.
+//!
+//! Invariants:
+//! - the slot's `restart_lsn` never passes WAL that is not stored, so a lost spool, a killed
+//!   container or a crashed receiver cannot open a gap: every (re)start empties the spool and
+//!   seeds it so streaming resumes at the slot's position;
+//! - a segment whose name is stored with other contents stops archiving (and is reported):
+//!   the archive is never overwritten and never mixed with another history;
+//! - a lost slot (WAL removed by `max_slot_wal_keep_size`) is reported, recreated, and a base
+//!   backup is taken at once, since older backups can only reach the last stored segment.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::archive::Archive;
+use super::server::{ClusterFacts, Primary, ServerError};
+use super::wal::{self, Lsn};
+use super::PitrConfig;
+use crate::codec::encryption::Encryption;
+use crate::codec::hash::Sha256Hex;
+use crate::codec::{Codec, Compression};
+use crate::keys;
+use crate::source::process::{Child, LogAs};
+use crate::source::{dump, tools, ToolsConfig};
+use crate::storage::{Storage, StorageError};
+
+/// Errors that stop one archiving session (the daemon starts another after a pause, except
+/// for [`ArchiveError::is_permanent`] ones, which need the operator).
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Tool(#[from] tools::ToolError),
+    #[error("cannot start pg_receivewal: {0}")]
+    Spawn(std::io::Error),
+    #[error("pg_receivewal {0}")]
+    Receiver(String),
+    #[error("spool `{}`: {source}", .path.display())]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storing `{key}` failed: {source}")]
+    Storage {
+        key: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("segment {name} is already stored with other contents (`{stored}`); archiving stopped so the archive is not mixed with another history. Check that no other cluster with system identifier {system_identifier} archives here")]
+    Conflict {
+        name: String,
+        stored: String,
+        system_identifier: u64,
+    },
+    #[error("max_slot_wal_keep_size is -1, so the slot `{slot}` could keep WAL on the primary without bound while storage is unreachable. Set a bound on the server (ALTER SYSTEM SET max_slot_wal_keep_size = '20GB'; SELECT pg_reload_conf();) or accept the risk with pitr.allow_unbounded_wal = true")]
+    UnboundedWal { slot: String },
+    #[error("the slot `{slot}` lost WAL the archive had not stored (wal_status lost): the archive has a gap after {after}; a new slot was created and a base backup is taken now")]
+    SlotLost { slot: String, after: String },
+    #[error("received segment {got}, expected {expected}; restarting the receiver at the slot's position")]
+    OutOfOrder { got: String, expected: String },
+}
+
+impl ArchiveError {
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ArchiveError::Conflict { .. } | ArchiveError::UnboundedWal { .. } => true,
+            ArchiveError::Server(e) => e.is_permanent(),
+            ArchiveError::Tool(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What archiving needs from the composition root.
+pub struct Archiver<'a> {
+    pub config: &'a PitrConfig,
+    pub tools: &'a ToolsConfig,
+    pub storage: &'a Storage,
+    pub encryption: &'a Encryption,
+}
+
+/// What one archiving session reports while it runs.
+pub trait Observer: Send + Sync {
+    /// A segment (or history file) was stored and the slot moved to `slot`.
+    fn stored(&self, name: &str, slot: Lsn);
+    /// A problem the operator must hear about; archiving goes on (or restarts).
+    fn alert(&self, error: &ArchiveError);
+    /// Asks for a base backup now (a new slot, or none stored for this cluster).
+    fn base_backup_needed(&self, why: &str);
+}
+
+/// How often the spool is looked at.
+const POLL: Duration = Duration::from_millis(500);
+/// How often the slot's state is read (lost, retained bytes).
+const SLOT_CHECK: Duration = Duration::from_secs(10);
+
+impl Archiver<'_> {
+    /// Connects, makes sure the slot exists, and returns the cluster's facts and prefix.
+    pub async fn prepare(
+        &self,
+        observer: &dyn Observer,
+    ) -> Result<(Primary, ClusterFacts, String, Lsn, bool), ArchiveError> {
+        let primary = Primary::connect(&self.config.database).await?;
+        let facts = primary.facts().await?;
+        let cluster = keys::pitr_cluster_prefix(&self.config.prefix, facts.system_identifier);
+        let slot = &self.config.slot;
+        let mut created = false;
+        let restart = match primary.slot(slot).await? {
+            Some(state) if !state.is_lost() => state.restart_lsn.expect("not lost"),
+            existing => {
+                if facts.max_slot_wal_keep.is_none() && !self.config.allow_unbounded_wal {
+                    return Err(ArchiveError::UnboundedWal { slot: slot.clone() });
+                }
+                if existing.is_some() {
+                    let archive = Archive::load(self.storage, &cluster, Some(facts.segment_size))
+                        .await
+                        .map_err(|source| ArchiveError::Storage {
+                            key: cluster.clone(),
+                            source,
+                        })?;
+                    let after = archive
+                        .segments
+                        .iter()
+                        .next_back()
+                        .map(|((t, s), _)| facts.segment_size.file_name(*t, *s))
+                        .unwrap_or_else(|| "(nothing stored)".into());
+                    observer.alert(&ArchiveError::SlotLost {
+                        slot: slot.clone(),
+                        after,
+                    });
+                    primary.drop_slot(slot).await?;
+                }
+                let at = primary.create_slot(slot).await?;
+                tracing::info!(slot = %slot, at = %at, "created the replication slot");
+                observer.base_backup_needed("the replication slot was (re)created");
+                created = true;
+                at
+            }
+        };
+        Ok((primary, facts, cluster, restart, created))
+    }
+
+    /// Archives until `cancel` fires or an error stops this session.
+    pub async fn run(
+        &self,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let (primary, facts, cluster, restart, created) = self.prepare(observer).await?;
+        let size = facts.segment_size;
+        let archive = Archive::load(self.storage, &cluster, Some(size))
+            .await
+            .map_err(|source| ArchiveError::Storage {
+                key: cluster.clone(),
+                source,
+            })?;
+        if !created
+            && archive
+                .base_backups
+                .iter()
+                .all(|b| b.timeline != facts.timeline)
+        {
+            observer.base_backup_needed("no base backup of this cluster's timeline is stored");
+        }
+        for key in &archive.superseded {
+            let _ = self.storage.delete(key).await;
+        }
+        let spool = &self.config.spool;
+        reset_spool(spool)?;
+        let mut expected = size.segment_of(restart);
+        let seed = spool.join(format!(
+            "{}.partial",
+            size.file_name(facts.timeline, expected)
+        ));
+        std::fs::File::create(&seed).map_err(spool_err(&seed))?;
+
+        let tool = tools::for_server("pg_receivewal", &self.tools.bin_dirs, facts.major).await?;
+        let mut cmd =
+            dump::client_command(&tool, &self.config.database, &self.config.database.dbname);
+        cmd.arg("-D")
+            .arg(spool)
+            .args(["--no-loop", "--no-password", "--status-interval=10"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let receiver = Child::spawn(&mut cmd, LogAs::Wal).map_err(ArchiveError::Spawn)?;
+        let receiving = receiver.wait();
+        tokio::pin!(receiving);
+        tracing::info!(slot = %self.config.slot, from = %size.file_name(facts.timeline, expected), "archiving WAL");
+
+        let mut session = Session {
+            archiver: self,
+            cluster: &cluster,
+            facts: &facts,
+            archive,
+            last_partial: None,
+        };
+        let mut next_partial = Instant::now() + self.config.partial_interval;
+        let mut next_slot_check = Instant::now() + SLOT_CHECK;
+        let mut next_heartbeat = self.config.heartbeat.map(|h| Instant::now() + h);
+        loop {
+            // Complete segments first, in order: the slot moves only over a stored prefix.
+            for (name, path) in session.completed()? {
+                let (_, segno) = size
+                    .parse_name(&name)
+                    .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
+                if segno != expected {
+                    return Err(ArchiveError::OutOfOrder {
+                        got: name,
+                        expected: size.file_name(facts.timeline, expected),
+                    });
+                }
+                session.store_segment(&name, &path, cancel).await?;
+                expected += 1;
+                let to = size.start_of(expected);
+                primary.advance_slot(&self.config.slot, to).await?;
+                std::fs::remove_file(&path).map_err(spool_err(&path))?;
+                observer.stored(&name, to);
+            }
+            session.store_histories(cancel).await?;
+            let now = Instant::now();
+            if now >= next_partial {
+                session.store_partial(expected, cancel).await?;
+                next_partial = now + self.config.partial_interval;
+            }
+            if now >= next_slot_check {
+                match primary.slot(&self.config.slot).await? {
+                    Some(s) if !s.is_lost() => {}
+                    _ => {
+                        return Err(ArchiveError::SlotLost {
+                            slot: self.config.slot.clone(),
+                            after: size.file_name(facts.timeline, expected.saturating_sub(1)),
+                        })
+                    }
+                }
+                next_slot_check = now + SLOT_CHECK;
+            }
+            if let Some(at) = next_heartbeat.filter(|at| now >= *at) {
+                if let Err(e) = primary.heartbeat().await {
+                    tracing::warn!("{e}");
+                }
+                next_heartbeat = self.config.heartbeat.map(|h| at.max(now) + h);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                r = &mut receiving => {
+                    // What it wrote before it ended is stored by the next session, which
+                    // starts again at the slot.
+                    let why = match r {
+                        Ok(lines) => format!("exited{}", crate::source::process::stderr_suffix(&lines)),
+                        Err(f) => format!("{}{}", f.exit.sentence(), crate::source::process::stderr_suffix(&f.stderr)),
+                    };
+                    return Err(ArchiveError::Receiver(why));
+                }
+                _ = cancel.cancelled() => {
+                    // One last partial, so a stop loses as little as possible.
+                    let _ = session.store_partial(expected, &CancellationToken::new()).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+struct Session<'a> {
+    archiver: &'a Archiver<'a>,
+    cluster: &'a str,
+    facts: &'a ClusterFacts,
+    archive: Archive,
+    /// The segment and sha256 of the last partial stored, and its key.
+    last_partial: Option<(u64, String, String)>,
+}
+
+impl Session<'_> {
+    /// Completed segment files in the spool, oldest first.
+    fn completed(&self) -> Result<Vec<(String, PathBuf)>, ArchiveError> {
+        let spool = &self.archiver.config.spool;
+        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(spool)
+            .map_err(spool_err(spool))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                wal::is_segment_name(&name).then(|| (name, e.path()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn encrypted(&self) -> bool {
+        self.archiver.encryption.scheme().is_some()
+    }
+
+    async fn store_segment(
+        &mut self,
+        name: &str,
+        path: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let size = self.facts.segment_size;
+        let id = size
+            .parse_name(name)
+            .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
+        let sha = sha256_file(path)?;
+        if let Some(stored) = self.archive.segments.get(&id) {
+            if stored.sha256 == sha {
+                return Ok(());
+            }
+            return Err(ArchiveError::Conflict {
+                name: name.to_string(),
+                stored: stored.key.clone(),
+                system_identifier: self.facts.system_identifier,
+            });
+        }
+        let key = keys::wal_segment_key(self.cluster, name, &sha, self.encrypted());
+        self.upload(path, &key, cancel).await?;
+        self.archive.segments.insert(
+            id,
+            super::archive::Stored {
+                key: key.clone(),
+                sha256: sha,
+            },
+        );
+        // Its partial uploads are superseded by the complete segment.
+        if let Some((_, stored)) = self.archive.partials.remove(&id) {
+            let _ = self.archiver.storage.delete(&stored.key).await;
+        }
+        if let Some((segno, _, key)) = &self.last_partial {
+            if *segno == id.1 {
+                let _ = self.archiver.storage.delete(key).await;
+                self.last_partial = None;
+            }
+        }
+        tracing::debug!(key = %key, "stored WAL segment");
+        Ok(())
+    }
+
+    async fn store_histories(&mut self, cancel: &CancellationToken) -> Result<(), ArchiveError> {
+        let spool = self.archiver.config.spool.clone();
+        let names: Vec<(u32, PathBuf)> = std::fs::read_dir(&spool)
+            .map_err(spool_err(&spool))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some((wal::parse_history_name(&name)?, e.path()))
+            })
+            .collect();
+        for (tli, path) in names {
+            if !self.archive.histories.contains_key(&tli) {
+                let sha = sha256_file(&path)?;
+                let key = keys::wal_history_key(self.cluster, tli, &sha, self.encrypted());
+                self.upload(&path, &key, cancel).await?;
+                self.archive
+                    .histories
+                    .insert(tli, super::archive::Stored { key, sha256: sha });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the segment being written when it changed since it was last stored.
+    async fn store_partial(
+        &mut self,
+        segno: u64,
+        cancel: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let name = self
+            .facts
+            .segment_size
+            .file_name(self.facts.timeline, segno);
+        let spool = &self.archiver.config.spool;
+        let path = spool.join(format!("{name}.partial"));
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() > 0 => {}
+            _ => return Ok(()),
+        }
+        // pg_receivewal keeps writing the file: store a copy, so the key's sha256 is the
+        // stored content's.
+        let copy = spool.join(format!(".{name}.snapshot"));
+        std::fs::copy(&path, &copy).map_err(spool_err(&copy))?;
+        let result = async {
+            let sha = sha256_file(&copy)?;
+            if self
+                .last_partial
+                .as_ref()
+                .is_some_and(|(s, h, _)| *s == segno && *h == sha)
+            {
+                return Ok(());
+            }
+            let key =
+                keys::wal_partial_key(self.cluster, &name, Utc::now(), &sha, self.encrypted());
+            self.upload(&copy, &key, cancel).await?;
+            tracing::debug!(key = %key, "stored the partial segment");
+            if let Some((_, _, old)) = self.last_partial.replace((segno, sha, key)) {
+                let _ = self.archiver.storage.delete(&old).await;
+            }
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&copy);
+        result
+    }
+
+    async fn upload(
+        &self,
+        path: &Path,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), ArchiveError> {
+        let file = tokio::fs::File::open(path).await.map_err(spool_err(path))?;
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let codec = Codec {
+            compression: Compression::Zstd {
+                level: crate::codec::DEFAULT_ZSTD_LEVEL,
+            },
+            encryption: self.archiver.encryption,
+        };
+        let mut body = codec.encode(file);
+        match self
+            .archiver
+            .storage
+            .put_stream(key, &mut body, len, cancel)
+            .await
+        {
+            // The key holds the content's sha256: the same key is the same WAL.
+            Ok(_) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+            Err(source) => Err(ArchiveError::Storage {
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Spool {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Empties the spool (or creates it): what is in it may be older than the slot's position,
+/// and pg_receivewal would resume from it.
+fn reset_spool(spool: &Path) -> Result<(), ArchiveError> {
+    match std::fs::remove_dir_all(spool) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(spool_err(spool)(e)),
+    }
+    std::fs::create_dir_all(spool).map_err(spool_err(spool))
+}
+
+/// sha256 of a file's content, hex.
+pub fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(spool_err(path))?;
+    let mut hash = Sha256Hex::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(spool_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok(hash.finish())
+}

@@ -1,0 +1,62 @@
+//! What point-in-time recovery is configured with (`[pitr]`, `PGSIDECAR_PITR__…`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::source::DatabaseConfig;
+
+/// The `[pitr]` section, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrConfig {
+    /// Whether `run` archives WAL continuously.
+    pub enabled: bool,
+    /// The physical replication slot the sidecar owns (`pitr.slot`, default `pgsidecar`).
+    pub slot: String,
+    /// How often the segment being written (`.partial`) is uploaded while it changes.
+    #[serde(with = "humantime_serde")]
+    pub partial_interval: Duration,
+    /// How often the sidecar commits an empty transaction, so a restore to any time finds a
+    /// commit after it; `None` writes nothing.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Option<Duration>,
+    /// When base backups are taken (default weekly); the daemon also takes one when the
+    /// archive has none for this cluster.
+    #[serde(serialize_with = "schedule_expr")]
+    pub base_backup_schedule: crate::schedule::Schedule,
+    /// The replication role's connection: the database connection with `pitr.user` and
+    /// `pitr.password` when set.
+    pub database: DatabaseConfig,
+    /// Where `pg_receivewal` writes the segment being received (a few segments at most).
+    pub spool: PathBuf,
+    /// Create the slot even though `max_slot_wal_keep_size = -1` lets it keep WAL without
+    /// bound (`pitr.allow_unbounded_wal`).
+    pub allow_unbounded_wal: bool,
+    /// Where the archive lives: `<storage prefix>/~pitr/<system identifier>/`.
+    pub prefix: String,
+}
+
+/// `pitr.slot` when unset.
+pub const DEFAULT_SLOT: &str = "pgsidecar";
+/// `pitr.partial_interval` when unset.
+pub const DEFAULT_PARTIAL_INTERVAL: Duration = Duration::from_secs(30);
+/// `pitr.base_backup_schedule` when unset: Sundays at 03:00.
+pub const DEFAULT_BASE_BACKUP_SCHEDULE: &str = "0 3 * * 0";
+
+fn schedule_expr<S: serde::Serializer>(
+    s: &crate::schedule::Schedule,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expr())
+}
+
+/// Whether `name` can be a replication slot's name (PostgreSQL's rule in
+/// `ReplicationSlotValidateName`: lower-case letters, digits and `_`, at most 63 bytes).
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
