@@ -152,14 +152,16 @@ pub async fn list(sidecar: &Sidecar, json: bool) -> Result<ExitCode, CliError> {
                         (None, Some(seg)) => b.wal_segment_size.file_name(b.timeline, seg),
                         (None, None) => "-".into(),
                     };
-                    let until = r
-                        .partial
-                        .as_ref()
-                        .map(|(_, at, _)| at.format("%Y-%m-%d %H:%M:%S UTC").to_string());
-                    (
-                        true,
-                        until.map_or(format!("to {last}"), |u| format!("to {last}, stored {u}")),
-                    )
+                    let mut window = match r.last_stored_at {
+                        Some(at) => {
+                            format!("to {last}, stored {}", at.format("%Y-%m-%d %H:%M:%S UTC"))
+                        }
+                        None => format!("to {last}"),
+                    };
+                    if let Some(gap) = &r.gap_after {
+                        window.push_str(&format!(" (then WAL segment {gap} is missing)"));
+                    }
+                    (true, window)
                 }
                 Err(gap) => (
                     false,

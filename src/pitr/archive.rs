@@ -59,6 +59,8 @@ pub struct Archive {
     /// segment: safe to delete.
     pub superseded: Vec<String>,
     pub histories: BTreeMap<u32, Stored>,
+    /// When each complete segment was stored (the store's last-modified time).
+    pub stored_at: BTreeMap<(u32, u64), DateTime<Utc>>,
     /// Base backups, oldest first.
     pub base_backups: Vec<BaseBackup>,
     /// Objects that could not be read, and why.
@@ -92,15 +94,19 @@ impl Archive {
             .or_else(|| archive.base_backups.last().map(|b| b.wal_segment_size))
             .unwrap_or(SegmentSize::DEFAULT);
         let objects = storage.list(&keys::wal_prefix(cluster)).await?;
-        archive.add_wal(size, objects.into_iter().map(|o| o.key));
+        archive.add_wal(size, objects.into_iter().map(|o| (o.key, o.last_modified)));
         Ok(archive)
     }
 
-    fn add_wal(&mut self, size: SegmentSize, keys: impl Iterator<Item = String>) {
+    fn add_wal(
+        &mut self,
+        size: SegmentSize,
+        keys: impl Iterator<Item = (String, Option<DateTime<Utc>>)>,
+    ) {
         // Every upload of each partial segment, with its time.
         type Uploads = Vec<(DateTime<Utc>, Stored)>;
         let mut partials: BTreeMap<(u32, u64), Uploads> = BTreeMap::new();
-        for key in keys {
+        for (key, modified) in keys {
             match keys::parse_wal_key(&key) {
                 Some(WalKey::Segment { name, sha256 }) => match size.parse_name(&name) {
                     Ok(id) => {
@@ -111,6 +117,9 @@ impl Archive {
                             ));
                         }
                         self.segments.insert(id, Stored { key, sha256 });
+                        if let Some(at) = modified {
+                            self.stored_at.insert(id, at);
+                        }
                     }
                     Err(e) => self.problems.push(format!("`{key}`: {e}")),
                 },
@@ -174,13 +183,27 @@ impl Archive {
             }
         };
         let next = complete_to.map_or(first, |e| e + 1);
+        let partial = self
+            .partials
+            .get(&(tli, next))
+            .map(|(at, s)| (next, *at, s.clone()));
+        // WAL stored after a hole can never be replayed from this backup.
+        let beyond = next + u64::from(partial.is_some());
+        let orphaned = have.range(beyond..).next().is_some()
+            || self
+                .partials
+                .range((tli, beyond)..(tli + 1, 0))
+                .next()
+                .is_some();
         Ok(Reach {
             first,
             complete_to,
-            partial: self
-                .partials
-                .get(&(tli, next))
-                .map(|(at, s)| (next, *at, s.clone())),
+            gap_after: orphaned.then(|| size.file_name(tli, next)),
+            last_stored_at: match &partial {
+                Some((_, at, _)) => Some(*at),
+                None => complete_to.and_then(|e| self.stored_at.get(&(tli, e)).copied()),
+            },
+            partial,
         })
     }
 }
@@ -195,6 +218,11 @@ pub struct Reach {
     pub complete_to: Option<u64>,
     /// The partial segment after the run: its number, when it was uploaded, and the object.
     pub partial: Option<(u64, DateTime<Utc>, Stored)>,
+    /// The segment missing after the run when WAL is stored beyond it (a hole the replay
+    /// cannot cross).
+    pub gap_after: Option<String>,
+    /// When the last WAL the run reaches was stored.
+    pub last_stored_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]
@@ -230,9 +258,9 @@ mod tests {
             names.iter().map(|n| {
                 if let Some((seg, at)) = n.split_once('@') {
                     let at: DateTime<Utc> = at.parse().unwrap();
-                    keys::wal_partial_key("c/", seg, at, &sha, false)
+                    (keys::wal_partial_key("c/", seg, at, &sha, false), None)
                 } else {
-                    keys::wal_segment_key("c/", n, &sha, false)
+                    (keys::wal_segment_key("c/", n, &sha, false), None)
                 }
             }),
         );
@@ -255,6 +283,8 @@ mod tests {
         let (seg, at, _) = r.partial.unwrap();
         assert_eq!(seg, 5);
         assert_eq!(at, "2026-11-30T10:05:00Z".parse::<DateTime<Utc>>().unwrap());
+        // Segment 6 is stored, so the complete 5 is missing: replay stops at the partial's end.
+        assert_eq!(r.gap_after.as_deref(), Some("000000010000000000000005"));
         // The older upload of the partial is superseded.
         assert_eq!(a.superseded.len(), 1);
         assert!(a.superseded[0].contains("T100400Z"));
@@ -268,6 +298,21 @@ mod tests {
         // The start segment itself missing.
         let gap = a.reach(&base("0/1000028", "0/1000100")).unwrap_err();
         assert_eq!(gap.missing, "000000010000000000000001");
+    }
+
+    #[test]
+    fn an_unbroken_archive_has_no_hole_after_its_reach() {
+        let a = archive(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000010000000000000004@2026-11-30T10:05:00Z",
+        ]);
+        let r = a.reach(&base("0/2000028", "0/3000100")).unwrap();
+        assert_eq!(r.gap_after, None);
+        assert_eq!(
+            r.last_stored_at,
+            Some("2026-11-30T10:05:00Z".parse().unwrap())
+        );
     }
 
     #[test]

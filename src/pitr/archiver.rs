@@ -65,6 +65,8 @@ pub enum ArchiveError {
     UnboundedWal { slot: String },
     #[error("the slot `{slot}` lost WAL the archive had not stored (wal_status lost): the archive has a gap after {after}; a new slot was created and a base backup is taken now")]
     SlotLost { slot: String, after: String },
+    #[error("{0} received segments wait in the spool (storage is slower than the server writes WAL); restarting the receiver at the slot's position, the server keeps the rest")]
+    SpoolFull(usize),
     #[error("received segment {got}, expected {expected}; restarting the receiver at the slot's position")]
     OutOfOrder { got: String, expected: String },
 }
@@ -100,6 +102,9 @@ pub trait Observer: Send + Sync {
 
 /// How often the spool is looked at.
 const POLL: Duration = Duration::from_millis(500);
+/// Received segments the spool may hold before the receiver is stopped: the sidecar's disk
+/// holds a bounded amount, the primary (through the slot) the rest.
+const SPOOL_MAX_SEGMENTS: usize = 16;
 /// How often the slot's state is read (lost, retained bytes).
 const SLOT_CHECK: Duration = Duration::from_secs(10);
 
@@ -208,7 +213,11 @@ impl Archiver<'_> {
         let mut next_heartbeat = self.config.heartbeat.map(|h| Instant::now() + h);
         loop {
             // Complete segments first, in order: the slot moves only over a stored prefix.
-            for (name, path) in session.completed()? {
+            let completed = session.completed()?;
+            if completed.len() > SPOOL_MAX_SEGMENTS {
+                return Err(ArchiveError::SpoolFull(completed.len()));
+            }
+            for (name, path) in completed {
                 let (_, segno) = size
                     .parse_name(&name)
                     .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
@@ -309,7 +318,7 @@ impl Session<'_> {
         let id = size
             .parse_name(name)
             .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
-        let sha = sha256_file(path)?;
+        let sha = sha256_file(path).await?;
         if let Some(stored) = self.archive.segments.get(&id) {
             if stored.sha256 == sha {
                 return Ok(());
@@ -355,7 +364,7 @@ impl Session<'_> {
             .collect();
         for (tli, path) in names {
             if !self.archive.histories.contains_key(&tli) {
-                let sha = sha256_file(&path)?;
+                let sha = sha256_file(&path).await?;
                 let key = keys::wal_history_key(self.cluster, tli, &sha, self.encrypted());
                 self.upload(&path, &key, cancel).await?;
                 self.archive
@@ -387,7 +396,7 @@ impl Session<'_> {
         let copy = spool.join(format!(".{name}.snapshot"));
         std::fs::copy(&path, &copy).map_err(spool_err(&copy))?;
         let result = async {
-            let sha = sha256_file(&copy)?;
+            let sha = sha256_file(&copy).await?;
             if self
                 .last_partial
                 .as_ref()
@@ -458,18 +467,24 @@ fn reset_spool(spool: &Path) -> Result<(), ArchiveError> {
     std::fs::create_dir_all(spool).map_err(spool_err(spool))
 }
 
-/// sha256 of a file's content, hex.
-pub fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(spool_err(path))?;
-    let mut hash = Sha256Hex::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(spool_err(path))?;
-        if n == 0 {
-            break;
+/// sha256 of a file's content, hex (read on a blocking thread: a segment may be 1 GB).
+pub async fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
+    let owned = path.to_path_buf();
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hash = Sha256Hex::default();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
         }
-        hash.update(&buf[..n]);
-    }
-    Ok(hash.finish())
+        Ok(hash.finish())
+    })
+    .await
+    .expect("hashing does not panic");
+    hashed.map_err(spool_err(path))
 }

@@ -188,13 +188,23 @@ async fn replication_connection(
         }
         Ok(out) => {
             let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let what = format!(
+                "a replication connection is refused: {}",
+                crate::secret::redact(&err)
+            );
+            if !err.contains("pg_hba.conf") {
+                return fail(
+                    what,
+                    "see the failures above (the role needs REPLICATION; pitr.user and pitr.password)",
+                );
+            }
             let client = err
                 .split("host \"")
                 .nth(1)
                 .and_then(|r| r.split('"').next())
                 .unwrap_or("<the sidecar's address>");
             fail(
-                format!("a replication connection is refused: {}", crate::secret::redact(&err)),
+                what,
                 format!(
                     "add to pg_hba.conf, above any `reject` line, then SELECT pg_reload_conf();\n    host replication {} {}/32 scram-sha-256\n  (in Docker, `samenet` instead of the address covers the stack's network)",
                     db.user, client

@@ -166,7 +166,26 @@ pub fn choose_base(archive: &Archive, target: Target) -> Result<(&BaseBackup, Re
             }
         }
         match archive.reach(base) {
-            Ok(reach) => return Ok((base, reach)),
+            Ok(reach) => {
+                // Past a hole nothing replays: refuse rather than stop short of the target
+                // without saying so.
+                let short = match (&reach.gap_after, target) {
+                    (None, _) => None,
+                    (Some(gap), Target::Latest) => Some(gap),
+                    (Some(gap), Target::Time(t)) => {
+                        (reach.last_stored_at.is_none_or(|at| at < t)).then_some(gap)
+                    }
+                };
+                match short {
+                    None => return Ok((base, reach)),
+                    Some(gap) => why.push(format!(
+                        "WAL segment {gap} is missing, so the WAL stored after it cannot be replayed (choose a --time before {})",
+                        reach
+                            .last_stored_at
+                            .map_or("the hole".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    )),
+                }
+            }
             Err(gap) => why.push(format!(
                 "the base backup of {} misses WAL segment {}",
                 base.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -304,13 +323,8 @@ async fn lay_out(
             staged += 1;
             last = name;
         }
-        last_stored_at = req
-            .storage
-            .list(&archive.segments[&(tli, to)].key)
-            .await
-            .ok()
-            .and_then(|l| l.first().and_then(|o| o.last_modified));
     }
+    last_stored_at = reach.last_stored_at.or(last_stored_at);
     if let Some((segno, at, stored)) = &reach.partial {
         // Replay reads a partial segment under the complete segment's name: it is the last
         // one, and recovery ends where its valid WAL ends.

@@ -3,7 +3,11 @@
 
 use std::path::Path;
 
-use crate::harness::{self, s3, wait_until, Daemon, Pg, Sidecar};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{self, s3, wait_until, Answer, Daemon, FakeHttp, Pg, Proxy, Sidecar};
 
 /// The sidecar of `pg` archiving into `bucket`, its spool in `spool`.
 fn sidecar(pg: &Pg, bucket: &str, spool: &Path) -> Sidecar {
@@ -23,6 +27,54 @@ fn cluster(major: u32) -> Pg {
     );
     pg.psql("postgres", "SELECT pg_reload_conf()");
     pg
+}
+
+/// Complete WAL segments stored in `bucket` (their 24-hex names), sorted.
+fn stored_segments(bucket: &str) -> Vec<String> {
+    let mut names: Vec<String> = s3()
+        .keys(bucket, "p/~pitr/")
+        .iter()
+        .filter(|k| k.contains("/wal/"))
+        .filter_map(|k| {
+            let name = k.rsplit('/').next()?;
+            let (seg, rest) = name.split_once('.')?;
+            (seg.len() == 24 && !rest.starts_with("partial")).then(|| seg.to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Writes a batch of rows into `marker` and ends the WAL segment, so it can be archived;
+/// returns that segment's name.
+fn write_segment(pg: &Pg, batch: u32) -> String {
+    pg.psql(
+        "postgres",
+        &format!("INSERT INTO marker(batch) SELECT {batch} FROM generate_series(1, 50)"),
+    );
+    pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
+}
+
+/// Waits until the segment `name` is stored.
+fn wait_stored(bucket: &str, name: &str, secs: u64) -> bool {
+    wait_until(secs, || stored_segments(bucket).iter().any(|s| s == name))
+}
+
+/// Starts the daemon and waits for its first base backup.
+fn start_archiving(sidecar: Sidecar) -> Daemon {
+    let daemon = Daemon::start(sidecar);
+    assert!(
+        daemon.wait_for("pitr::base: base backup complete", 120),
+        "{}",
+        daemon.stderr()
+    );
+    daemon
+}
+
+fn stop(mut daemon: Daemon) -> String {
+    daemon.signal("TERM");
+    daemon.wait_exit(30);
+    daemon.stderr()
 }
 
 /// Restores `bucket`'s archive to `time` into a fresh directory and starts `major` on it;
@@ -140,4 +192,394 @@ fn time_target_restores_exactly_the_batches_before_it_17() {
 #[test]
 fn time_target_restores_exactly_the_batches_before_it_18() {
     time_target(18);
+}
+
+#[test]
+fn a_missing_wal_object_is_named_and_the_restore_writes_nothing() {
+    let pg = cluster(17);
+    let bucket = s3().bucket("pitr-gap");
+    let spool = tempfile::tempdir().unwrap();
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(sidecar(&pg, &bucket, spool.path()));
+    let last = (1..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
+    stop(daemon);
+    let segments = stored_segments(&bucket);
+    let victim = &segments[segments.len() - 2];
+    let key = s3()
+        .keys(&bucket, "p/~pitr/")
+        .into_iter()
+        .find(|k| k.contains(&format!("/wal/{victim}.")))
+        .unwrap();
+    s3().delete(&bucket, &key);
+
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("data");
+    let run = sidecar(&pg, &bucket, spool.path())
+        .args(&[
+            "pitr",
+            "restore",
+            "--time",
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .run();
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("WAL segment {victim} is missing")),
+        "{}",
+        run.stderr
+    );
+    assert!(!to.exists(), "the refused restore created {}", to.display());
+    assert!(!dir.path().join("data.wal").exists());
+}
+
+#[test]
+fn a_lost_spool_and_a_killed_sidecar_open_no_gap() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-spool");
+    let spool = tempfile::tempdir().unwrap();
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let mut daemon = start_archiving(sidecar(&pg, &bucket, spool.path()));
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    daemon.signal("KILL");
+    daemon.wait_exit(10);
+    // Written while no sidecar runs, its spool gone.
+    std::fs::remove_dir_all(spool.path()).unwrap();
+    let last = (2..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    // An idle server: the receiver starts again at the slot, below the server's position.
+    let daemon = Daemon::start(sidecar(&pg, &bucket, spool.path()));
+    assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
+    pg.psql(
+        "postgres",
+        "INSERT INTO marker(batch) SELECT 5 FROM generate_series(1, 50)",
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let log = stop(daemon);
+    assert!(
+        !log.contains("expected"),
+        "the receiver restarted out of order: {log}"
+    );
+    assert!(!log.contains("other contents"), "{log}");
+    let segments = stored_segments(&bucket);
+    let first = u64::from_str_radix(&segments[0][16..], 16).unwrap();
+    for (i, name) in segments.iter().enumerate() {
+        assert_eq!(
+            u64::from_str_radix(&name[16..], 16).unwrap(),
+            first + i as u64,
+            "a gap in {segments:?}"
+        );
+    }
+    pg.crash();
+    let (restored, _) = restore_and_start(&pg, &bucket, "latest");
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM marker"
+        ),
+        "1,2,3,4,5"
+    );
+}
+
+#[test]
+fn storage_down_holds_wal_on_the_server_then_the_archive_catches_up() {
+    let pg = cluster(16);
+    let bucket = s3().bucket("pitr-s3down");
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(s3().port);
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let through_proxy = || {
+        sidecar(&pg, &bucket, spool.path())
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+    };
+    let daemon = start_archiving(through_proxy());
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    let retained = || -> u64 {
+        pg.psql(
+            "postgres",
+            "SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgsidecar'",
+        )
+        .parse()
+        .unwrap()
+    };
+    proxy.cut();
+    let before = retained();
+    let last = (2..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let during = retained();
+    assert!(
+        during >= before + 3 * (16 << 20) - (16 << 20),
+        "the slot released WAL that was not stored: {before} -> {during} bytes"
+    );
+    proxy.restore();
+    assert!(wait_stored(&bucket, &last, 120), "{}", daemon.stderr());
+    assert!(
+        wait_until(30, || retained() < during),
+        "the slot did not move after the archive caught up"
+    );
+    stop(daemon);
+    pg.crash();
+    let (restored, _) = restore_and_start(&pg, &bucket, "latest");
+    assert_eq!(
+        restored.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM marker"
+        ),
+        "1,2,3,4"
+    );
+}
+
+#[test]
+fn a_lost_slot_is_reported_recreated_and_a_base_backup_taken_at_once() {
+    let pg = cluster(15);
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let bucket = s3().bucket("pitr-lost");
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(s3().port);
+    let hook = FakeHttp::start(Answer::Status(200));
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(&pg, &bucket, spool.path())
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    proxy.cut();
+    for batch in 2..=6 {
+        write_segment(&pg, batch);
+    }
+    pg.psql("postgres", "CHECKPOINT");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgsidecar'"
+        ),
+        "lost"
+    );
+    proxy.restore();
+    assert!(
+        wait_until(120, || hook
+            .messages()
+            .iter()
+            .any(|m| m["kind"] == "archive_alert")),
+        "no alert: {}",
+        daemon.stderr()
+    );
+    let alert = hook
+        .messages()
+        .into_iter()
+        .find(|m| m["kind"] == "archive_alert")
+        .unwrap();
+    assert!(
+        alert["error"].as_str().unwrap().contains("lost WAL"),
+        "{alert}"
+    );
+    // A second base backup, of the new slot's start.
+    assert!(
+        wait_until(120, || daemon
+            .stderr()
+            .matches("pitr::base: base backup complete")
+            .count()
+            >= 2),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'pgsidecar'"
+        ),
+        "reserved"
+    );
+    let last = write_segment(&pg, 7);
+    assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
+    stop(daemon);
+    let listed = sidecar(&pg, &bucket, spool.path())
+        .args(&["list", "--pitr", "--json"])
+        .run()
+        .expect_code(0);
+    let rows: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{}", listed.stdout);
+    assert!(
+        rows.iter().all(|r| r["restorable"] == true),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        rows[1]["window"].as_str().unwrap().contains("missing"),
+        "the older backup's window ends at the hole: {}",
+        listed.stdout
+    );
+    pg.crash();
+    let (restored, _) = restore_and_start(&pg, &bucket, "latest");
+    assert_eq!(
+        restored.psql("postgres", "SELECT count(*) FROM marker WHERE batch = 7"),
+        "50"
+    );
+}
+
+#[test]
+fn a_cluster_with_another_tablespace_is_refused_and_nothing_is_stored() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-tblspc");
+    let spool = tempfile::tempdir().unwrap();
+    let location = tempfile::Builder::new()
+        .prefix("pgsc-tblspc-")
+        .tempdir()
+        .unwrap();
+    if harness::postgres_ids().is_some() {
+        std::process::Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(location.path())
+            .status()
+            .unwrap();
+    }
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE elsewhere LOCATION '{}'",
+            location.path().display()
+        ),
+    );
+    let run = sidecar(&pg, &bucket, spool.path())
+        .args(&["pitr", "base-backup"])
+        .run();
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("tablespaces outside its data directory (elsewhere)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        s3().keys(&bucket, "").is_empty(),
+        "{:?}",
+        s3().keys(&bucket, "")
+    );
+    let listed = sidecar(&pg, &bucket, spool.path())
+        .args(&["list", "--pitr"])
+        .run()
+        .expect_code(0);
+    assert!(
+        listed.stdout.contains("no point-in-time recovery archive"),
+        "{}",
+        listed.stdout
+    );
+}
+
+#[test]
+fn check_names_what_the_server_lacks_with_the_fix() {
+    let pg = cluster(15);
+    pg.psql(
+        "postgres",
+        "CREATE ROLE plain LOGIN PASSWORD 'plainpw'; GRANT pg_read_all_settings TO plain",
+    );
+    pg.psql("postgres", "ALTER SYSTEM SET max_slot_wal_keep_size = -1");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let spool = tempfile::tempdir().unwrap();
+    let check = || {
+        sidecar(&pg, "unused", spool.path())
+            .env("PGSIDECAR_PITR__USER", "plain")
+            .env("PGSIDECAR_PITR__PASSWORD", "plainpw")
+            .args(&["pitr", "check"])
+            .run()
+    };
+    let run = check();
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let out = &run.stdout;
+    assert!(
+        out.contains("FAIL role `plain` lacks the REPLICATION attribute"),
+        "{out}"
+    );
+    assert!(out.contains("ALTER ROLE \"plain\" REPLICATION;"), "{out}");
+    assert!(out.contains("FAIL max_slot_wal_keep_size is -1"), "{out}");
+    assert!(!out.contains("plainpw") && !run.stderr.contains("plainpw"));
+
+    // With the attribute but without a replication line in pg_hba.conf.
+    pg.psql("postgres", "ALTER ROLE plain REPLICATION");
+    let hba = pg.psql("postgres", "SHOW hba_file");
+    let kept: Vec<String> = std::fs::read_to_string(&hba)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("replication"))
+        .map(String::from)
+        .collect();
+    std::fs::write(&hba, kept.join("\n") + "\n").unwrap();
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let run = check();
+    let out = &run.stdout;
+    assert_eq!(run.code, 1, "{out}");
+    assert!(out.contains("ok   role `plain` may replicate"), "{out}");
+    assert!(
+        out.contains("FAIL a replication connection is refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("host replication plain 127.0.0.1/32 scram-sha-256"),
+        "{out}"
+    );
+
+    // The superuser passes every check on a bounded server with the line back.
+    std::fs::write(
+        &hba,
+        kept.join("\n") + "\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let run = sidecar(&pg, "unused", spool.path())
+        .args(&["pitr", "check"])
+        .run();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
+}
+
+#[test]
+fn disable_drops_the_slot() {
+    let pg = cluster(15);
+    let spool = tempfile::tempdir().unwrap();
+    pg.psql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('pgsidecar', true)",
+    );
+    let run = sidecar(&pg, "unused", spool.path())
+        .args(&["pitr", "disable"])
+        .run()
+        .expect_code(0);
+    assert!(
+        run.stdout
+            .contains("dropped the replication slot `pgsidecar`"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM pg_replication_slots"),
+        "0"
+    );
+    let again = sidecar(&pg, "unused", spool.path())
+        .args(&["pitr", "disable"])
+        .run()
+        .expect_code(0);
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+}
+
+#[allow(dead_code)]
+fn unused() -> Instant {
+    Instant::now()
 }
