@@ -55,6 +55,15 @@ fn write_segment(pg: &Pg, batch: u32) -> String {
     pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")
 }
 
+/// [`write_segment`] for each batch in `batches`; returns the last segment's name.
+fn write_segments(pg: &Pg, batches: std::ops::RangeInclusive<u32>) -> String {
+    let mut last = String::new();
+    for batch in batches {
+        last = write_segment(pg, batch);
+    }
+    last
+}
+
 /// Waits until the segment `name` is stored.
 fn wait_stored(bucket: &str, name: &str, secs: u64) -> bool {
     wait_until(secs, || stored_segments(bucket).iter().any(|s| s == name))
@@ -201,7 +210,7 @@ fn a_missing_wal_object_is_named_and_the_restore_writes_nothing() {
     let spool = tempfile::tempdir().unwrap();
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
     let daemon = start_archiving(sidecar(&pg, &bucket, spool.path()));
-    let last = (1..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    let last = write_segments(&pg, 1..=4);
     assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
     stop(daemon);
     let segments = stored_segments(&bucket);
@@ -249,7 +258,7 @@ fn a_lost_spool_and_a_killed_sidecar_open_no_gap() {
     daemon.wait_exit(10);
     // Written while no sidecar runs, its spool gone.
     std::fs::remove_dir_all(spool.path()).unwrap();
-    let last = (2..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    let last = write_segments(&pg, 2..=4);
     // An idle server: the receiver starts again at the slot, below the server's position.
     let daemon = Daemon::start(sidecar(&pg, &bucket, spool.path()));
     assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
@@ -310,7 +319,7 @@ fn storage_down_holds_wal_on_the_server_then_the_archive_catches_up() {
     };
     proxy.cut();
     let before = retained();
-    let last = (2..=4).map(|b| write_segment(&pg, b)).last().unwrap();
+    let last = write_segments(&pg, 2..=4);
     std::thread::sleep(Duration::from_secs(8));
     let during = retained();
     assert!(
