@@ -176,13 +176,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
-    /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
-    /// otherwise print why and exit 1.
     /// Point-in-time recovery: preflight, base backups, restore to a moment, removal.
     Pitr {
         #[command(subcommand)]
         command: PitrCommand,
     },
+    /// Exit 0 if the daemon runs and every job's newest successful backup is recent enough;
+    /// otherwise print why and exit 1.
     Health {
         /// Check only that the daemon runs and updates its status, not the backups' age: for
         /// orchestrators that restart unhealthy containers (a restart cures no stale backup).
@@ -225,8 +225,9 @@ pub enum PitrCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
-    /// Drop the sidecar's replication slot, so the server stops keeping WAL for it. Run it
-    /// before removing the sidecar or turning pitr.enabled off.
+    /// Drop the sidecar's replication slot, so the server stops keeping WAL for it. Stop the
+    /// archiving daemon first (it would create the slot again), then run this before removing
+    /// the sidecar or turning pitr.enabled off.
     Disable,
 }
 

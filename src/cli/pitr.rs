@@ -191,11 +191,16 @@ pub async fn list(sidecar: &Sidecar, json: bool) -> Result<ExitCode, CliError> {
         for r in &rows {
             writeln!(
                 out,
-                "{}  base {}  PostgreSQL {}  timeline {}  restorable from {}  {}",
+                "{}  base {}  PostgreSQL {}  timeline {}  {} {}  {}",
                 r["system_identifier"].as_str().unwrap_or_default(),
                 r["started_at"].as_str().unwrap_or_default(),
                 r["server_version"].as_str().unwrap_or_default(),
                 r["timeline"],
+                if r["restorable"] == true {
+                    "restorable from"
+                } else {
+                    "NOT restorable; finished"
+                },
                 r["from"].as_str().unwrap_or_default(),
                 r["window"].as_str().unwrap_or_default()
             )?;

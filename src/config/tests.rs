@@ -624,3 +624,57 @@ fn root_certificate_is_read_when_the_config_is_loaded() {
     assert!(text.contains("`database.sslrootcert`"), "{text}");
     assert!(text.contains("holds no certificate"), "{text}");
 }
+
+#[test]
+fn pitr_defaults_and_its_own_role() {
+    let c = load(&env(&[URL, ("PGPASSWORD", "dbpw"), ("PGUSER", "app")])).unwrap();
+    assert!(!c.pitr.enabled);
+    assert_eq!(c.pitr.slot, "pgsidecar");
+    assert_eq!(c.pitr.partial_interval, Duration::from_secs(30));
+    assert_eq!(c.pitr.heartbeat, None);
+    assert_eq!(c.pitr.base_backup_schedule.expr(), "0 3 * * 0");
+    assert_eq!(c.pitr.prefix, "prod/~pitr");
+    // Without a user of its own, the database connection's role and password.
+    assert_eq!(c.pitr.database.user, "app");
+    assert_eq!(c.pitr.database.password.as_ref().unwrap().expose(), "dbpw");
+    // Another role never inherits that password.
+    let c = load(&env(&[
+        URL,
+        ("PGPASSWORD", "dbpw"),
+        ("PGSIDECAR_PITR__USER", "wal"),
+    ]))
+    .unwrap();
+    assert_eq!(c.pitr.database.user, "wal");
+    assert!(c.pitr.database.password.is_none());
+    let c = load(&env(&[
+        URL,
+        ("PGSIDECAR_PITR__USER", "wal"),
+        ("PGSIDECAR_PITR__PASSWORD", "walpw"),
+        ("PGSIDECAR_PITR__HEARTBEAT", "1m"),
+    ]))
+    .unwrap();
+    assert_eq!(c.pitr.database.password.as_ref().unwrap().expose(), "walpw");
+    assert_eq!(c.pitr.heartbeat, Some(Duration::from_secs(60)));
+    assert!(!c.to_redacted_toml().contains("walpw"));
+}
+
+#[test]
+fn bad_pitr_values_name_their_key() {
+    for (key, value, named) in [
+        ("PGSIDECAR_PITR__SLOT", "Bad-Slot", "`pitr.slot`"),
+        (
+            "PGSIDECAR_PITR__PARTIAL_INTERVAL",
+            "100ms",
+            "`pitr.partial_interval`",
+        ),
+        (
+            "PGSIDECAR_PITR__BASE_BACKUP_SCHEDULE",
+            "0 25 * * *",
+            "`pitr.base_backup_schedule`",
+        ),
+        ("PGSIDECAR_PITR__ENABLED", "perhaps", "pitr.enabled"),
+    ] {
+        let err = load(&env(&[URL, (key, value)])).unwrap_err().to_string();
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
+}

@@ -250,14 +250,16 @@ fn validate_pitr(
         .map_err(|e| ConfigError::invalid("pitr.base_backup_schedule", e.to_string()))?;
     let password = optional_secret("pitr.password", raw.password, raw.password_file.as_deref())?;
     let mut role = database.clone();
-    if let Some(user) = raw.user.filter(|u| !u.is_empty()) {
-        role.user = Some(user);
-        // Another role never inherits the database user's password.
-        role.password = None;
-        role.password_file = None;
+    let own_user = raw.user.filter(|u| !u.is_empty());
+    if let Some(user) = &own_user {
+        role.user = Some(user.clone());
     }
     let mut database = validate_database(role, sources)?;
-    if password.is_some() {
+    if own_user.is_some() {
+        // Another role never inherits the database user's password (from `database.*`, its
+        // URL or PGPASSWORD): it has its own, or none.
+        database.password = password;
+    } else if password.is_some() {
         database.password = password;
     }
     let prefix = if base_prefix.is_empty() {

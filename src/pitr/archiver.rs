@@ -63,7 +63,7 @@ pub enum ArchiveError {
     },
     #[error("max_slot_wal_keep_size is -1, so the slot `{slot}` could keep WAL on the primary without bound while storage is unreachable. Set a bound on the server (ALTER SYSTEM SET max_slot_wal_keep_size = '20GB'; SELECT pg_reload_conf();) or accept the risk with pitr.allow_unbounded_wal = true")]
     UnboundedWal { slot: String },
-    #[error("the slot `{slot}` lost WAL the archive had not stored (wal_status lost): the archive has a gap after {after}; a new slot was created and a base backup is taken now")]
+    #[error("the slot `{slot}` lost WAL the archive had not stored (wal_status lost): the archive has a gap after {after}. A new slot is created and a base backup taken at once; restores to times before the gap use the older base backups. Raise max_slot_wal_keep_size, or make storage reachable sooner, to avoid this")]
     SlotLost { slot: String, after: String },
     #[error("{0} received segments wait in the spool (storage is slower than the server writes WAL); restarting the receiver at the slot's position, the server keeps the rest")]
     SpoolFull(usize),
@@ -261,8 +261,24 @@ impl Archiver<'_> {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
                 r = &mut receiving => {
-                    // What it wrote before it ended is stored by the next session, which
-                    // starts again at the slot.
+                    // The server may be gone for good (the crash a restore is for): what the
+                    // receiver got before it ended is stored now, complete segments first.
+                    // The next session starts again at the slot either way.
+                    for (name, path) in session.completed()? {
+                        let (_, segno) = size
+                            .parse_name(&name)
+                            .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
+                        if segno != expected {
+                            break;
+                        }
+                        session.store_segment(&name, &path, cancel).await?;
+                        expected += 1;
+                        // The server may not answer; the next session advances the slot.
+                        let _ = primary.advance_slot(&self.config.slot, size.start_of(expected)).await;
+                    }
+                    if let Err(e) = session.store_partial(expected, cancel).await {
+                        tracing::warn!("cannot store the last partial segment: {e}");
+                    }
                     let why = match r {
                         Ok(lines) => format!("exited{}", crate::source::process::stderr_suffix(&lines)),
                         Err(f) => format!("{}{}", f.exit.sentence(), crate::source::process::stderr_suffix(&f.stderr)),
@@ -457,14 +473,21 @@ fn spool_err(path: &Path) -> impl Fn(std::io::Error) -> ArchiveError + '_ {
 }
 
 /// Empties the spool (or creates it): what is in it may be older than the slot's position,
-/// and pg_receivewal would resume from it.
+/// and pg_receivewal would resume from it. Only WAL files are removed (the directory may be
+/// a volume's mount point).
 fn reset_spool(spool: &Path) -> Result<(), ArchiveError> {
-    match std::fs::remove_dir_all(spool) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(spool_err(spool)(e)),
+    std::fs::create_dir_all(spool).map_err(spool_err(spool))?;
+    for entry in std::fs::read_dir(spool).map_err(spool_err(spool))? {
+        let entry = entry.map_err(spool_err(spool))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.get(..24).is_some_and(wal::is_segment_name)
+            || wal::parse_history_name(&name).is_some()
+            || name.ends_with(".snapshot");
+        if ours {
+            std::fs::remove_file(entry.path()).map_err(spool_err(&entry.path()))?;
+        }
     }
-    std::fs::create_dir_all(spool).map_err(spool_err(spool))
+    Ok(())
 }
 
 /// sha256 of a file's content, hex (read on a blocking thread: a segment may be 1 GB).

@@ -315,6 +315,7 @@ async fn lay_out(
             let name = size.file_name(tli, segno);
             stage(
                 req,
+                base.encryption.as_ref(),
                 &stored.key,
                 &stored.sha256,
                 &wal_dir.join(format!("{name}.zst")),
@@ -331,6 +332,7 @@ async fn lay_out(
         let name = size.file_name(tli, *segno);
         stage(
             req,
+            base.encryption.as_ref(),
             &stored.key,
             &stored.sha256,
             &wal_dir.join(format!("{name}.zst")),
@@ -340,9 +342,12 @@ async fn lay_out(
         last = format!("{name} (partial)");
         last_stored_at = Some(*at);
     }
-    for (t, stored) in &archive.histories {
+    // Only the history of the timelines this replay can be on; a branch made later (a test
+    // restore archived under the same cluster) must not draw recovery away.
+    for (t, stored) in archive.histories.range(..=tli) {
         stage(
             req,
+            base.encryption.as_ref(),
             &stored.key,
             &stored.sha256,
             &wal_dir.join(format!("{}.zst", wal::history_name(*t))),
@@ -437,6 +442,7 @@ async fn extract_base(
 /// it decompresses to content with `sha256`.
 async fn stage(
     req: &Request<'_>,
+    record: Option<&crate::codec::encryption::EncryptionRecord>,
     key: &str,
     sha256: &str,
     to: &Path,
@@ -447,9 +453,11 @@ async fn stage(
     };
     let stored = req.storage.get_bytes(key).await.map_err(storage_err)?;
     let compressed: Vec<u8> = if key.ends_with(keys::ENCRYPTED_SUFFIX) {
-        let record = req
-            .encryption
-            .record()
+        // WAL is encrypted as the base backup it follows (one [encryption] section for both);
+        // the configuration's scheme serves when the base backup was not encrypted.
+        let record = record
+            .cloned()
+            .or_else(|| req.encryption.record())
             .ok_or_else(|| PitrRestoreError::NoKeys(key.to_string()))?;
         let mut out = Vec::new();
         req.encryption
@@ -504,13 +512,14 @@ fn configure_recovery(
     wal_dir: &Path,
     target: Target,
 ) -> Result<(), PitrRestoreError> {
+    // `current`: the staged WAL is the base backup's timeline only.
     let signal = data_dir.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(io_err(&signal))?;
     // restore_command runs in the data directory: a path relative to it keeps working when
     // both directories are mounted elsewhere (a volume in another container).
     let wal_ref = relative_to(data_dir, wal_dir);
     let mut settings = format!(
-        "\n# pgsidecar pitr restore, {}\nrestore_command = 'zstd -d -q -f -o \"%p\" \"{}/%f.zst\"'\nrecovery_target_timeline = 'latest'\n",
+        "\n# pgsidecar pitr restore, {}\nrestore_command = 'zstd -d -q -f -o \"%p\" \"{}/%f.zst\"'\nrecovery_target_timeline = 'current'\n",
         Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         wal_ref.display()
     );

@@ -112,9 +112,15 @@ impl Service<'_> {
                 failures = 0;
                 pause = Duration::from_secs(1);
             }
+            // A full spool is storage catching up, not a fault: go on at once.
+            if matches!(e, ArchiveError::SpoolFull(_)) {
+                tracing::info!("{e}");
+                continue;
+            }
             failures += 1;
+            // The next session finds the slot lost, alerts once, and recreates it.
             let slot_lost = matches!(e, ArchiveError::SlotLost { .. });
-            if e.is_permanent() || slot_lost || failures == ALERT_AFTER_FAILURES {
+            if !slot_lost && (e.is_permanent() || failures == ALERT_AFTER_FAILURES) {
                 reporter.alert(&e);
             } else {
                 tracing::warn!(failures, "WAL archiving stopped, restarting: {e}");
