@@ -2,7 +2,9 @@
 # Point-in-time recovery benchmark, on the cluster and data of bench/backup.sh and a local S3
 # server (bench/lib.sh). Prints, and writes to bench/results/:
 #   (p1) `pg_basebackup -D - -Ft -X none --checkpoint=fast | zstd -3 > /dev/null` versus
-#   (p2) `pgsidecar pitr base-backup` to S3: median wall time, ratio, peak RSS;
+#   (p2) `pgsidecar pitr base-backup` to S3 and
+#   (p3) `pg_basebackup … | zstd -3 | aws s3 cp -` (the same upload by hand): median wall
+#        time, ratio, peak RSS;
 #   archive lag under a pgbench write load with `pgsidecar run` archiving: WAL rate, the time
 #        from a segment's end on the server to its object in storage (median, max), the
 #        daemon's peak RSS, the size of a stored partial segment;
@@ -54,7 +56,7 @@ BENCH_CLEANUP_HOOK=stop_daemon
 # ---------------------------------------------------------------------------
 # (p1) against (p2): base backups
 # ---------------------------------------------------------------------------
-P1=() P2=() P1_RSS=0 P2_RSS=0
+P1=() P2=() P3=() P1_RSS=0 P2_RSS=0 P3_RSS=0
 for round in $(seq 1 "$BENCH_ROUNDS"); do
   sql -d postgres -c CHECKPOINT >/dev/null
   t0=$EPOCHREALTIME
@@ -72,6 +74,15 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
   P2+=("$R_WALL")
   [ "$R_RSS" -gt "$P2_RSS" ] && P2_RSS=$R_RSS
   log "p2 round $round: $R_WALL s"
+
+  sql -d postgres -c CHECKPOINT >/dev/null
+  t0=$EPOCHREALTIME
+  $TIME -f %M -o "$LOGS/p3.$round.rss" bash -o pipefail -c \
+    "'$PG_BIN/pg_basebackup' -D - -Ft -X none --checkpoint=fast --no-manifest -w | zstd -3 -q | '$AWS' --endpoint-url '$EP' s3 cp - 's3://$BUCKET/by-hand/base.$round.tar.zst' --only-show-errors" \
+    2>"$LOGS/p3.$round.err" || die "pg_basebackup | zstd | aws s3 cp failed: $(err_tail "$LOGS/p3.$round.err")"
+  P3+=("$(elapsed "$t0" "$EPOCHREALTIME")")
+  r=$(rss_of "$LOGS/p3.$round.rss"); [ "$r" -gt "$P3_RSS" ] && P3_RSS=$r
+  log "p3 round $round: ${P3[-1]} s"
 done
 BASE_KEY=$(aws_ s3api list-objects-v2 --bucket "$BUCKET" --prefix bench/~pitr/ --query 'Contents[].Key' --output text | tr '\t' '\n' | grep '\.tar\.zst$' | sort | tail -n 1)
 BASE_BYTES=$(aws_ s3api head-object --bucket "$BUCKET" --key "$BASE_KEY" --query ContentLength --output text)
@@ -82,7 +93,7 @@ CLUSTER_BYTES=$(sql -d postgres -c "SELECT sum(pg_database_size(oid)) FROM pg_da
 # ---------------------------------------------------------------------------
 sql -d postgres -c "ALTER SYSTEM SET max_slot_wal_keep_size = '8GB'" -c "SELECT pg_reload_conf()" >/dev/null
 "$PG_BIN/pgbench" -i -q -s 10 bench >"$LOGS/pgbench-init.log" 2>&1 || die "pgbench -i failed"
-env "${SIDECAR_ENV[@]}" "$PGSIDECAR_BIN" run >"$LOGS/daemon.out" 2>"$LOGS/daemon.err" </dev/null &
+env "${SIDECAR_ENV[@]}" PGSIDECAR_PITR__ENABLED=true "$PGSIDECAR_BIN" run >"$LOGS/daemon.out" 2>"$LOGS/daemon.err" </dev/null &
 DAEMON_PID=$!
 for _ in $(seq 1 600); do
   grep -q "archiving WAL" "$LOGS/daemon.err" && break
@@ -181,7 +192,7 @@ rm -rf "$WORK/local" "$WORK/base.tar.zst" "$RESTORE_ROOT"
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-M1=$(median "${P1[@]}") M2=$(median "${P2[@]}")
+M1=$(median "${P1[@]}") M2=$(median "${P2[@]}") M3=$(median "${P3[@]}")
 STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
 MD=$BENCH_RESULTS_DIR/pitr-$STAMP.md
 mkdir -p "$BENCH_RESULTS_DIR"
@@ -194,8 +205,9 @@ mkdir -p "$BENCH_RESULTS_DIR"
   echo "| --- | ---: | ---: | ---: | ---: |"
   echo "| (p1) \`pg_basebackup -D - -Ft -X none \\| zstd -3 > /dev/null\` | $M1 | 1.00x | $(mibps "$CLUSTER_BYTES" "$M1") | $(mib "$P1_RSS") MiB |"
   echo "| (p2) \`pgsidecar pitr base-backup\` (zstd 3, to S3) | $M2 | $(ratio "$M2" "$M1") | $(mibps "$CLUSTER_BYTES" "$M2") | $(mib "$P2_RSS") MiB |"
+  echo "| (p3) \`pg_basebackup … \| zstd -3 \| aws s3 cp -\` | $M3 | $(ratio "$M3" "$M1") | $(mibps "$CLUSTER_BYTES" "$M3") | $(mib "$P3_RSS") MiB |"
   echo
-  echo "Runs: p1 ${P1[*]} s; p2 ${P2[*]} s"
+  echo "Runs: p1 ${P1[*]} s; p2 ${P2[*]} s; p3 ${P3[*]} s"
   echo
   echo "Archive under \`pgbench -c 4 -T $BENCH_PITR_SECONDS\`: WAL $(human "$WAL_BYTES") ($(mibps "$WAL_BYTES" "$BENCH_PITR_SECONDS") MiB/s); segment end to stored: median $LAG_MED s, max $LAG_MAX s over $LAG_N segments; daemon peak RSS $(mib "${HWM:-0}") MiB; one stored partial segment (idle): ${PARTIAL:-?} bytes"
   echo

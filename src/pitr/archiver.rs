@@ -67,6 +67,8 @@ pub enum ArchiveError {
     SlotLost { slot: String, after: String },
     #[error("{0} received segments wait in the spool (storage is slower than the server writes WAL); restarting the receiver at the slot's position, the server keeps the rest")]
     SpoolFull(usize),
+    #[error("the slot `{slot}` is missing although this cluster's archive runs to {after} (dropped by hand, or by `pitr disable` while archiving was on): WAL written since may not be stored. A new slot is created and a base backup taken at once")]
+    SlotMissing { slot: String, after: String },
     #[error("received segment {got}, expected {expected}; restarting the receiver at the slot's position")]
     OutOfOrder { got: String, expected: String },
 }
@@ -125,24 +127,32 @@ impl Archiver<'_> {
                 if facts.max_slot_wal_keep.is_none() && !self.config.allow_unbounded_wal {
                     return Err(ArchiveError::UnboundedWal { slot: slot.clone() });
                 }
-                if existing.is_some() {
-                    let archive = Archive::load(self.storage, &cluster, Some(facts.segment_size))
-                        .await
-                        .map_err(|source| ArchiveError::Storage {
-                            key: cluster.clone(),
-                            source,
-                        })?;
-                    let after = archive
-                        .segments
-                        .iter()
-                        .next_back()
-                        .map(|((t, s), _)| facts.segment_size.file_name(*t, *s))
-                        .unwrap_or_else(|| "(nothing stored)".into());
-                    observer.alert(&ArchiveError::SlotLost {
+                let archive = Archive::load(self.storage, &cluster, Some(facts.segment_size))
+                    .await
+                    .map_err(|source| ArchiveError::Storage {
+                        key: cluster.clone(),
+                        source,
+                    })?;
+                let last_stored = archive
+                    .segments
+                    .iter()
+                    .next_back()
+                    .map(|((t, s), _)| facts.segment_size.file_name(*t, *s));
+                match (&existing, last_stored) {
+                    (Some(_), after) => {
+                        observer.alert(&ArchiveError::SlotLost {
+                            slot: slot.clone(),
+                            after: after.unwrap_or_else(|| "(nothing stored)".into()),
+                        });
+                        primary.drop_slot(slot).await?;
+                    }
+                    // Dropped by hand (or `pitr disable`) while this cluster has an archive:
+                    // the WAL since its last segment may be gone.
+                    (None, Some(after)) => observer.alert(&ArchiveError::SlotMissing {
                         slot: slot.clone(),
                         after,
-                    });
-                    primary.drop_slot(slot).await?;
+                    }),
+                    (None, None) => {}
                 }
                 let at = primary.create_slot(slot).await?;
                 tracing::info!(slot = %slot, at = %at, "created the replication slot");

@@ -835,3 +835,99 @@ fn archived_segments_equal_a_plain_pg_receivewal() {
     }
     assert!(compared >= 3, "only {compared} segments compared");
 }
+
+/// An idle server for a while (90 s here; `PGSC_TEST_PITR_IDLE_SECS=600` for the ten minutes
+/// of the issue, run by hand), the receiver killed in the middle of it: the archiver starts
+/// again at the slot, below the server's position, reports nothing as broken, and what is
+/// written afterwards is archived with no gap.
+#[test]
+fn an_idle_server_with_a_restarted_receiver_reports_nothing_broken() {
+    let idle: u64 = std::env::var("PGSC_TEST_PITR_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90);
+    let pg = cluster(17);
+    let bucket = s3().bucket("pitr-idle");
+    let spool = tempfile::tempdir().unwrap();
+    let hook = FakeHttp::start(Answer::Status(200));
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(&pg, &bucket, spool.path()).env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    std::thread::sleep(Duration::from_secs(idle / 2));
+    let receivers = harness::children_named(daemon.child.id(), "pg_receivewal");
+    assert_eq!(receivers.len(), 1, "{receivers:?}");
+    std::process::Command::new("kill")
+        .args(["-9", &receivers[0].to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(idle - idle / 2));
+    let last = write_segment(&pg, 2);
+    assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
+    let log = stop(daemon);
+    assert!(
+        log.contains("WAL archiving stopped, restarting"),
+        "the receiver was not restarted: {log}"
+    );
+    for bad in ["expected", "other contents", "lost WAL", "is missing"] {
+        assert!(!log.contains(bad), "`{bad}` in {log}");
+    }
+    assert!(hook.messages().is_empty(), "{:?}", hook.messages());
+    let segments = stored_segments(&bucket);
+    let first_no = u64::from_str_radix(&segments[0][16..], 16).unwrap();
+    for (i, name) in segments.iter().enumerate() {
+        assert_eq!(
+            u64::from_str_radix(&name[16..], 16).unwrap(),
+            first_no + i as u64,
+            "{segments:?}"
+        );
+    }
+}
+
+#[test]
+fn a_slot_dropped_under_a_running_archiver_is_alerted_and_recreated() {
+    let pg = cluster(16);
+    let bucket = s3().bucket("pitr-dropped");
+    let spool = tempfile::tempdir().unwrap();
+    let hook = FakeHttp::start(Answer::Status(200));
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(&pg, &bucket, spool.path()).env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    sidecar(&pg, &bucket, spool.path())
+        .args(&["pitr", "disable"])
+        .run()
+        .expect_code(0);
+    assert!(
+        wait_until(60, || hook.messages().iter().any(|m| m["kind"]
+            == "archive_alert"
+            && m["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("is missing"))),
+        "{:?}\n{}",
+        hook.messages(),
+        daemon.stderr()
+    );
+    assert!(
+        wait_until(60, || daemon
+            .stderr()
+            .matches("pitr::base: base backup complete")
+            .count()
+            >= 2),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgsidecar'"
+        ),
+        "1"
+    );
+    stop(daemon);
+}
