@@ -369,7 +369,7 @@ pub fn pitr_cluster_prefix(pitr_prefix: &str, system_identifier: u64) -> String 
     format!("{pitr_prefix}/{system_identifier}/")
 }
 
-/// The clusters (system identifiers) of the `<pitr prefix>/<id>/` prefixes of `keys`.
+/// The cluster (system identifier) whose `<pitr prefix>/<id>/` prefix `key` is under.
 pub fn pitr_cluster_of(pitr_prefix: &str, key: &str) -> Option<u64> {
     let rest = key.strip_prefix(pitr_prefix)?.strip_prefix('/')?;
     rest.split_once('/')?.0.parse().ok()
@@ -485,7 +485,10 @@ pub const BASE_MANIFEST_SUFFIX: &str = ".base.json";
 
 /// The manifest key of the base backup `base_key`.
 pub fn base_manifest_key(base_key: &str) -> String {
-    let stem = base_key.split(".tar").next().unwrap_or(base_key);
+    let stem = [".tar.zst.age", ".tar.zst"]
+        .iter()
+        .find_map(|s| base_key.strip_suffix(s))
+        .unwrap_or(base_key);
     format!("{stem}{BASE_MANIFEST_SUFFIX}")
 }
 

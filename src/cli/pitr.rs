@@ -66,7 +66,9 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
                         message,
                     })?;
             let encryption = encryption_with(config, identity.as_deref())?;
+            let cancel = crate::shutdown::on_signal();
             let prepared = restore::prepare(&restore::Request {
+                cancel: &cancel,
                 storage: &sidecar.storage,
                 pitr_prefix: &pitr.prefix,
                 system_identifier,

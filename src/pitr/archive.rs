@@ -22,7 +22,8 @@ pub struct BaseBackup {
     pub finished_at: DateTime<Utc>,
     /// Where replay must begin (the backup's checkpoint redo point).
     pub start_lsn: Lsn,
-    /// Where the backup became consistent: WAL up to here must be archived.
+    /// At or after the point where the backup became consistent (the server's position read
+    /// once pg_basebackup finished): WAL up to here must be archived.
     pub end_lsn: Lsn,
     pub timeline: u32,
     /// As text: JSON numbers lose precision beyond 2^53.

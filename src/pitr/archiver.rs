@@ -65,7 +65,7 @@ pub enum ArchiveError {
     UnboundedWal { slot: String },
     #[error("the slot `{slot}` lost WAL the archive had not stored (wal_status lost): the archive has a gap after {after}. A new slot is created and a base backup taken at once; restores to times before the gap use the older base backups. Raise max_slot_wal_keep_size, or make storage reachable sooner, to avoid this")]
     SlotLost { slot: String, after: String },
-    #[error("{0} received segments wait in the spool (storage is slower than the server writes WAL); restarting the receiver at the slot's position, the server keeps the rest")]
+    #[error("{0} received segments waited in the spool (storage is slower than the server writes WAL); the receiver was stopped and starts again at the slot's position, the server keeps the rest")]
     SpoolFull(usize),
     #[error("the slot `{slot}` is missing although this cluster's archive runs to {after} (dropped by hand, or by `pitr disable` while archiving was on): WAL written since may not be stored. A new slot is created and a base backup taken at once")]
     SlotMissing { slot: String, after: String },
@@ -204,11 +204,16 @@ impl Archiver<'_> {
         cmd.arg("-D")
             .arg(spool)
             .args(["--no-loop", "--no-password", "--status-interval=10"])
+            // TCP keepalives, so a server that vanished without closing is noticed.
+            .arg(format!(
+                "--dbname={}",
+                dump::conninfo(&self.config.database.dbname)
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let receiver = Child::spawn(&mut cmd, LogAs::Wal).map_err(ArchiveError::Spawn)?;
-        let receiving = receiver.wait();
-        tokio::pin!(receiving);
+        // Dropping it kills pg_receivewal (see [`Child`]).
+        let mut receiving = Some(Box::pin(receiver.wait()));
         tracing::info!(slot = %self.config.slot, from = %size.file_name(facts.timeline, expected), "archiving WAL");
 
         let mut session = Session {
@@ -223,11 +228,14 @@ impl Archiver<'_> {
         let mut next_heartbeat = self.config.heartbeat.map(|h| Instant::now() + h);
         loop {
             // Complete segments first, in order: the slot moves only over a stored prefix.
+            // A receiver far ahead of storage is stopped rather than fill the sidecar's disk;
+            // what it wrote is stored first, then the next session starts at the slot.
             let completed = session.completed()?;
-            if completed.len() > SPOOL_MAX_SEGMENTS {
-                return Err(ArchiveError::SpoolFull(completed.len()));
-            }
+            let mut waiting = completed.len();
             for (name, path) in completed {
+                if waiting > SPOOL_MAX_SEGMENTS {
+                    receiving = None;
+                }
                 let (_, segno) = size
                     .parse_name(&name)
                     .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
@@ -243,6 +251,10 @@ impl Archiver<'_> {
                 primary.advance_slot(&self.config.slot, to).await?;
                 std::fs::remove_file(&path).map_err(spool_err(&path))?;
                 observer.stored(&name, to);
+                waiting = session.completed()?.len();
+            }
+            if receiving.is_none() {
+                return Err(ArchiveError::SpoolFull(waiting.max(SPOOL_MAX_SEGMENTS + 1)));
             }
             session.store_histories(cancel).await?;
             let now = Instant::now();
@@ -270,7 +282,7 @@ impl Archiver<'_> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                r = &mut receiving => {
+                r = async { receiving.as_mut().expect("checked by the guard").await }, if receiving.is_some() => {
                     // The server may be gone for good (the crash a restore is for): what the
                     // receiver got before it ended is stored now, complete segments first.
                     // The next session starts again at the slot either way.
@@ -389,8 +401,16 @@ impl Session<'_> {
             })
             .collect();
         for (tli, path) in names {
-            if !self.archive.histories.contains_key(&tli) {
-                let sha = sha256_file(&path).await?;
+            let sha = sha256_file(&path).await?;
+            if let Some(stored) = self.archive.histories.get(&tli) {
+                if stored.sha256 != sha {
+                    return Err(ArchiveError::Conflict {
+                        name: wal::history_name(tli),
+                        stored: stored.key.clone(),
+                        system_identifier: self.facts.system_identifier,
+                    });
+                }
+            } else {
                 let key = keys::wal_history_key(self.cluster, tli, &sha, self.encrypted());
                 self.upload(&path, &key, cancel).await?;
                 self.archive

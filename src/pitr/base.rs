@@ -104,6 +104,8 @@ pub async fn take(
         "-l",
         "pgsidecar",
     ])
+    // TCP keepalives, so a server that vanished without closing is noticed.
+    .arg(format!("--dbname={}", dump::conninfo(&db.dbname)))
     .stdin(Stdio::null())
     .stdout(Stdio::piped());
     let child = Child::spawn(&mut cmd, LogAs::Wal).map_err(BaseBackupError::Spawn)?;
@@ -131,13 +133,51 @@ pub async fn take(
             })
         }
     };
+    let result = finish(
+        db,
+        storage,
+        &key,
+        objects.clone(),
+        started_at,
+        facts,
+        encryption,
+        stored,
+        raw_bytes,
+        head,
+    )
+    .await;
+    if result.is_err() {
+        // Without its manifest the tar is no backup: nothing else would ever delete it.
+        for piece in &objects {
+            let _ = storage.delete(&piece.key).await;
+        }
+    }
+    result
+}
+
+/// Reads the backup's positions and writes its manifest.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    db: &DatabaseConfig,
+    storage: &Storage,
+    key: &str,
+    objects: Vec<crate::storage::StoredPiece>,
+    started_at: chrono::DateTime<Utc>,
+    facts: &ClusterFacts,
+    encryption: &Encryption,
+    stored: Hashed<crate::codec::compress::BoxRead>,
+    raw_bytes: Arc<std::sync::atomic::AtomicU64>,
+    head: Arc<Mutex<Vec<u8>>>,
+) -> Result<BaseBackup, BaseBackupError> {
     let digest = stored.finish();
     let head = head.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (start_lsn, timeline) =
         start_point(&head).ok_or(BaseBackupError::NoPosition("backup_label's start point"))?;
     // pg_basebackup reports the end point only when it fetches WAL itself (not with `-X
     // none`); the server's position once it finished is at or after the end point, so
-    // archiving up to it makes the backup consistent.
+    // archiving up to it makes the backup consistent. A new connection: the first may have
+    // idled out during a long backup.
+    let primary = Primary::connect(db).await?;
     let end_lsn = primary.facts().await?.current;
     // The segment holding the end point is complete at once, so the backup is usable as
     // soon as the archiver has stored it, not when the database next fills a segment.
@@ -145,7 +185,7 @@ pub async fn take(
         tracing::warn!("{e}; the base backup becomes usable when its last segment fills");
     }
     let manifest = BaseBackup {
-        key: key.clone(),
+        key: key.to_string(),
         objects,
         started_at,
         finished_at: Utc::now(),
@@ -162,7 +202,7 @@ pub async fn take(
         encryption: encryption.record(),
         pgsidecar_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let manifest_key = crate::keys::base_manifest_key(&key);
+    let manifest_key = crate::keys::base_manifest_key(key);
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     storage
         .put_bytes(&manifest_key, json.into())

@@ -39,6 +39,7 @@ impl PitrError {
             self,
             PitrError::Restore(
                 restore::PitrRestoreError::NotEmpty(_)
+                    | restore::PitrRestoreError::UnsafePath { .. }
                     | restore::PitrRestoreError::Owner(_)
                     | restore::PitrRestoreError::SeveralClusters(_)
                     | restore::PitrRestoreError::NoSuchCluster(..)

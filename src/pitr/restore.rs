@@ -82,6 +82,10 @@ pub enum PitrRestoreError {
     Damaged { key: String, reason: String },
     #[error("`{0}` is encrypted and no encryption key is configured: set encryption.identity_file or encryption.passphrase")]
     NoKeys(String),
+    #[error("`{}` cannot be used for the WAL: its path has `{found}`, which restore_command cannot quote; choose another --wal-dir", .path.display())]
+    UnsafePath { path: PathBuf, found: char },
+    #[error("stopped by a signal; what the restore wrote was removed")]
+    Cancelled,
     #[error("--owner `{0}` is not `UID` or `UID:GID`")]
     Owner(String),
 }
@@ -113,6 +117,8 @@ pub struct Request<'a> {
     pub encryption: &'a Encryption,
     /// `UID[:GID]` to own what is written (the server's user).
     pub owner: Option<&'a str>,
+    /// Stops the restore; what it wrote is removed.
+    pub cancel: &'a tokio_util::sync::CancellationToken,
 }
 
 /// The clusters (system identifiers) archived under `pitr_prefix`.
@@ -226,13 +232,31 @@ pub async fn prepare(req: &Request<'_>) -> Result<Prepared, PitrRestoreError> {
             target: target_text.clone(),
             why,
         })?;
+    if let Some(twice) = archive.problems.iter().find(|p| p.contains("stored twice")) {
+        return Err(PitrRestoreError::Damaged {
+            key: cluster.clone(),
+            reason: twice.clone(),
+        });
+    }
     let owner = req.owner.map(parse_owner).transpose()?;
-    let data_dir = req.data_dir.to_path_buf();
-    let wal_dir = req.wal_dir.map(Path::to_path_buf).unwrap_or_else(|| {
-        let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
-        name.push(".wal");
-        data_dir.with_file_name(name)
-    });
+    let data_dir = std::path::absolute(req.data_dir).map_err(io_err(req.data_dir))?;
+    let wal_dir = match req.wal_dir {
+        Some(w) => std::path::absolute(w).map_err(io_err(w))?,
+        None => {
+            let mut name = data_dir.file_name().unwrap_or_default().to_os_string();
+            name.push(".wal");
+            data_dir.with_file_name(name)
+        }
+    };
+    // The WAL directory is written into restore_command, a shell command in a quoted
+    // configuration string where `%` is special.
+    let path_text = relative_to(&data_dir, &wal_dir).display().to_string();
+    if let Some(c) = unquotable(&path_text) {
+        return Err(PitrRestoreError::UnsafePath {
+            path: wal_dir.clone(),
+            found: c,
+        });
+    }
     let mut created = Vec::new();
     for dir in [&data_dir, &wal_dir] {
         match std::fs::read_dir(dir) {
@@ -248,21 +272,18 @@ pub async fn prepare(req: &Request<'_>) -> Result<Prepared, PitrRestoreError> {
             Err(e) => return Err(io_err(dir)(e)),
         }
     }
-    let result = lay_out(req, &archive, base, &reach, &data_dir, &wal_dir, owner).await;
+    let base = base.clone();
+    drop(reach);
+    // Cancelling is seen between files and at every read of the base backup, so nothing is
+    // written after the cleanup below.
+    let result = lay_out(req, &cluster, archive, &base, &data_dir, &wal_dir, owner).await;
     if result.is_err() {
         // What this command wrote goes; directories it found empty stay (empty).
         for dir in [&data_dir, &wal_dir] {
             if created.contains(dir) {
                 let _ = std::fs::remove_dir_all(dir);
-            } else if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    let p = e.path();
-                    let _ = if p.is_dir() {
-                        std::fs::remove_dir_all(&p)
-                    } else {
-                        std::fs::remove_file(&p)
-                    };
-                }
+            } else {
+                empty_dir(dir);
             }
         }
     }
@@ -296,74 +317,53 @@ fn parse_owner(text: &str) -> Result<(u32, u32), PitrRestoreError> {
 
 async fn lay_out(
     req: &Request<'_>,
-    archive: &Archive,
+    cluster: &str,
+    mut archive: Archive,
     base: &BaseBackup,
-    reach: &Reach,
     data_dir: &Path,
     wal_dir: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<Prepared, PitrRestoreError> {
-    extract_base(req, base, data_dir).await?;
-    let size = base.wal_segment_size;
-    let tli = base.timeline;
-    let mut staged = 0;
-    let mut last = String::new();
-    let mut last_stored_at = None;
-    if let Some(to) = reach.complete_to {
-        for segno in reach.first..=to {
-            let stored = &archive.segments[&(tli, segno)];
-            let name = size.file_name(tli, segno);
-            stage(
-                req,
-                base.encryption.as_ref(),
-                &stored.key,
-                &stored.sha256,
-                &wal_dir.join(format!("{name}.zst")),
-            )
-            .await?;
-            staged += 1;
-            last = name;
+    // WAL first: while the daemon archives, a partial segment is replaced (and deleted)
+    // every partial_interval, so it is fetched before the long unpacking, and the archive is
+    // read again if it went in the meantime.
+    let mut attempts = 0;
+    let (staged, last, last_stored_at) = loop {
+        attempts += 1;
+        let reach = archive
+            .reach(base)
+            .map_err(|gap| PitrRestoreError::NoBaseBackup {
+                target: "the chosen time".into(),
+                why: format!("WAL segment {} is missing", gap.missing),
+            })?;
+        match stage_wal(req, &archive, base, &reach, wal_dir).await {
+            Err(PitrRestoreError::Storage {
+                source: StorageError::NotFound { .. },
+                ..
+            }) if attempts < 3 => {
+                empty_dir(wal_dir);
+                archive = Archive::load(req.storage, cluster, Some(base.wal_segment_size))
+                    .await
+                    .map_err(|source| PitrRestoreError::Storage {
+                        key: cluster.to_string(),
+                        source,
+                    })?;
+            }
+            other => break other?,
         }
-    }
-    last_stored_at = reach.last_stored_at.or(last_stored_at);
-    if let Some((segno, at, stored)) = &reach.partial {
-        // Replay reads a partial segment under the complete segment's name: it is the last
-        // one, and recovery ends where its valid WAL ends.
-        let name = size.file_name(tli, *segno);
-        stage(
-            req,
-            base.encryption.as_ref(),
-            &stored.key,
-            &stored.sha256,
-            &wal_dir.join(format!("{name}.zst")),
-        )
-        .await?;
-        staged += 1;
-        last = format!("{name} (partial)");
-        last_stored_at = Some(*at);
-    }
-    // Only the history of the timelines this replay can be on; a branch made later (a test
-    // restore archived under the same cluster) must not draw recovery away.
-    for (t, stored) in archive.histories.range(..=tli) {
-        stage(
-            req,
-            base.encryption.as_ref(),
-            &stored.key,
-            &stored.sha256,
-            &wal_dir.join(format!("{}.zst", wal::history_name(*t))),
-        )
-        .await?;
-        staged += 1;
-    }
-    configure_recovery(data_dir, wal_dir, req.target)?;
+    };
+    extract_base(req, base, data_dir).await?;
+    configure_recovery(data_dir, wal_dir, req.target, base.timeline)?;
     if let Some((uid, gid)) = owner {
         for dir in [data_dir, wal_dir] {
             chown_tree(dir, uid, gid)?;
         }
     }
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io_err(data_dir))?;
+    for dir in [data_dir, wal_dir] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+    }
     Ok(Prepared {
         base: base.clone(),
         data_dir: data_dir.to_path_buf(),
@@ -373,6 +373,60 @@ async fn lay_out(
         last_stored_at,
         warnings: Vec::new(),
     })
+}
+
+/// Stages the segments `reach` covers, the partial after them and every history file;
+/// returns how many, the last one's name, and when it was stored.
+async fn stage_wal(
+    req: &Request<'_>,
+    archive: &Archive,
+    base: &BaseBackup,
+    reach: &Reach,
+    wal_dir: &Path,
+) -> Result<(usize, String, Option<DateTime<Utc>>), PitrRestoreError> {
+    let size = base.wal_segment_size;
+    let tli = base.timeline;
+    let record = base.encryption.as_ref();
+    let mut staged = 0;
+    let mut last = String::new();
+    if let Some(to) = reach.complete_to {
+        for segno in reach.first..=to {
+            let stored = &archive.segments[&(tli, segno)];
+            let name = size.file_name(tli, segno);
+            stage(req, record, stored, &wal_dir.join(format!("{name}.zst"))).await?;
+            staged += 1;
+            last = name;
+        }
+    }
+    if let Some((segno, _, stored)) = &reach.partial {
+        // Replay reads a partial segment under the complete segment's name: it is the last
+        // one, and recovery ends where its valid WAL ends.
+        let name = size.file_name(tli, *segno);
+        stage(req, record, stored, &wal_dir.join(format!("{name}.zst"))).await?;
+        staged += 1;
+        last = format!("{name} (partial)");
+    }
+    // Every history file: on promotion the server picks a timeline no history names, so a
+    // restored server never reuses one already archived.
+    for (t, stored) in &archive.histories {
+        let to = wal_dir.join(format!("{}.zst", wal::history_name(*t)));
+        stage(req, record, stored, &to).await?;
+        staged += 1;
+    }
+    Ok((staged, last, reach.last_stored_at))
+}
+
+fn empty_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
 }
 
 /// Streams the base backup's objects, checks their sha256, decrypts, decompresses and
@@ -401,8 +455,9 @@ async fn extract_base(
     let raw = compress::decompress(plain, Compression::Zstd { level: 3 });
     let dir = data_dir.to_path_buf();
     let key = base.key.clone();
+    let cancel = req.cancel.clone();
     let unpacked = tokio::task::spawn_blocking(move || {
-        let bridge = tokio_util::io::SyncIoBridge::new(raw);
+        let bridge = Cancellable(tokio_util::io::SyncIoBridge::new(raw), cancel);
         let mut tar = tar::Archive::new(bridge);
         tar.set_preserve_permissions(true);
         tar.set_overwrite(false);
@@ -413,6 +468,9 @@ async fn extract_base(
     })
     .await
     .expect("the unpacking task does not panic");
+    if req.cancel.is_cancelled() {
+        return Err(PitrRestoreError::Cancelled);
+    }
     let got = digest.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(got) = &got {
         if got.sha256 != base.sha256 || got.bytes != base.stored_bytes {
@@ -427,7 +485,7 @@ async fn extract_base(
     }
     unpacked.map_err(|e| PitrRestoreError::Damaged {
         key,
-        reason: format!("cannot unpack it: {e}"),
+        reason: format!("cannot unpack it into `{}`: {e}", data_dir.display()),
     })?;
     if got.is_none() {
         return Err(PitrRestoreError::Damaged {
@@ -438,15 +496,33 @@ async fn extract_base(
     Ok(())
 }
 
+/// A reader that fails once `1` is cancelled: the unpacking stops at its next read.
+struct Cancellable<R>(R, tokio_util::sync::CancellationToken);
+
+impl<R: std::io::Read> std::io::Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.1.is_cancelled() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "stopped by a signal",
+            ));
+        }
+        self.0.read(buf)
+    }
+}
+
 /// Downloads the WAL file `key` into `to` (zstd, as `restore_command` reads it), checking that
 /// it decompresses to content with `sha256`.
 async fn stage(
     req: &Request<'_>,
     record: Option<&crate::codec::encryption::EncryptionRecord>,
-    key: &str,
-    sha256: &str,
+    stored: &super::archive::Stored,
     to: &Path,
 ) -> Result<(), PitrRestoreError> {
+    if req.cancel.is_cancelled() {
+        return Err(PitrRestoreError::Cancelled);
+    }
+    let (key, sha256) = (stored.key.as_str(), stored.sha256.as_str());
     let storage_err = |source| PitrRestoreError::Storage {
         key: key.to_string(),
         source,
@@ -502,24 +578,33 @@ async fn stage(
             reason: format!("its content has sha256 {got}, its name says {sha256}"),
         });
     }
-    std::fs::write(to, &compressed).map_err(io_err(to))
+    // WAL holds table data and password hashes: readable by its owner only.
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .and_then(|mut f| f.write_all(&compressed))
+        .map_err(io_err(to))
 }
 
-/// Writes `recovery.signal` and the recovery settings into `postgresql.auto.conf` (read
+/// Writes `recovery.signal` and the recovery settings (replay stays on the base backup's
+/// `timeline`, the one whose segments are staged) into `postgresql.auto.conf` (read
 /// last, so they win over the restored configuration).
 fn configure_recovery(
     data_dir: &Path,
     wal_dir: &Path,
     target: Target,
+    timeline: u32,
 ) -> Result<(), PitrRestoreError> {
-    // `current`: the staged WAL is the base backup's timeline only.
     let signal = data_dir.join("recovery.signal");
     std::fs::write(&signal, b"").map_err(io_err(&signal))?;
     // restore_command runs in the data directory: a path relative to it keeps working when
     // both directories are mounted elsewhere (a volume in another container).
     let wal_ref = relative_to(data_dir, wal_dir);
     let mut settings = format!(
-        "\n# pgsidecar pitr restore, {}\nrestore_command = 'zstd -d -q -f -o \"%p\" \"{}/%f.zst\"'\nrecovery_target_timeline = 'current'\n",
+        "\n# pgsidecar pitr restore, {}\nrestore_command = 'zstd -d -q -f -o \"%p\" \"{}/%f.zst\"'\nrecovery_target_timeline = '{timeline}'\n",
         Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         wal_ref.display()
     );
@@ -536,6 +621,13 @@ fn configure_recovery(
         .open(&auto)
         .map_err(io_err(&auto))?;
     file.write_all(settings.as_bytes()).map_err(io_err(&auto))
+}
+
+/// The first character of `path` that restore_command cannot carry: quotes of the
+/// configuration string or the shell, shell expansions, and `%` (PostgreSQL's placeholders).
+fn unquotable(path: &str) -> Option<char> {
+    path.chars()
+        .find(|c| matches!(c, '\'' | '"' | '$' | '`' | '\\' | '%') || c.is_control())
 }
 
 /// `wal_dir` as seen from `data_dir` when they share a parent (`../data.wal`), else as given.
@@ -580,6 +672,15 @@ mod tests {
         assert!(err.contains("`yesterday`"), "{err}");
         // A time without its offset is ambiguous and refused.
         assert!("2026-11-30 14:05:00".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn paths_restore_command_cannot_quote_are_refused() {
+        assert_eq!(unquotable("../data.wal"), None);
+        assert_eq!(unquotable("/var/lib/postgresql/restore 1/data.wal"), None);
+        for bad in ["/a'b", "/a\"b", "/a$b", "/a`b", "/a%b", "/a\\b", "/a\nb"] {
+            assert!(unquotable(bad).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub struct PitrConfig {
     /// The replication role's connection: the database connection with `pitr.user` and
     /// `pitr.password` when set.
     pub database: DatabaseConfig,
-    /// Where `pg_receivewal` writes the segment being received (a few segments at most).
+    /// Where `pg_receivewal` writes what it receives: the segment being written, and at most
+    /// 16 received segments waiting for storage before the receiver is stopped. Its WAL files
+    /// are removed at every start; other files are left alone.
     pub spool: PathBuf,
     /// Create the slot even though `max_slot_wal_keep_size = -1` lets it keep WAL without
     /// bound (`pitr.allow_unbounded_wal`).

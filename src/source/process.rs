@@ -1,5 +1,5 @@
 //! Dump source, the client processes: the one way the sidecar runs `pg_dump`, `pg_dumpall`,
-//! `pg_restore` and `psql` as children, with stderr piped and its last lines kept for the error
+//! `pg_restore`, `psql`, `pg_basebackup` and `pg_receivewal` as children, with stderr piped and its last lines kept for the error
 //! message, and the one wording of how such a process ended.
 //!
 //! Invariant: a child is never left behind. It is spawned with kill-on-drop, so dropping a
@@ -143,20 +143,15 @@ impl Child {
     }
 }
 
-/// Reads `pipe` to its end, echoing each line to `log` and keeping the last
-/// [`STDERR_TAIL_LINES`]. Undecodable bytes are replaced rather than ending the read, so the
-/// tool never blocks on a full pipe.
 type Waiting =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<String>, Failure>> + Send>>;
 
 /// A child's stdout that ends in an error unless the child exited with status 0: the end of
-/// the output is never taken for success. On success the child's last stderr lines are kept
-/// for [`CheckedOutput::stderr`].
+/// the output is never taken for success.
 pub struct CheckedOutput {
     tool: &'static str,
     stdout: ChildStdout,
     exit: Option<Waiting>,
-    stderr: std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>>,
     failed: bool,
 }
 
@@ -168,14 +163,8 @@ impl CheckedOutput {
             tool,
             stdout,
             exit: Some(Box::pin(child.wait())),
-            stderr: Default::default(),
             failed: false,
         }
-    }
-
-    /// Where the stderr lines of a successful run appear once the output ended.
-    pub fn stderr(&self) -> std::sync::Arc<std::sync::Mutex<Option<Vec<String>>>> {
-        self.stderr.clone()
     }
 }
 
@@ -201,10 +190,7 @@ impl tokio::io::AsyncRead for CheckedOutput {
         let result = ready!(exit.as_mut().poll(cx));
         this.exit = None;
         match result {
-            Ok(lines) => {
-                *this.stderr.lock().unwrap_or_else(|p| p.into_inner()) = Some(lines);
-                Poll::Ready(Ok(()))
-            }
+            Ok(_) => Poll::Ready(Ok(())),
             Err(f) => {
                 this.failed = true;
                 Poll::Ready(Err(io::Error::other(format!(
@@ -218,6 +204,9 @@ impl tokio::io::AsyncRead for CheckedOutput {
     }
 }
 
+/// Reads `pipe` to its end, echoing each line to `log` and keeping the last
+/// [`STDERR_TAIL_LINES`]. Undecodable bytes are replaced rather than ending the read, so the
+/// tool never blocks on a full pipe.
 async fn collect_tail(pipe: Option<ChildStderr>, log: LogAs) -> Vec<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let Some(pipe) = pipe else {

@@ -931,3 +931,41 @@ fn a_slot_dropped_under_a_running_archiver_is_alerted_and_recreated() {
     );
     stop(daemon);
 }
+
+/// A restore while the daemon archives a busy server: the partial segment it staged may be
+/// replaced (and deleted) meanwhile; the restore reads the archive again and succeeds.
+#[test]
+fn a_restore_while_archiving_goes_on_succeeds() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-live");
+    let spool = tempfile::tempdir().unwrap();
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(sidecar(&pg, &bucket, spool.path()));
+    let stop_writing = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut batch = 0;
+            while !stop_writing.load(std::sync::atomic::Ordering::Relaxed) {
+                batch += 1;
+                pg.psql(
+                    "postgres",
+                    &format!("INSERT INTO marker SELECT {batch} FROM generate_series(1, 2000)"),
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        for _ in 0..3 {
+            let (restored, run) = restore_and_start(&pg, &bucket, "latest");
+            assert!(run.stdout.contains("(partial)"), "{}", run.stdout);
+            let rows: u64 = restored
+                .psql("postgres", "SELECT count(*) FROM marker")
+                .parse()
+                .unwrap();
+            assert!(rows > 0 && rows % 2000 == 0, "{rows} rows");
+            restored.crash();
+        }
+        stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop(daemon);
+}
