@@ -962,7 +962,7 @@ fn a_restore_while_archiving_goes_on_succeeds() {
                 .psql("postgres", "SELECT count(*) FROM marker")
                 .parse()
                 .unwrap();
-            assert!(rows > 0 && rows % 2000 == 0, "{rows} rows");
+            assert!(rows > 0 && rows.is_multiple_of(2000), "{rows} rows");
             restored.crash();
         }
         stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
