@@ -225,6 +225,13 @@ pub enum PitrCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Delete base backups the `[pitr.retention]` rules do not keep, and the WAL only they
+    /// needed; says which base backup anchors which WAL.
+    Prune {
+        /// Say what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Drop the sidecar's replication slot, so the server stops keeping WAL for it. Stop the
     /// archiving daemon first (it would create the slot again), then run this before removing
     /// the sidecar or turning pitr.enabled off.

@@ -105,6 +105,61 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
             );
             Ok(ExitCode::success_if(prepared.warnings.is_empty()))
         }
+        PitrCommand::Prune { dry_run } => {
+            let Some(policy) = &pitr.retention else {
+                return Err(crate::config::ConfigError::Invalid {
+                    key: "pitr.retention".into(),
+                    source_name: None,
+                    message: "is not set: without rules nothing is pruned (set e.g. PGSIDECAR_PITR__RETENTION__KEEP_LAST)".into(),
+                }
+                .into());
+            };
+            let mut failed = false;
+            for id in restore::clusters(&sidecar.storage, &pitr.prefix)
+                .await
+                .map_err(PitrError::from)?
+            {
+                let (plan, errors) = crate::pitr::prune::prune_cluster(
+                    &sidecar.storage,
+                    &pitr.prefix,
+                    id,
+                    policy,
+                    pitr.timezone,
+                    sidecar.clock.now(),
+                    dry_run,
+                )
+                .await
+                .map_err(PitrError::from)?;
+                let verb = if dry_run { "would delete" } else { "deleted" };
+                println!("cluster {id}:");
+                if let Some(why) = &plan.held {
+                    println!("  nothing pruned: {why}");
+                }
+                for k in &plan.kept {
+                    println!(
+                        "  keep base backup {} ({}): WAL from {}",
+                        k.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        k.reasons.join(", "),
+                        k.anchors
+                    );
+                }
+                for key in &plan.deleted_bases {
+                    println!("  {verb} base backup {key}");
+                }
+                if !plan.deleted_wal.is_empty() {
+                    println!(
+                        "  {verb} {} WAL object(s) before {}",
+                        plan.deleted_wal.len(),
+                        plan.wal_from.as_deref().unwrap_or("-")
+                    );
+                }
+                for e in &errors {
+                    super::report_error(&format!("prune: {e}"));
+                    failed = true;
+                }
+            }
+            Ok(ExitCode::success_if(!failed))
+        }
         PitrCommand::Disable => {
             let primary = Primary::connect(&pitr.database)
                 .await

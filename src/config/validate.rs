@@ -267,7 +267,21 @@ fn validate_pitr(
     } else {
         format!("{base_prefix}/~pitr")
     };
+    let retention = validate_retention(raw.retention).map_err(|e| match e {
+        ConfigError::Invalid {
+            key,
+            source_name,
+            message,
+        } => ConfigError::Invalid {
+            key: format!("pitr.{key}"),
+            source_name,
+            message,
+        },
+        other => other,
+    })?;
     Ok(crate::pitr::PitrConfig {
+        retention,
+        timezone: tz,
         enabled: raw.enabled.unwrap_or(false),
         slot,
         partial_interval,

@@ -192,6 +192,30 @@ impl Service<'_> {
             cancel,
         )
         .await?;
+        // A new base backup is when older ones may go.
+        if let Some(policy) = &self.config.retention {
+            let (plan, errors) = super::prune::prune_cluster(
+                self.storage,
+                &self.config.prefix,
+                facts.system_identifier,
+                policy,
+                self.config.timezone,
+                Utc::now(),
+                false,
+            )
+            .await?;
+            if !plan.deleted_bases.is_empty() || !plan.deleted_wal.is_empty() {
+                tracing::info!(
+                    base_backups = plan.deleted_bases.len(),
+                    wal = plan.deleted_wal.len(),
+                    wal_from = plan.wal_from.as_deref().unwrap_or("-"),
+                    "pruned the archive"
+                );
+            }
+            for e in errors {
+                tracing::warn!("prune of the archive: {e}");
+            }
+        }
         Ok(())
     }
 }

@@ -37,6 +37,15 @@ pub struct PitrConfig {
     pub allow_unbounded_wal: bool,
     /// Where the archive lives: `<storage prefix>/~pitr/<system identifier>/`.
     pub prefix: String,
+    /// Which base backups to keep; `None` prunes nothing.
+    pub retention: Option<crate::retention::Policy>,
+    /// The time zone of the base backup schedule and of the retention's calendar rules.
+    #[serde(serialize_with = "tz_name")]
+    pub timezone: chrono_tz::Tz,
+}
+
+fn tz_name<S: serde::Serializer>(tz: &chrono_tz::Tz, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(tz.name())
 }
 
 /// `pitr.slot` when unset.

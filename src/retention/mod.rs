@@ -80,6 +80,9 @@ pub enum Reason {
     BeforeAnomaly,
     /// A backup with an unacknowledged size anomaly: the evidence stays with what it protects.
     Anomaly,
+    /// The newest base backup whose WAL is complete (point-in-time recovery), kept whatever
+    /// the policy says.
+    NewestRestorable,
 }
 
 impl fmt::Display for Reason {
@@ -87,6 +90,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::Newest => f.write_str("newest"),
             Reason::Last(n) => write!(f, "last {n}"),
+            Reason::NewestRestorable => write!(f, "newest restorable"),
             Reason::Hourly => f.write_str("hourly"),
             Reason::Daily => f.write_str("daily"),
             Reason::Weekly => f.write_str("weekly"),
