@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::health::status::{DbStatus, JobStatus, Status};
+use crate::health::status::{DbStatus, JobStatus, PitrStatus, Status};
 use crate::health::Board;
 use crate::notify::{Dispatcher, EventKind};
 use crate::pipeline::{self, Job, Trigger};
@@ -116,6 +116,7 @@ pub async fn run(
             let d = d.clone();
             tasks.spawn(async move {
                 let service = crate::pitr::service::Service {
+                    board: &d.ctx.board,
                     config: &d.config.pitr,
                     tools: &d.config.tools,
                     storage: &d.ctx.storage,
@@ -150,7 +151,20 @@ fn succeeded(run: Result<Vec<pipeline::Outcome>, pipeline::backup::BackupError>)
 /// The board a starting daemon begins with: every job, and every named database (one
 /// without a success is unhealthy from the start).
 fn initial_status(config: &Config, now: DateTime<Utc>) -> Status {
+    let pitr = &config.pitr;
     Status {
+        pitr: pitr.enabled.then(|| PitrStatus {
+            max_lag_secs: pitr.max_lag.as_secs() as i64,
+            base_backup_max_age_secs: Some(
+                (pitr.base_backup_schedule.period(now)
+                    + TimeDelta::from_std(
+                        config.health.grace.unwrap_or(Duration::from_secs(86_400)),
+                    )
+                    .unwrap_or(TimeDelta::days(1)))
+                .num_seconds(),
+            ),
+            ..Default::default()
+        }),
         pid: std::process::id(),
         started_at: now,
         heartbeat_at: now,

@@ -204,6 +204,9 @@ pub struct RawPitr {
     pub password_file: Option<PathBuf>,
     pub spool: Option<PathBuf>,
     pub allow_unbounded_wal: Option<bool>,
+    /// Archive lag above which `health` fails and an alert is sent.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Option<Duration>,
     /// Which base backups to keep (`[pitr.retention]`, the `[retention]` rules); WAL is kept
     /// from the oldest kept one's start. Unset: nothing is pruned.
     pub retention: RawRetention,

@@ -279,7 +279,18 @@ fn validate_pitr(
         },
         other => other,
     })?;
+    let max_lag = raw.max_lag.unwrap_or(DEFAULT_MAX_LAG);
+    if max_lag < partial_interval {
+        return Err(ConfigError::invalid(
+            "pitr.max_lag",
+            format!(
+                "must be at least pitr.partial_interval ({}): the archive is that far behind between partial uploads",
+                humantime::format_duration(partial_interval)
+            ),
+        ));
+    }
     Ok(crate::pitr::PitrConfig {
+        max_lag,
         retention,
         timezone: tz,
         enabled: raw.enabled.unwrap_or(false),

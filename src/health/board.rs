@@ -44,6 +44,7 @@ impl Board {
     pub fn for_command(path: PathBuf, clock: Clock, jobs: &[(String, Option<String>)]) -> Board {
         let now = clock.now();
         let mut status = Status::read(&path).unwrap_or_else(|_| Status {
+            pitr: None,
             pid: 0,
             started_at: now,
             heartbeat_at: now,
@@ -211,6 +212,7 @@ mod tests {
         let clock = Clock::System;
         let jobs = [("prod".to_string(), Some("0 2 * * *".to_string()))];
         let mut status = Status {
+            pitr: None,
             pid: 1,
             started_at: t("2026-01-01T00:00:00Z"),
             heartbeat_at: t("2026-01-01T00:00:00Z"),

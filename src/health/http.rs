@@ -144,9 +144,83 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
             pruned.get_or_create(&l).inc_by(db.pruned_total);
         }
     }
+    if let Some(p) = &status.pitr {
+        register_pitr(&mut registry, p, now);
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
     out
+}
+
+/// The `pgsidecar_pitr_*` metrics of WAL archiving.
+fn register_pitr(
+    registry: &mut Registry,
+    p: &crate::health::status::PitrStatus,
+    now: DateTime<Utc>,
+) {
+    let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(v);
+            registry.register(name, help, g);
+        }
+    };
+    gauge(
+        "pitr_archive_lag_seconds",
+        "Age of the oldest WAL the server wrote that is not stored yet (0 when all is)",
+        p.lag_secs.map(|l| l as f64),
+    );
+    gauge(
+        "pitr_max_lag_seconds",
+        "Archive lag above which health fails (pitr.max_lag)",
+        Some(p.max_lag_secs as f64),
+    );
+    gauge(
+        "pitr_last_stored_timestamp_seconds",
+        "When the last WAL object was stored",
+        p.last_stored_at.map(|t| t.timestamp() as f64),
+    );
+    gauge(
+        "pitr_slot_retained_bytes",
+        "WAL the sidecar's replication slot holds on the server",
+        p.slot_retained_bytes.map(|b| b as f64),
+    );
+    gauge(
+        "pitr_slot_keep_bytes",
+        "max_slot_wal_keep_size of the server, when bounded",
+        p.slot_keep_bytes.map(|b| b as f64),
+    );
+    gauge(
+        "pitr_slot_lost",
+        "1 when the replication slot is lost or missing",
+        Some(if p.slot_lost { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        "pitr_base_backup_last_success_timestamp_seconds",
+        "When the newest base backup finished",
+        p.last_base_backup_at.map(|t| t.timestamp() as f64),
+    );
+    gauge(
+        "pitr_base_backup_age_seconds",
+        "Age of the newest base backup",
+        p.last_base_backup_at
+            .map(|t| (now - t).num_seconds() as f64),
+    );
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    };
+    counter(
+        "pitr_receiver_restarts",
+        "Archiving sessions that ended in an error and were started again, since start",
+        p.receiver_restarts_total,
+    );
+    counter(
+        "pitr_alerts",
+        "WAL archiving alerts sent since start",
+        p.alerts_total,
+    );
 }
 
 /// Serves `/healthz` and `/metrics` on `addr` until `shutdown`, from the board `status`
@@ -192,4 +266,49 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::status::PitrStatus;
+
+    #[test]
+    fn archiving_metrics_appear_only_with_archiving() {
+        let now: DateTime<Utc> = "2026-11-30T12:00:00Z".parse().unwrap();
+        let mut status = Status {
+            pid: 1,
+            started_at: now,
+            heartbeat_at: now,
+            jobs: vec![],
+            pitr: None,
+        };
+        assert!(!render_metrics(&status, now).contains("pitr"));
+        status.pitr = Some(PitrStatus {
+            lag_secs: Some(42),
+            max_lag_secs: 300,
+            slot_retained_bytes: Some(16 << 20),
+            slot_keep_bytes: Some(1 << 30),
+            last_base_backup_at: Some(now - chrono::TimeDelta::hours(2)),
+            receiver_restarts_total: 3,
+            ..Default::default()
+        });
+        let text = render_metrics(&status, now);
+        for line in [
+            "pgsidecar_pitr_archive_lag_seconds 42.0",
+            "pgsidecar_pitr_max_lag_seconds 300.0",
+            "pgsidecar_pitr_slot_retained_bytes 16777216.0",
+            "pgsidecar_pitr_slot_keep_bytes 1073741824.0",
+            "pgsidecar_pitr_slot_lost 0.0",
+            "pgsidecar_pitr_base_backup_age_seconds 7200.0",
+            "pgsidecar_pitr_receiver_restarts_total 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        // Never stored yet: no timestamp rather than a zero that reads as 1970.
+        assert!(
+            !text.contains("pitr_last_stored_timestamp_seconds"),
+            "{text}"
+        );
+    }
 }

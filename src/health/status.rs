@@ -41,6 +41,36 @@ pub struct Status {
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub jobs: Vec<JobStatus>,
+    /// WAL archiving, when `pitr.enabled`.
+    #[serde(default)]
+    pub pitr: Option<PitrStatus>,
+}
+
+/// WAL archiving for point-in-time recovery, as the daemon last saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PitrStatus {
+    /// When the last WAL object (segment, partial segment) was stored.
+    pub last_stored_at: Option<DateTime<Utc>>,
+    /// The last complete segment stored.
+    pub last_segment: Option<String>,
+    /// How far behind the server the archive is: the age of the oldest WAL the server wrote
+    /// that is not stored yet (0 when everything is), at the last check.
+    pub lag_secs: Option<i64>,
+    /// Alert and fail `health` above this archive lag (`pitr.max_lag`).
+    pub max_lag_secs: i64,
+    /// Bytes of WAL the slot holds on the server.
+    pub slot_retained_bytes: Option<u64>,
+    /// `max_slot_wal_keep_size` in bytes; `None` without a bound.
+    pub slot_keep_bytes: Option<u64>,
+    /// The slot is lost or missing (WAL the archive did not store may be gone).
+    pub slot_lost: bool,
+    /// When the newest base backup finished.
+    pub last_base_backup_at: Option<DateTime<Utc>>,
+    /// Oldest acceptable age of the newest base backup, in seconds (period plus grace).
+    pub base_backup_max_age_secs: Option<i64>,
+    pub receiver_restarts_total: u64,
+    pub alerts_total: u64,
+    pub last_error: Option<String>,
 }
 
 /// One job.
@@ -205,6 +235,42 @@ impl Status {
     pub fn problems(&self, now: DateTime<Utc>) -> Vec<String> {
         let mut out = self.liveness_problems(now);
         out.extend(self.staleness_problems(now));
+        out.extend(self.pitr_problems(now));
+        out
+    }
+
+    /// WAL archiving that is behind, lost its slot, or lacks a recent base backup.
+    pub fn pitr_problems(&self, now: DateTime<Utc>) -> Vec<String> {
+        let Some(p) = &self.pitr else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if p.slot_lost {
+            out.push(format!(
+                "WAL archiving: the replication slot is lost or missing{}",
+                error_suffix(&p.last_error)
+            ));
+        }
+        if let Some(lag) = p.lag_secs.filter(|l| *l > p.max_lag_secs) {
+            out.push(format!(
+                "WAL archiving is {} behind the server, more than the allowed {}{}",
+                human(TimeDelta::seconds(lag)),
+                human(TimeDelta::seconds(p.max_lag_secs)),
+                error_suffix(&p.last_error)
+            ));
+        }
+        if let Some(max_age) = p.base_backup_max_age_secs {
+            // Counted from the daemon's start when none was seen: a fresh archive gets one
+            // base backup's time.
+            let since = p.last_base_backup_at.unwrap_or(self.started_at);
+            if (now - since).num_seconds() > max_age {
+                out.push(format!(
+                    "WAL archiving: the newest base backup is {} old, more than the allowed {}",
+                    human(now - since),
+                    human(TimeDelta::seconds(max_age))
+                ));
+            }
+        }
         out
     }
 
@@ -312,12 +378,56 @@ pub fn pid_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn archiving_behind_or_slot_lost_or_no_base_backup_is_unhealthy() {
+        let now: DateTime<Utc> = "2026-11-30T12:00:00Z".parse().unwrap();
+        let mut s = status(Some("2026-11-30T11:00:00Z"));
+        s.jobs[0].max_age_secs = None;
+        s.started_at = now - TimeDelta::hours(1);
+        let healthy = PitrStatus {
+            lag_secs: Some(20),
+            max_lag_secs: 300,
+            last_base_backup_at: Some(now - TimeDelta::days(2)),
+            base_backup_max_age_secs: Some(8 * 86400),
+            ..Default::default()
+        };
+        s.pitr = Some(healthy.clone());
+        assert!(
+            s.pitr_problems(now).is_empty(),
+            "{:?}",
+            s.pitr_problems(now)
+        );
+        s.pitr = Some(PitrStatus {
+            lag_secs: Some(900),
+            last_error: Some("S3 unreachable".into()),
+            ..healthy.clone()
+        });
+        let p = s.pitr_problems(now);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("15m0s behind") && p[0].contains("S3 unreachable"),
+            "{p:?}"
+        );
+        s.pitr = Some(PitrStatus {
+            slot_lost: true,
+            last_base_backup_at: Some(now - TimeDelta::days(9)),
+            ..healthy
+        });
+        let p = s.pitr_problems(now);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("slot is lost") && p[1].contains("9d0h old"),
+            "{p:?}"
+        );
+    }
+
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().to_utc()
     }
 
     fn status(last_success: Option<&str>) -> Status {
         Status {
+            pitr: None,
             pid: 1,
             started_at: t("2026-11-20T00:00:00Z"),
             heartbeat_at: t("2026-11-25T10:00:00Z"),

@@ -96,10 +96,57 @@ pub struct Archiver<'a> {
 pub trait Observer: Send + Sync {
     /// A segment (or history file) was stored and the slot moved to `slot`.
     fn stored(&self, name: &str, slot: Lsn);
+    /// The segment being written was stored as a partial.
+    fn partial_stored(&self);
+    /// The periodic look at the server: how far behind the archive is, and the slot.
+    fn checked(&self, check: &Check);
     /// A problem the operator must hear about; archiving goes on (or restarts).
     fn alert(&self, error: &ArchiveError);
     /// Asks for a base backup now (a new slot, or none stored for this cluster).
     fn base_backup_needed(&self, why: &str);
+    /// The newest base backup of this cluster in storage finished at `at`.
+    fn base_backup_seen(&self, at: chrono::DateTime<Utc>);
+}
+
+/// What the periodic check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Age in seconds of the oldest WAL the server wrote that is not stored (0: all is).
+    pub lag_secs: i64,
+    /// Bytes of WAL the slot holds on the server.
+    pub retained_bytes: Option<u64>,
+    /// `max_slot_wal_keep_size` in bytes, `None` without a bound.
+    pub keep_bytes: Option<u64>,
+}
+
+/// Server positions seen at the periodic checks, oldest first, and the archive lag they give.
+#[derive(Debug, Default)]
+pub struct Positions(std::collections::VecDeque<(chrono::DateTime<Utc>, Lsn)>);
+
+/// Positions kept: two hours of checks at [`SLOT_CHECK`].
+const POSITIONS_KEPT: usize = 720;
+
+impl Positions {
+    /// Records that the server had written up to `lsn` at `at`.
+    pub fn push(&mut self, at: chrono::DateTime<Utc>, lsn: Lsn) {
+        self.0.push_back((at, lsn));
+        while self.0.len() > POSITIONS_KEPT {
+            self.0.pop_front();
+        }
+    }
+
+    /// Seconds since the oldest check whose position is not stored yet: WAL written before
+    /// that check waits for storage (0 when every position seen is stored). It errs low by at
+    /// most the time between checks, never high: a busy server whose WAL is stored as it
+    /// comes shows no lag.
+    pub fn lag(&mut self, stored: Lsn, now: chrono::DateTime<Utc>) -> i64 {
+        while self.0.front().is_some_and(|(_, lsn)| *lsn <= stored) {
+            self.0.pop_front();
+        }
+        self.0
+            .front()
+            .map_or(0, |(at, _)| (now - *at).num_seconds().max(0))
+    }
 }
 
 /// How often the spool is looked at.
@@ -168,6 +215,7 @@ impl Archiver<'_> {
     pub async fn run(
         &self,
         observer: &dyn Observer,
+        progress: &mut Progress,
         cancel: &CancellationToken,
     ) -> Result<(), ArchiveError> {
         let (primary, facts, cluster, restart, created) = self.prepare(observer).await?;
@@ -178,6 +226,9 @@ impl Archiver<'_> {
                 key: cluster.clone(),
                 source,
             })?;
+        if let Some(newest) = archive.base_backups.iter().map(|b| b.finished_at).max() {
+            observer.base_backup_seen(newest);
+        }
         if !created
             && archive
                 .base_backups
@@ -222,7 +273,9 @@ impl Archiver<'_> {
             facts: &facts,
             archive,
             last_partial: None,
+            progress,
         };
+        session.progress.stored = session.progress.stored.max(restart);
         let mut next_partial = Instant::now() + self.config.partial_interval;
         let mut next_slot_check = Instant::now() + SLOT_CHECK;
         let mut next_heartbeat = self.config.heartbeat.map(|h| Instant::now() + h);
@@ -248,6 +301,7 @@ impl Archiver<'_> {
                 session.store_segment(&name, &path, cancel).await?;
                 expected += 1;
                 let to = size.start_of(expected);
+                session.progress.stored = session.progress.stored.max(to);
                 primary.advance_slot(&self.config.slot, to).await?;
                 std::fs::remove_file(&path).map_err(spool_err(&path))?;
                 observer.stored(&name, to);
@@ -259,19 +313,30 @@ impl Archiver<'_> {
             session.store_histories(cancel).await?;
             let now = Instant::now();
             if now >= next_partial {
-                session.store_partial(expected, cancel).await?;
+                if session.store_partial(expected, cancel).await? {
+                    observer.partial_stored();
+                }
                 next_partial = now + self.config.partial_interval;
             }
             if now >= next_slot_check {
-                match primary.slot(&self.config.slot).await? {
-                    Some(s) if !s.is_lost() => {}
+                let state = match primary.slot(&self.config.slot).await? {
+                    Some(s) if !s.is_lost() => s,
                     _ => {
                         return Err(ArchiveError::SlotLost {
                             slot: self.config.slot.clone(),
                             after: size.file_name(facts.timeline, expected.saturating_sub(1)),
                         })
                     }
-                }
+                };
+                let at = Utc::now();
+                let current = primary.current_lsn().await?;
+                let progress = &mut session.progress;
+                progress.positions.push(at, current);
+                observer.checked(&Check {
+                    lag_secs: progress.positions.lag(progress.stored, at),
+                    retained_bytes: state.retained_bytes,
+                    keep_bytes: facts.max_slot_wal_keep,
+                });
                 next_slot_check = now + SLOT_CHECK;
             }
             if let Some(at) = next_heartbeat.filter(|at| now >= *at) {
@@ -298,8 +363,10 @@ impl Archiver<'_> {
                         // The server may not answer; the next session advances the slot.
                         let _ = primary.advance_slot(&self.config.slot, size.start_of(expected)).await;
                     }
-                    if let Err(e) = session.store_partial(expected, cancel).await {
-                        tracing::warn!("cannot store the last partial segment: {e}");
+                    match session.store_partial(expected, cancel).await {
+                        Ok(true) => observer.partial_stored(),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("cannot store the last partial segment: {e}"),
                     }
                     let why = match r {
                         Ok(lines) => format!("exited{}", crate::source::process::stderr_suffix(&lines)),
@@ -309,7 +376,9 @@ impl Archiver<'_> {
                 }
                 _ = cancel.cancelled() => {
                     // One last partial, so a stop loses as little as possible.
-                    let _ = session.store_partial(expected, &CancellationToken::new()).await;
+                    if let Err(e) = session.store_partial(expected, &CancellationToken::new()).await {
+                        tracing::warn!("cannot store the last partial segment: {e}");
+                    }
                     return Ok(());
                 }
             }
@@ -324,6 +393,17 @@ struct Session<'a> {
     archive: Archive,
     /// The segment and sha256 of the last partial stored, and its key.
     last_partial: Option<(u64, String, String)>,
+    /// What is stored and what the server wrote, kept across sessions.
+    progress: &'a mut Progress,
+}
+
+/// How far the stored WAL reaches (complete segments, then the last partial's data), and the
+/// server's positions at the checks: the archive lag, kept across archiving sessions so a
+/// session that keeps failing shows a growing lag.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub stored: Lsn,
+    pub positions: Positions,
 }
 
 impl Session<'_> {
@@ -356,7 +436,7 @@ impl Session<'_> {
         let id = size
             .parse_name(name)
             .map_err(|e| ArchiveError::Receiver(e.to_string()))?;
-        let sha = sha256_file(path).await?;
+        let (sha, _) = scan_file(path).await?;
         if let Some(stored) = self.archive.segments.get(&id) {
             if stored.sha256 == sha {
                 return Ok(());
@@ -401,7 +481,7 @@ impl Session<'_> {
             })
             .collect();
         for (tli, path) in names {
-            let sha = sha256_file(&path).await?;
+            let (sha, _) = scan_file(&path).await?;
             if let Some(stored) = self.archive.histories.get(&tli) {
                 if stored.sha256 != sha {
                     return Err(ArchiveError::Conflict {
@@ -421,12 +501,13 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Stores the segment being written when it changed since it was last stored.
+    /// Stores the segment being written when it changed since it was last stored; returns
+    /// whether it did.
     async fn store_partial(
         &mut self,
         segno: u64,
         cancel: &CancellationToken,
-    ) -> Result<(), ArchiveError> {
+    ) -> Result<bool, ArchiveError> {
         let name = self
             .facts
             .segment_size
@@ -435,29 +516,41 @@ impl Session<'_> {
         let path = spool.join(format!("{name}.partial"));
         match std::fs::metadata(&path) {
             Ok(m) if m.len() > 0 => {}
-            _ => return Ok(()),
+            _ => return Ok(false),
         }
-        // pg_receivewal keeps writing the file: store a copy, so the key's sha256 is the
-        // stored content's.
+        // pg_receivewal keeps writing the file, and renames it when the segment is complete:
+        // store a copy, so the key's sha256 is the stored content's; a file renamed away
+        // meanwhile is stored as a complete segment next.
         let copy = spool.join(format!(".{name}.snapshot"));
-        std::fs::copy(&path, &copy).map_err(spool_err(&copy))?;
+        match std::fs::copy(&path, &copy) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(spool_err(&copy)(e)),
+        }
         let result = async {
-            let sha = sha256_file(&copy).await?;
+            let (sha, data_end) = scan_file(&copy).await?;
+            let reaches = Lsn(self.facts.segment_size.start_of(segno).0 + data_end);
+            let before = self.progress.stored;
+            self.progress.stored = before.max(reaches);
             if self
                 .last_partial
                 .as_ref()
                 .is_some_and(|(s, h, _)| *s == segno && *h == sha)
             {
-                return Ok(());
+                return Ok(false);
             }
             let key =
                 keys::wal_partial_key(self.cluster, &name, Utc::now(), &sha, self.encrypted());
-            self.upload(&copy, &key, cancel).await?;
+            if let Err(e) = self.upload(&copy, &key, cancel).await {
+                // Not stored after all.
+                self.progress.stored = before;
+                return Err(e);
+            }
             tracing::debug!(key = %key, "stored the partial segment");
             if let Some((_, _, old)) = self.last_partial.replace((segno, sha, key)) {
                 let _ = self.archiver.storage.delete(&old).await;
             }
-            Ok(())
+            Ok(true)
         }
         .await;
         let _ = std::fs::remove_file(&copy);
@@ -520,24 +613,72 @@ fn reset_spool(spool: &Path) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// sha256 of a file's content, hex (read on a blocking thread: a segment may be 1 GB).
-pub async fn sha256_file(path: &Path) -> Result<String, ArchiveError> {
+/// sha256 of a file's content, hex, and where its data ends (the offset after its last
+/// non-zero byte: pg_receivewal pads a segment being written with zeros). Read on a blocking
+/// thread: a segment may be 1 GB.
+pub async fn scan_file(path: &Path) -> Result<(String, u64), ArchiveError> {
     let owned = path.to_path_buf();
-    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+    let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
         use std::io::Read;
         let mut file = std::fs::File::open(&owned)?;
         let mut hash = Sha256Hex::default();
         let mut buf = vec![0u8; 1 << 20];
+        let (mut offset, mut data_end) = (0u64, 0u64);
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
                 break;
             }
             hash.update(&buf[..n]);
+            if let Some(last) = buf[..n].iter().rposition(|b| *b != 0) {
+                data_end = offset + last as u64 + 1;
+            }
+            offset += n as u64;
         }
-        Ok(hash.finish())
+        Ok((hash.finish(), data_end))
     })
     .await
     .expect("hashing does not panic");
     hashed.map_err(spool_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_check_whose_position_is_not_stored() {
+        let t = |s: i64| -> chrono::DateTime<Utc> {
+            "2026-11-30T12:00:00Z"
+                .parse::<chrono::DateTime<Utc>>()
+                .unwrap()
+                + chrono::TimeDelta::seconds(s)
+        };
+        let mut p = Positions::default();
+        assert_eq!(p.lag(Lsn(0), t(0)), 0);
+        p.push(t(0), Lsn(100));
+        p.push(t(10), Lsn(200));
+        p.push(t(20), Lsn(300));
+        // Stored up to 250: the position seen at 20 s waits.
+        assert_eq!(p.lag(Lsn(250), t(25)), 5);
+        // All stored: no lag, and the checks are forgotten.
+        assert_eq!(p.lag(Lsn(300), t(25)), 0);
+        // Nothing any check saw is stored: the oldest check's age.
+        let mut q = Positions::default();
+        q.push(t(0), Lsn(100));
+        q.push(t(10), Lsn(200));
+        assert_eq!(q.lag(Lsn(50), t(30)), 30);
+        // A busy server stored as it writes: only the check just made is not stored yet.
+        let mut busy = Positions::default();
+        busy.push(t(0), Lsn(100));
+        assert_eq!(busy.lag(Lsn(100), t(9)), 0);
+        busy.push(t(10), Lsn(200));
+        assert_eq!(busy.lag(Lsn(190), t(10)), 0);
+        // An idle server (the position does not move) has no lag once stored.
+        let mut idle = Positions::default();
+        for s in 0..5 {
+            idle.push(t(s * 10), Lsn(500));
+        }
+        assert_eq!(idle.lag(Lsn(500), t(60)), 0);
+    }
 }

@@ -183,6 +183,16 @@ impl Primary {
         lsn("the new slot's position", text.as_deref().unwrap_or(""))
     }
 
+    /// Where the server writes WAL now (`pg_current_wal_lsn()`).
+    pub async fn current_lsn(&self) -> Result<Lsn, ServerError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(query_err("reading the WAL position"))?;
+        lsn("pg_current_wal_lsn()", &row.get::<_, String>(0))
+    }
+
     /// Moves the slot's `restart_lsn` forward to `to`, releasing older WAL on the primary.
     pub async fn advance_slot(&self, name: &str, to: Lsn) -> Result<(), ServerError> {
         self.client

@@ -8,17 +8,21 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::archiver::{ArchiveError, Archiver, Observer};
+use super::archiver::{ArchiveError, Archiver, Check, Observer};
 use super::server::Primary;
 use super::wal::Lsn;
 use super::{base, PitrConfig};
 use crate::codec::encryption::Encryption;
+use crate::health::status::PitrStatus;
+use crate::health::Board;
 use crate::notify::{Dispatcher, Event, EventKind};
 use crate::source::ToolsConfig;
 use crate::storage::Storage;
 
 /// What the service runs with (built by the composition root).
 pub struct Service<'a> {
+    /// Where archiving's state is recorded for `health` and `/metrics`.
+    pub board: &'a Board,
     pub config: &'a PitrConfig,
     pub tools: &'a ToolsConfig,
     pub storage: &'a Storage,
@@ -36,9 +40,52 @@ const BASE_BACKUP_RETRY: Duration = Duration::from_secs(600);
 struct Reporter<'a> {
     service: &'a Service<'a>,
     base_needed: Notify,
+    /// Alerts already sent for the episode going on: archive lag, slot nearly full.
+    alerted_lag: std::sync::atomic::AtomicBool,
+    alerted_slot: std::sync::atomic::AtomicBool,
 }
 
+/// Share of `max_slot_wal_keep_size` the slot may hold before an alert.
+const SLOT_ALERT_SHARE: f64 = 0.8;
+
 impl Reporter<'_> {
+    fn record(&self, change: impl FnOnce(&mut PitrStatus)) {
+        self.service.board.update(|s| {
+            if let Some(p) = s.pitr.as_mut() {
+                change(p);
+            }
+        });
+    }
+
+    /// Records the archive lag alone (no session could look at the server) and alerts once
+    /// when it passes `pitr.max_lag`.
+    fn lag(&self, lag_secs: i64) {
+        self.record(|p| p.lag_secs = Some(lag_secs));
+        self.lag_alert(lag_secs);
+    }
+
+    fn lag_alert(&self, lag_secs: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max_lag = self.service.config.max_lag.as_secs() as i64;
+        if lag_secs > max_lag {
+            if !self.alerted_lag.swap(true, Relaxed) {
+                self.notify(format!(
+                    "WAL archiving is {lag_secs}s behind the server (pitr.max_lag is {max_lag}s): the WAL waits on the server's slot. Check that storage is reachable and the sidecar's log"
+                ));
+            }
+        } else {
+            self.alerted_lag.store(false, Relaxed);
+        }
+    }
+
+    fn notify(&self, text: String) {
+        tracing::error!("{text}");
+        self.record(|p| p.alerts_total += 1);
+        self.service
+            .notify
+            .dispatch(self.event(EventKind::ArchiveAlert, text));
+    }
+
     fn event(&self, kind: EventKind, error: String) -> Event {
         let db = &self.service.config.database;
         Event {
@@ -67,12 +114,59 @@ impl Reporter<'_> {
 impl Observer for Reporter<'_> {
     fn stored(&self, name: &str, slot: Lsn) {
         tracing::info!(segment = name, slot = %slot, "archived WAL segment");
+        self.record(|p| {
+            p.last_stored_at = Some(Utc::now());
+            p.last_segment = Some(name.to_string());
+        });
+    }
+    fn partial_stored(&self) {
+        self.record(|p| p.last_stored_at = Some(Utc::now()));
+    }
+    fn checked(&self, check: &Check) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.record(|p| {
+            p.lag_secs = Some(check.lag_secs);
+            p.slot_retained_bytes = check.retained_bytes;
+            p.slot_keep_bytes = check.keep_bytes;
+            p.slot_lost = false;
+            if check.lag_secs == 0 {
+                p.last_error = None;
+            }
+        });
+        self.lag_alert(check.lag_secs);
+        if let (Some(held), Some(keep)) = (check.retained_bytes, check.keep_bytes) {
+            if keep > 0 && held as f64 > keep as f64 * SLOT_ALERT_SHARE {
+                if !self.alerted_slot.swap(true, Relaxed) {
+                    self.notify(format!(
+                        "the replication slot holds {} MB of WAL, more than {:.0}% of max_slot_wal_keep_size ({} MB): when it is full the server removes WAL the archive has not stored and the archive gets a gap. Make storage reachable, or raise max_slot_wal_keep_size",
+                        held >> 20,
+                        SLOT_ALERT_SHARE * 100.0,
+                        keep >> 20
+                    ));
+                }
+            } else {
+                self.alerted_slot.store(false, Relaxed);
+            }
+        }
     }
     fn alert(&self, error: &ArchiveError) {
-        tracing::error!("{error}");
-        self.service
-            .notify
-            .dispatch(self.event(EventKind::ArchiveAlert, error.to_string()));
+        if matches!(
+            error,
+            ArchiveError::SlotLost { .. } | ArchiveError::SlotMissing { .. }
+        ) {
+            self.record(|p| p.slot_lost = true);
+        }
+        self.record(|p| {
+            p.last_error = Some(crate::secret::redact(&error.to_string()).into_owned())
+        });
+        self.notify(error.to_string());
+    }
+    fn base_backup_seen(&self, at: chrono::DateTime<Utc>) {
+        self.record(|p| {
+            if p.last_base_backup_at.is_none_or(|t| t < at) {
+                p.last_base_backup_at = Some(at);
+            }
+        });
     }
     fn base_backup_needed(&self, why: &str) {
         tracing::info!("a base backup is needed: {why}");
@@ -86,6 +180,8 @@ impl Service<'_> {
         let reporter = Reporter {
             service: self,
             base_needed: Notify::new(),
+            alerted_lag: Default::default(),
+            alerted_slot: Default::default(),
         };
         tokio::join!(
             self.archive(&reporter, &cancel),
@@ -102,11 +198,20 @@ impl Service<'_> {
         };
         let mut failures = 0u32;
         let mut pause = Duration::from_secs(1);
+        let mut progress = super::archiver::Progress::default();
         while !cancel.is_cancelled() {
             let started = tokio::time::Instant::now();
-            let Err(e) = archiver.run(reporter, cancel).await else {
+            let Err(e) = archiver.run(reporter, &mut progress, cancel).await else {
                 break;
             };
+            // While sessions fail the server goes on writing: its position, read apart from
+            // the failed session, makes the lag grow from the last stored position.
+            if let Ok(primary) = Primary::connect(&self.config.database).await {
+                if let Ok(lsn) = primary.current_lsn().await {
+                    progress.positions.push(Utc::now(), lsn);
+                }
+            }
+            reporter.lag(progress.positions.lag(progress.stored, Utc::now()));
             // A session that ran a while was healthy: start counting again.
             if started.elapsed() > Duration::from_secs(300) {
                 failures = 0;
@@ -118,6 +223,10 @@ impl Service<'_> {
                 continue;
             }
             failures += 1;
+            reporter.record(|p| {
+                p.receiver_restarts_total += 1;
+                p.last_error = Some(crate::secret::redact(&e.to_string()).into_owned());
+            });
             // The next session finds the slot lost, alerts once, and recreates it.
             let slot_lost = matches!(e, ArchiveError::SlotLost { .. });
             if !slot_lost && (e.is_permanent() || failures == ALERT_AFTER_FAILURES) {
@@ -160,16 +269,19 @@ impl Service<'_> {
                 _ = cancel.cancelled() => return,
             }
             match self.take_base_backup(cancel).await {
-                Ok(()) => retry_at = None,
+                Ok(()) => {
+                    retry_at = None;
+                    reporter.base_backup_seen(Utc::now());
+                }
                 Err(e) if cancel.is_cancelled() => {
                     tracing::info!("base backup stopped: {e}");
                     return;
                 }
                 Err(e) => {
-                    let e = format!("base backup failed: {e}");
-                    tracing::error!("{e}");
-                    self.notify
-                        .dispatch(reporter.event(EventKind::ArchiveAlert, e));
+                    reporter.notify(format!(
+                        "base backup failed: {e}; it is tried again in {} minutes",
+                        BASE_BACKUP_RETRY.as_secs() / 60
+                    ));
                     retry_at = Some(tokio::time::Instant::now() + BASE_BACKUP_RETRY);
                 }
             }

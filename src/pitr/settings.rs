@@ -37,6 +37,9 @@ pub struct PitrConfig {
     pub allow_unbounded_wal: bool,
     /// Where the archive lives: `<storage prefix>/~pitr/<system identifier>/`.
     pub prefix: String,
+    /// Archive lag above which `health` fails and an alert is sent.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
     /// Which base backups to keep; `None` prunes nothing.
     pub retention: Option<crate::retention::Policy>,
     /// The time zone of the base backup schedule and of the retention's calendar rules.
@@ -52,6 +55,8 @@ fn tz_name<S: serde::Serializer>(tz: &chrono_tz::Tz, ser: S) -> Result<S::Ok, S:
 pub const DEFAULT_SLOT: &str = "pgsidecar";
 /// `pitr.partial_interval` when unset.
 pub const DEFAULT_PARTIAL_INTERVAL: Duration = Duration::from_secs(30);
+/// `pitr.max_lag` when unset: ten partial uploads' worth at the default interval.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(300);
 /// `pitr.base_backup_schedule` when unset: Sundays at 03:00.
 pub const DEFAULT_BASE_BACKUP_SCHEDULE: &str = "0 3 * * 0";
 

@@ -1076,3 +1076,124 @@ fn pruning_keeps_every_retained_backup_restorable() {
     assert_eq!(batches(&inside_third), "1,2,3,4,5,6,7");
     assert_eq!(batches("latest"), "1,2,3,4,5,6,7,8");
 }
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` answer.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Storage down long enough: the archive lag passes `pitr.max_lag`, `/healthz` and `health`
+/// fail saying so, one alert is sent, `/metrics` shows the lag and the slot; once storage is
+/// back the lag returns to 0 and health passes.
+#[test]
+fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-lag");
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(s3().port);
+    let hook = FakeHttp::start(Answer::Status(200));
+    let port = harness::free_port();
+    let status = spool.path().join("status.json");
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let configured = || {
+        sidecar(&pg, &bucket, spool.path())
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .env("PGSIDECAR_PITR__MAX_LAG", "5s")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url())
+            .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PGSIDECAR_HEALTH__STATUS_FILE", &status)
+    };
+    let daemon = start_archiving(configured());
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    assert!(
+        wait_until(30, || {
+            let m = http_get(port, "/metrics");
+            metric(&m, "pgsidecar_pitr_archive_lag_seconds") == Some(0.0)
+                && metric(&m, "pgsidecar_pitr_slot_retained_bytes").is_some()
+        }),
+        "{}",
+        http_get(port, "/metrics")
+    );
+    assert!(
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200"),
+        "{}",
+        http_get(port, "/healthz")
+    );
+
+    proxy.cut();
+    let last = write_segments(&pg, 2..=3);
+    assert!(
+        wait_until(90, || hook.messages().iter().any(|m| m["kind"]
+            == "archive_alert"
+            && m["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("behind the server"))),
+        "{:?}\n{}",
+        hook.messages(),
+        daemon.stderr()
+    );
+    let health = http_get(port, "/healthz");
+    assert!(
+        health.starts_with("HTTP/1.1 503") && health.contains("WAL archiving is"),
+        "{health}"
+    );
+    let lag = metric(
+        &http_get(port, "/metrics"),
+        "pgsidecar_pitr_archive_lag_seconds",
+    )
+    .unwrap();
+    assert!(lag > 5.0, "lag {lag}");
+    assert!(
+        wait_until(30, || {
+            let run = configured().args(&["health"]).run();
+            run.code == 1 && run.stdout.contains("WAL archiving is")
+        }),
+        "{:?}",
+        configured().args(&["health"]).run().stdout
+    );
+
+    proxy.restore();
+    assert!(wait_stored(&bucket, &last, 120), "{}", daemon.stderr());
+    assert!(
+        wait_until(60, || metric(
+            &http_get(port, "/metrics"),
+            "pgsidecar_pitr_archive_lag_seconds"
+        ) == Some(0.0)),
+        "{}",
+        http_get(port, "/metrics")
+    );
+    assert!(wait_until(30, || http_get(port, "/healthz")
+        .starts_with("HTTP/1.1 200")));
+    let alerts = hook
+        .messages()
+        .iter()
+        .filter(|m| {
+            m["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("behind the server")
+        })
+        .count();
+    assert_eq!(alerts, 1, "one alert per episode: {:?}", hook.messages());
+    stop(daemon);
+}

@@ -177,6 +177,7 @@ fn prune_holds_when_the_newest_attempt_failed_or_backups_are_too_few() {
     let status_file = dir.path().join("status.json");
     let now = Utc::now();
     let status = pgsidecar::health::status::Status {
+        pitr: None,
         pid: 1,
         started_at: now,
         heartbeat_at: now,
