@@ -78,6 +78,27 @@ impl Reporter<'_> {
         }
     }
 
+    /// Alerts once when the slot holds more than [`SLOT_ALERT_SHARE`] of what the server
+    /// keeps for it.
+    fn slot_alert(&self, retained: Option<u64>, keep: Option<u64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (Some(held), Some(keep)) = (retained, keep) else {
+            return;
+        };
+        if keep > 0 && held as f64 > keep as f64 * SLOT_ALERT_SHARE {
+            if !self.alerted_slot.swap(true, Relaxed) {
+                self.notify(format!(
+                    "the replication slot holds {} MB of WAL, more than {:.0}% of max_slot_wal_keep_size ({} MB): when it is full the server removes WAL the archive has not stored and the archive gets a gap. Make storage reachable, or raise max_slot_wal_keep_size",
+                    held >> 20,
+                    SLOT_ALERT_SHARE * 100.0,
+                    keep >> 20
+                ));
+            }
+        } else {
+            self.alerted_slot.store(false, Relaxed);
+        }
+    }
+
     fn notify(&self, text: String) {
         tracing::error!("{text}");
         self.record(|p| p.alerts_total += 1);
@@ -123,7 +144,6 @@ impl Observer for Reporter<'_> {
         self.record(|p| p.last_stored_at = Some(Utc::now()));
     }
     fn checked(&self, check: &Check) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.record(|p| {
             p.lag_secs = Some(check.lag_secs);
             p.slot_retained_bytes = check.retained_bytes;
@@ -134,20 +154,7 @@ impl Observer for Reporter<'_> {
             }
         });
         self.lag_alert(check.lag_secs);
-        if let (Some(held), Some(keep)) = (check.retained_bytes, check.keep_bytes) {
-            if keep > 0 && held as f64 > keep as f64 * SLOT_ALERT_SHARE {
-                if !self.alerted_slot.swap(true, Relaxed) {
-                    self.notify(format!(
-                        "the replication slot holds {} MB of WAL, more than {:.0}% of max_slot_wal_keep_size ({} MB): when it is full the server removes WAL the archive has not stored and the archive gets a gap. Make storage reachable, or raise max_slot_wal_keep_size",
-                        held >> 20,
-                        SLOT_ALERT_SHARE * 100.0,
-                        keep >> 20
-                    ));
-                }
-            } else {
-                self.alerted_slot.store(false, Relaxed);
-            }
-        }
+        self.slot_alert(check.retained_bytes, check.keep_bytes);
     }
     fn alert(&self, error: &ArchiveError) {
         if matches!(
@@ -206,9 +213,19 @@ impl Service<'_> {
             };
             // While sessions fail the server goes on writing: its position, read apart from
             // the failed session, makes the lag grow from the last stored position.
+            // So does the WAL the slot holds, which is what fills the server's disk.
             if let Ok(primary) = Primary::connect(&self.config.database).await {
                 if let Ok(lsn) = primary.current_lsn().await {
                     progress.positions.push(Utc::now(), lsn);
+                }
+                if let (Ok(Some(slot)), Ok(facts)) =
+                    (primary.slot(&self.config.slot).await, primary.facts().await)
+                {
+                    reporter.record(|p| {
+                        p.slot_retained_bytes = slot.retained_bytes;
+                        p.slot_keep_bytes = facts.max_slot_wal_keep;
+                    });
+                    reporter.slot_alert(slot.retained_bytes, facts.max_slot_wal_keep);
                 }
             }
             reporter.lag(progress.positions.lag(progress.stored, Utc::now()));

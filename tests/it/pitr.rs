@@ -1197,3 +1197,51 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
     assert_eq!(alerts, 1, "one alert per episode: {:?}", hook.messages());
     stop(daemon);
 }
+
+/// Storage down while the server writes: once the slot holds more than 80% of
+/// `max_slot_wal_keep_size`, one alert says so (before the server drops any WAL).
+#[test]
+fn a_slot_nearly_full_is_alerted_before_wal_is_lost() {
+    let pg = cluster(15);
+    pg.psql(
+        "postgres",
+        "ALTER SYSTEM SET max_slot_wal_keep_size = '64MB'",
+    );
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let bucket = s3().bucket("pitr-full");
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(s3().port);
+    let hook = FakeHttp::start(Answer::Status(200));
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(&pg, &bucket, spool.path())
+            .env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let first = write_segment(&pg, 1);
+    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    assert!(hook.messages().is_empty(), "{:?}", hook.messages());
+    proxy.cut();
+    // 4 segments: 64 MB retained, above 80% of 64 MB; no checkpoint, so nothing is dropped.
+    write_segments(&pg, 2..=5);
+    assert!(
+        wait_until(90, || hook.messages().iter().any(|m| m["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than 80% of max_slot_wal_keep_size"))),
+        "{:?}\n{}",
+        hook.messages(),
+        daemon.stderr()
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT wal_status <> 'lost' FROM pg_replication_slots WHERE slot_name = 'pgsidecar'"
+        ),
+        "t"
+    );
+    proxy.restore();
+    stop(daemon);
+}
