@@ -20,13 +20,32 @@ fn sidecar(pg: &Pg, bucket: &str, spool: &Path) -> Sidecar {
 
 /// A cluster of the test's own whose slot WAL is bounded, as `pitr check` asks.
 fn cluster(major: u32) -> Pg {
+    cluster_keeping(major, "1GB")
+}
+
+/// A cluster of the test's own with `max_slot_wal_keep_size = keep`.
+fn cluster_keeping(major: u32, keep: &str) -> Pg {
     let pg = Pg::own(major);
     pg.psql(
         "postgres",
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'",
+        &format!("ALTER SYSTEM SET max_slot_wal_keep_size = '{keep}'"),
     );
     pg.psql("postgres", "SELECT pg_reload_conf()");
     pg
+}
+
+/// A sidecar that reaches S3 through a proxy the test can cut.
+trait Through {
+    fn through(self, proxy: &Proxy) -> Sidecar;
+}
+
+impl Through for Sidecar {
+    /// Through `proxy`, giving up on a part within 2 s, so a cut shows at once.
+    fn through(self, proxy: &Proxy) -> Sidecar {
+        self.env("AWS_ENDPOINT_URL", proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
+            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+    }
 }
 
 /// Complete WAL segments stored in `bucket` (their 24-hex names), sorted.
@@ -333,12 +352,7 @@ fn storage_down_holds_wal_on_the_server_then_the_archive_catches_up() {
     let spool = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(s3().port);
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
-    let through_proxy = || {
-        sidecar(&pg, &bucket, spool.path())
-            .env("AWS_ENDPOINT_URL", proxy.endpoint())
-            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
-            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
-    };
+    let through_proxy = || sidecar(&pg, &bucket, spool.path()).through(&proxy);
     let daemon = start_archiving(through_proxy());
     let first = write_segment(&pg, 1);
     assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
@@ -389,12 +403,7 @@ fn storage_down_holds_wal_on_the_server_then_the_archive_catches_up() {
 
 #[test]
 fn a_lost_slot_is_reported_recreated_and_a_base_backup_taken_at_once() {
-    let pg = cluster(15);
-    pg.psql(
-        "postgres",
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '32MB'",
-    );
-    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let pg = cluster_keeping(15, "32MB");
     let bucket = s3().bucket("pitr-lost");
     let spool = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(s3().port);
@@ -402,9 +411,7 @@ fn a_lost_slot_is_reported_recreated_and_a_base_backup_taken_at_once() {
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
     let daemon = start_archiving(
         sidecar(&pg, &bucket, spool.path())
-            .env("AWS_ENDPOINT_URL", proxy.endpoint())
-            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
-            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .through(&proxy)
             .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
     );
     let first = write_segment(&pg, 1);
@@ -756,21 +763,7 @@ fn heavy_writes_during_a_base_backup_restore_dump_equal() {
         run
     });
     assert!(load.stdout.contains("/base/"), "{}", load.stdout);
-    let dump = |server: &Pg| -> String {
-        let out = server.client("pg_dumpall").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let before = dump(&pg);
+    let before = pg.dumpall();
     let last = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     assert!(wait_stored(&bucket, &last, 120), "{}", daemon.stderr());
     stop(daemon);
@@ -798,7 +791,7 @@ fn heavy_writes_during_a_base_backup_restore_dump_equal() {
         listed.stdout
     );
     assert!(
-        dump(&restored) == before,
+        restored.dumpall() == before,
         "the restored cluster dumps differently"
     );
 }
@@ -1113,9 +1106,7 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
     let configured = || {
         sidecar(&pg, &bucket, spool.path())
-            .env("AWS_ENDPOINT_URL", proxy.endpoint())
-            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
-            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .through(&proxy)
             .env("PGSIDECAR_PITR__MAX_LAG", "5s")
             .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url())
             .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
@@ -1202,12 +1193,7 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
 /// `max_slot_wal_keep_size`, one alert says so (before the server drops any WAL).
 #[test]
 fn a_slot_nearly_full_is_alerted_before_wal_is_lost() {
-    let pg = cluster(15);
-    pg.psql(
-        "postgres",
-        "ALTER SYSTEM SET max_slot_wal_keep_size = '64MB'",
-    );
-    pg.psql("postgres", "SELECT pg_reload_conf()");
+    let pg = cluster_keeping(15, "64MB");
     let bucket = s3().bucket("pitr-full");
     let spool = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(s3().port);
@@ -1215,9 +1201,7 @@ fn a_slot_nearly_full_is_alerted_before_wal_is_lost() {
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
     let daemon = start_archiving(
         sidecar(&pg, &bucket, spool.path())
-            .env("AWS_ENDPOINT_URL", proxy.endpoint())
-            .env("PGSIDECAR_STORAGE__PART_TIMEOUT", "2s")
-            .env("PGSIDECAR_STORAGE__PART_ATTEMPTS", "1")
+            .through(&proxy)
             .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
     );
     let first = write_segment(&pg, 1);

@@ -247,11 +247,17 @@ impl Pg {
 
     /// `pg_dump` of `db` as plain SQL, without the lines that differ between two runs.
     pub fn dump_sql(&self, db: &str) -> String {
-        let out = self
-            .client("pg_dump")
-            .args(["--no-owner", "-d", db])
-            .output()
-            .unwrap();
+        self.dump_with(self.client("pg_dump").args(["--no-owner", "-d", db]))
+    }
+
+    /// `pg_dumpall` of the whole cluster, without the lines that differ between two runs.
+    pub fn dumpall(&self) -> String {
+        self.dump_with(&mut self.client("pg_dumpall"))
+    }
+
+    /// The output of a dump tool, without the `\restrict` lines (a random key per run).
+    fn dump_with(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap();
         assert!(
             out.status.success(),
             "{}",
