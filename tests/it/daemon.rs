@@ -398,7 +398,6 @@ fn webhook_and_ping_urls_receive_the_outcome() {
 
 #[test]
 fn metrics_and_healthz_over_http_and_json_logs() {
-    use std::io::{Read, Write};
     let db = small_db("metrics");
     let bucket = s3().bucket("metrics");
     let port = harness::free_port();
@@ -408,18 +407,7 @@ fn metrics_and_healthz_over_http_and_json_logs() {
             .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("PGSIDECAR_LOG__FORMAT", "json"),
     );
-    let get = |path: &str| -> String {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return String::new();
-        };
-        let _ = write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        );
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    };
+    let get = |path: &str| harness::http_get(port, path);
     assert!(
         harness::wait_until(30, || get("/healthz").starts_with("HTTP/1.1 200")),
         "{}\n{}",

@@ -1070,20 +1070,6 @@ fn pruning_keeps_every_retained_backup_restorable() {
     assert_eq!(batches("latest"), "1,2,3,4,5,6,7,8");
 }
 
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 /// The value of the unlabelled metric `name` in a `/metrics` answer.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -1117,17 +1103,17 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
     assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
     assert!(
         wait_until(30, || {
-            let m = http_get(port, "/metrics");
+            let m = harness::http_get(port, "/metrics");
             metric(&m, "pgsidecar_pitr_archive_lag_seconds") == Some(0.0)
                 && metric(&m, "pgsidecar_pitr_slot_retained_bytes").is_some()
         }),
         "{}",
-        http_get(port, "/metrics")
+        harness::http_get(port, "/metrics")
     );
     assert!(
-        http_get(port, "/healthz").starts_with("HTTP/1.1 200"),
+        harness::http_get(port, "/healthz").starts_with("HTTP/1.1 200"),
         "{}",
-        http_get(port, "/healthz")
+        harness::http_get(port, "/healthz")
     );
 
     proxy.cut();
@@ -1143,13 +1129,13 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
         hook.messages(),
         daemon.stderr()
     );
-    let health = http_get(port, "/healthz");
+    let health = harness::http_get(port, "/healthz");
     assert!(
         health.starts_with("HTTP/1.1 503") && health.contains("WAL archiving is"),
         "{health}"
     );
     let lag = metric(
-        &http_get(port, "/metrics"),
+        &harness::http_get(port, "/metrics"),
         "pgsidecar_pitr_archive_lag_seconds",
     )
     .unwrap();
@@ -1167,13 +1153,13 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
     assert!(wait_stored(&bucket, &last, 120), "{}", daemon.stderr());
     assert!(
         wait_until(60, || metric(
-            &http_get(port, "/metrics"),
+            &harness::http_get(port, "/metrics"),
             "pgsidecar_pitr_archive_lag_seconds"
         ) == Some(0.0)),
         "{}",
-        http_get(port, "/metrics")
+        harness::http_get(port, "/metrics")
     );
-    assert!(wait_until(30, || http_get(port, "/healthz")
+    assert!(wait_until(30, || harness::http_get(port, "/healthz")
         .starts_with("HTTP/1.1 200")));
     let alerts = hook
         .messages()

@@ -89,3 +89,19 @@ impl FakeHttp {
             .collect()
     }
 }
+
+/// The raw answer (status line, headers, body) of `GET path` on the local `port`; empty
+/// when nothing listens yet.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
