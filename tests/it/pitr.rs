@@ -88,6 +88,23 @@ fn wait_stored(bucket: &str, name: &str, secs: u64) -> bool {
     wait_until(secs, || stored_segments(bucket).iter().any(|s| s == name))
 }
 
+/// A daemon archiving `pg` into `bucket` through a proxy the test can cut, notifying a fake
+/// webhook, once its first segment (with a batch of `marker` rows) is stored.
+fn archiving_behind_a_proxy(pg: &Pg, bucket: &str) -> (tempfile::TempDir, Proxy, FakeHttp, Daemon) {
+    let spool = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(s3().port);
+    let hook = FakeHttp::start(Answer::Status(200));
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(pg, bucket, spool.path())
+            .through(&proxy)
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let first = write_segment(pg, 1);
+    assert!(wait_stored(bucket, &first, 60), "{}", daemon.stderr());
+    (spool, proxy, hook, daemon)
+}
+
 /// Starts the daemon and waits for its first base backup.
 fn start_archiving(sidecar: Sidecar) -> Daemon {
     let daemon = Daemon::start(sidecar);
@@ -405,17 +422,7 @@ fn storage_down_holds_wal_on_the_server_then_the_archive_catches_up() {
 fn a_lost_slot_is_reported_recreated_and_a_base_backup_taken_at_once() {
     let pg = cluster_keeping(15, "32MB");
     let bucket = s3().bucket("pitr-lost");
-    let spool = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(s3().port);
-    let hook = FakeHttp::start(Answer::Status(200));
-    pg.psql("postgres", "CREATE TABLE marker(batch int)");
-    let daemon = start_archiving(
-        sidecar(&pg, &bucket, spool.path())
-            .through(&proxy)
-            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
-    );
-    let first = write_segment(&pg, 1);
-    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    let (spool, proxy, hook, daemon) = archiving_behind_a_proxy(&pg, &bucket);
     proxy.cut();
     for batch in 2..=6 {
         write_segment(&pg, batch);
@@ -1181,17 +1188,7 @@ fn archive_lag_is_alerted_and_shown_in_health_and_metrics() {
 fn a_slot_nearly_full_is_alerted_before_wal_is_lost() {
     let pg = cluster_keeping(15, "64MB");
     let bucket = s3().bucket("pitr-full");
-    let spool = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(s3().port);
-    let hook = FakeHttp::start(Answer::Status(200));
-    pg.psql("postgres", "CREATE TABLE marker(batch int)");
-    let daemon = start_archiving(
-        sidecar(&pg, &bucket, spool.path())
-            .through(&proxy)
-            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
-    );
-    let first = write_segment(&pg, 1);
-    assert!(wait_stored(&bucket, &first, 60), "{}", daemon.stderr());
+    let (_spool, proxy, hook, daemon) = archiving_behind_a_proxy(&pg, &bucket);
     assert!(hook.messages().is_empty(), "{:?}", hook.messages());
     proxy.cut();
     // 4 segments: 64 MB retained, above 80% of 64 MB; no checkpoint, so nothing is dropped.
