@@ -236,6 +236,27 @@ pub enum PitrCommand {
     /// archiving daemon first (it would create the slot again), then run this before removing
     /// the sidecar or turning pitr.enabled off.
     Disable,
+    /// Check a server started on a restored data directory before moving an application to
+    /// it: it promoted, belongs to this archive, runs on a new timeline, replayed no commit
+    /// after the target, and QUERY (if given) returns true. Waits for replay to finish.
+    /// Exits 1 when a check fails.
+    Verify {
+        /// The restored server's host (the database connection's user, password, database
+        /// and TLS settings are used).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        /// The time the restore was asked for (`latest`, or a time with its offset).
+        #[arg(long, value_name = "TIME", default_value = "latest")]
+        time: String,
+        /// SQL whose first value must be true, e.g. `SELECT count(*) > 0 FROM orders`.
+        #[arg(long, value_name = "SQL")]
+        query: Option<String>,
+        /// How long to wait for replay to finish and the server to promote.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use super::{CliError, ExitCode};
 use crate::pitr::archive::Archive;
 use crate::pitr::restore::{self, Target};
 use crate::pitr::server::Primary;
-use crate::pitr::{base, check, PitrError};
+use crate::pitr::{base, check, verify, PitrError};
 use crate::sidecar::Sidecar;
 
 pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, CliError> {
@@ -17,13 +17,7 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
     match command {
         PitrCommand::Check => {
             let findings = check::run(pitr, &config.tools).await;
-            let mut out = std::io::stdout().lock();
-            for f in &findings {
-                writeln!(out, "{} {}", if f.ok { "ok  " } else { "FAIL" }, f.what)?;
-                if let Some(fix) = f.fix.as_deref().filter(|f| !f.is_empty()) {
-                    writeln!(out, "     fix: {fix}")?;
-                }
-            }
+            print_findings(&findings)?;
             Ok(ExitCode::success_if(findings.iter().all(|f| f.ok)))
         }
         PitrCommand::BaseBackup => {
@@ -58,13 +52,7 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
             owner,
             identity,
         } => {
-            let target: Target =
-                time.parse()
-                    .map_err(|message| crate::config::ConfigError::Invalid {
-                        key: "--time".into(),
-                        source_name: None,
-                        message,
-                    })?;
+            let target = parse_target(&time)?;
             let encryption = encryption_with(config, identity.as_deref())?;
             let cancel = crate::shutdown::on_signal();
             let prepared = restore::prepare(&restore::Request {
@@ -104,6 +92,33 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
                 }
             );
             Ok(ExitCode::success_if(prepared.warnings.is_empty()))
+        }
+        PitrCommand::Verify {
+            host,
+            port,
+            time,
+            query,
+            wait,
+        } => {
+            let target = parse_target(&time)?;
+            let server = crate::source::DatabaseConfig {
+                host,
+                port,
+                ..pitr.database.clone()
+            };
+            let verified = verify::verify(
+                &server,
+                &verify::Expectation {
+                    storage: &sidecar.storage,
+                    pitr_prefix: &pitr.prefix,
+                    target,
+                    query: query.as_deref(),
+                    wait,
+                },
+            )
+            .await;
+            print_findings(&verified.findings)?;
+            Ok(ExitCode::success_if(verified.passed()))
         }
         PitrCommand::Prune { dry_run } => {
             let Some(policy) = &pitr.retention else {
@@ -264,4 +279,27 @@ pub async fn list(sidecar: &Sidecar, json: bool) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::Success)
+}
+
+fn parse_target(time: &str) -> Result<Target, CliError> {
+    time.parse().map_err(|message| {
+        crate::config::ConfigError::Invalid {
+            key: "--time".into(),
+            source_name: None,
+            message,
+        }
+        .into()
+    })
+}
+
+/// One `ok`/`FAIL` line per finding, with its fix.
+fn print_findings(findings: &[check::Finding]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for f in findings {
+        writeln!(out, "{} {}", if f.ok { "ok  " } else { "FAIL" }, f.what)?;
+        if let Some(fix) = f.fix.as_deref().filter(|f| !f.is_empty()) {
+            writeln!(out, "     fix: {fix}")?;
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ pub mod restore;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod verify;
 pub mod wal;
 
 pub use settings::PitrConfig;

@@ -608,12 +608,18 @@ fn configure_recovery(
         Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
         wal_ref.display()
     );
-    if let Target::Time(t) = target {
-        settings.push_str(&format!(
-            "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
-            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-        ));
-    }
+    // Every target is written, empty when unused: a base backup of a restored cluster
+    // carries the earlier restore's lines, and a stale target must not stop this one.
+    settings.push_str(
+        "recovery_target = ''\nrecovery_target_lsn = ''\nrecovery_target_name = ''\nrecovery_target_xid = ''\n",
+    );
+    settings.push_str(&format!(
+        "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
+        match target {
+            Target::Time(t) => t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            Target::Latest => String::new(),
+        }
+    ));
     let auto = data_dir.join("postgresql.auto.conf");
     let mut file = std::fs::OpenOptions::new()
         .create(true)

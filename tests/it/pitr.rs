@@ -237,6 +237,36 @@ fn time_target_with(major: u32, env: &[(&str, &str)]) -> String {
         timeline(&restored) > 1,
         "the restored server is on a new timeline"
     );
+    let verify = |query: &str| {
+        let spool = tempfile::tempdir().unwrap();
+        env.iter()
+            .fold(sidecar(&pg, &bucket, spool.path()), |s, (k, v)| s.env(k, v))
+            .args(&["pitr", "verify", "--host", "127.0.0.1", "--port"])
+            .args(&[
+                &restored.port.to_string(),
+                "--time",
+                &target,
+                "--query",
+                query,
+            ])
+            .run()
+    };
+    let passed = verify("SELECT count(*) = 200 FROM marker").expect_code(0);
+    for line in [
+        "ok   the server left recovery (promoted)",
+        "is the archive's",
+        "ok   new timeline 2, restored from timeline 1",
+        "is at or before the target",
+        "ok   the query returned t",
+    ] {
+        assert!(passed.stdout.contains(line), "{line}: {}", passed.stdout);
+    }
+    let failed = verify("SELECT count(*) = 300 FROM marker").expect_code(1);
+    assert!(
+        failed.stdout.contains("FAIL the query returned f"),
+        "{}",
+        failed.stdout
+    );
     bucket
 }
 
