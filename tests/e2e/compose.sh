@@ -95,6 +95,7 @@ compose_e2e() {
 
   compose_stop_mid_backup
   compose_encrypted
+  compose_pitr
   compose_no_secret_in_the_open
 }
 
@@ -176,4 +177,103 @@ compose_no_secret_in_the_open() {
     check "the $s value is in no docker compose logs" lacks "$value" <<<"$logs"
     check "the $s value is in no docker inspect" lacks "$value" <<<"$inspect"
   done
+}
+
+# The application's own connection: TCP to `db` as `app` with its password (read from the
+# secret inside the container, so it reaches psql through the environment, not argv).
+app_conn() {
+  docker compose exec -T sidecar sh -c \
+    'PGPASSWORD=$(cat /run/secrets/db_password) exec psql -X -q -A -t -v ON_ERROR_STOP=1 -h db -U app -d app -c "$1"' sh "$1"
+}
+pitr_list() { docker exec sidecar list --pitr --json 2>/dev/null; }
+pitr_on_timeline() { pitr_list | pitr_base_on_timeline "$1"; }
+pitr_stored_after() { pitr_list | pitr_stored_since "$1"; }
+# The README's block with the test's moment in place of its example.
+at_moment() { sed "s/2026-11-30 14:05:00+01/$1/g"; }
+
+# Point-in-time recovery the README's way: the replication line from compose.yml's initdb
+# script, the bound, archiving on in compose.yml; then a disaster, a restore to a moment into a
+# new volume, a check beside the stack, the move of `db` to it, and archiving on the new
+# timeline. The archive is encrypted here (compose_encrypted set recipients), so the restore
+# takes the identity as the README says.
+compose_pitr() {
+  local started=$SECONDS
+  check "compose.yml's initdb script is the README's" test \
+    "$(readme_block "### What the database server needs" | grep -v '^#')" = "$(grep -v '^#' initdb/replication.sh)"
+  check "the initdb script put the replication line into pg_hba.conf" test \
+    "$(app_sql -d app -c "select count(*) from pg_hba_file_rules where 'replication' = any(database) and address = 'samenet'")" = 1
+  local bound; bound=$(readme_block "### What the database server needs" 2 | grep 'max_slot_wal_keep_size')
+  check "the README's bound on the slot's WAL" bash -euc "$bound"
+  check "docker compose exec sidecar pgsidecar pitr check" docker compose exec sidecar pgsidecar pitr check
+  # Archiving on, as the README says: the sidecar's environment in compose.yml, then
+  # `docker compose up -d sidecar`; partials every 5 s and a commit every 2 s keep the test short.
+  check "the README turns archiving on in compose.yml" readme_has 'add `PGSIDECAR_PITR__ENABLED: "true"`'
+  sed -i 's|^      PGSIDECAR_LOG__FORMAT: .*|&\n      PGSIDECAR_PITR__ENABLED: "true"\n      PGSIDECAR_PITR__HEARTBEAT: 2s\n      PGSIDECAR_PITR__PARTIAL_INTERVAL: 5s|' compose.yml
+  check "compose.yml's sidecar has PITR on" grep -q 'PGSIDECAR_PITR__ENABLED: "true"' compose.yml
+  docker compose up -d sidecar >/dev/null 2>&1
+  check "the first base backup is listed" wait_for 120 pitr_on_timeline 1
+  log "PITR (Compose): first base backup listed $((SECONDS - started)) s after the start"
+
+  # Batch A, the moment, batch B; B's WAL is stored before the disaster.
+  app_sql -d app -c "create table pitr_marks (batch text, id int);
+    insert into pitr_marks select 'A', generate_series(1, 100)"
+  sleep 2
+  local moment; moment=$(date -u '+%Y-%m-%d %H:%M:%S+00')
+  sleep 2
+  app_sql -d app -c "insert into pitr_marks select 'B', generate_series(1, 50)"
+  local b_at; b_at=$(date +%s)
+  check "batches A and B are in the live database" test "$(app_conn "$PITR_MARKS_SQL")" = "A:100,B:50"
+  check "the WAL holding batch B is stored" wait_for 60 pitr_stored_after $((b_at + 2))
+  docker kill "$(docker compose ps -q db)" >/dev/null
+  check "the database was killed and stays down" sh -c \
+    "sleep 3; [ \"\$(docker inspect -f '{{.State.Running}}' $(docker compose ps -aq db))\" = false ]"
+
+  # 1. Stop and see the window (the README's block).
+  local block; block=$(readme_block "### Restore to a moment (Compose)" 1)
+  check "the README's step 1: stop db, list --pitr" output_has "restorable from" bash -euc "$block"
+  check "the old volume pgsidecar_db-data exists" docker volume inspect pgsidecar_db-data
+  local before; before=$(volume_digest pgsidecar_db-data)
+
+  # 2. The restore, with the identity of the encrypted archive as the README says.
+  block=$(readme_block "### Restore to a moment (Compose)" 2 | at_moment "$moment" |
+    sed -e 's|-v pgsidecar_db-restored:/restore sidecar|-v pgsidecar_db-restored:/restore -v "$PWD/backup-identity.txt:/identity:ro" sidecar|' \
+        -e 's|--owner 999:999$|--owner 999:999 --identity /identity|')
+  check "the README's step 2 restores the moment's data into pgsidecar_db-restored" \
+    output_has "next: start PostgreSQL 17" timeout 300 bash -euc "$block"
+  check "what the restore wrote belongs to 999:999 (the image's postgres)" owned_by_postgres pgsidecar_db-restored
+  check "the restore made no volume outside the project" sh -c '! docker volume inspect db-restored >/dev/null 2>&1'
+  check "compose owns the restored volume" output_has "pgsidecar" \
+    docker volume inspect -f '{{index .Labels "com.docker.compose.project"}}' pgsidecar_db-restored
+
+  # 3. Beside the stack, checked by pitr verify: the README's command, then with the marks.
+  block=$(readme_block "### Restore to a moment (Compose)" 3 | at_moment "$moment")
+  check "the README's step 3: db-restored up, pitr verify passes" timeout 300 bash -euc "$block"
+  local out rc=0
+  out=$(docker compose exec -T sidecar pgsidecar pitr verify --host db-restored --time "$moment" \
+    --query "$PITR_VERIFY_QUERY" --wait 1m 2>&1) || rc=$?
+  log "pitr verify --host db-restored --time '$moment' --query (batch A present, batch B absent):"
+  printf '%s\n' "$out" | grep -E '^(ok|FAIL)' | sed 's/^/    /' >&2
+  check "pitr verify with the marks query exits 0" test "$rc" = 0
+  check "pitr verify: every check ok, the marks query among them" bash -c \
+    '[ "$(grep -c "^ok" <<<"$1")" -ge 5 ] && ! grep -q "^FAIL" <<<"$1"' bash "$out"
+  check "pitr verify fails on a query that does not hold (exit 1)" sh -c \
+    "docker compose exec -T sidecar pgsidecar pitr verify --host db-restored --time '$moment' --query 'SELECT count(*) = 150 FROM pitr_marks' --wait 1m >/dev/null 2>&1; [ \$? = 1 ]"
+
+  # 4. db moves to the restored volume.
+  block=$(readme_block "### Restore to a moment (Compose)" 4)
+  check "the README's step 4 recreates db" contains "docker compose up -d --wait db" <<<"$block"
+  check "the README's step 4: db-restored stopped, db on the restored volume" timeout 300 bash -euc "$block"
+  check "the checked server is gone" test -z "$(docker compose --profile restore ps -aq db-restored)"
+  check "db runs on pgsidecar_db-restored" output_has "pgsidecar_db-restored" \
+    docker inspect -f '{{range .Mounts}}{{.Name}} {{end}}' "$(docker compose ps -q db)"
+  check "through the application's connection: batch A present, batch B absent" \
+    test "$(app_conn "$PITR_MARKS_SQL")" = "A:100"
+  local swapped=$SECONDS
+  check "the sidecar archives the new timeline: a base backup on timeline 2 is listed" \
+    wait_for 300 pitr_on_timeline 2
+  log "PITR (Compose): base backup on the new timeline listed $((SECONDS - swapped)) s after the move:"
+  docker exec sidecar list --pitr 2>/dev/null | sed 's/^/    /' >&2
+  check "the old volume pgsidecar_db-data is still there" docker volume inspect pgsidecar_db-data
+  check "nothing in pgsidecar_db-data was written after the kill" test "$(volume_digest pgsidecar_db-data)" = "$before"
+  log "PITR (Compose) took $((SECONDS - started)) s"
 }

@@ -128,14 +128,36 @@ build_pgsidecar_image() {
   docker build --network host --build-arg BINARY=prebuilt -t pgsidecar:local "$E2E_REPO"
 }
 
+# s3s-fs names the file holding an object's metadata after its bucket and key in base64; for
+# the keys of archived WAL (about 130 characters) during a multipart upload that name passes the
+# file system's 255-byte limit, and the upload fails (real S3 and MinIO take keys of 1024
+# bytes). The stand-in's copy is built from the same release with s3s-fs-long-keys.patch, which
+# names those files after the key's md5 when the base64 is long; built once, then cached beside
+# the tests' other dependencies.
+patched_s3s_fs() {
+  local patch="$E2E_REPO/tests/e2e/images/s3/s3s-fs-long-keys.patch"
+  local version; version=$(basename "$(dirname "$(dirname "$PGSC_TEST_S3S_FS")")")   # s3s-fs-X.Y.Z
+  local dir; dir="$(dirname "$(dirname "$(dirname "$PGSC_TEST_S3S_FS")")")/$version-e2e-$(sha256sum "$patch" | cut -c1-12)"
+  if [ ! -x "$dir/bin/s3s-fs" ]; then
+    local src; src=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -mindepth 2 -maxdepth 2 -type d -name "$version" | head -n 1)
+    [ -n "$src" ] || { echo "no source of $version under the cargo registry (scripts/test-deps.sh installs it)" >&2; return 1; }
+    rm -rf "$dir" && mkdir -p "$dir" && cp -r "$src" "$dir/src" && rm -f "$dir/src/Cargo.lock" &&
+      patch -d "$dir/src" -p1 <"$patch" >&2 &&
+      (cd "$dir/src" && CARGO_TARGET_DIR="$dir/target" cargo build --release --features binary >&2) &&
+      install -D -m 0755 "$dir/target/release/s3s-fs" "$dir/bin/s3s-fs" && rm -rf "$dir/target" || return 1
+  fi
+  echo "$dir/bin/s3s-fs"
+}
+
 # Stand-ins for the official postgres:17 image and for an S3 server (s3s-fs with curl for the
 # bucket step), from the same base.
 build_standin_images() {
   docker build --network host -t pgsidecar-e2e/postgres:17 "$E2E_REPO/tests/e2e/images/postgres"
-  local ctx="$E2E_TMP/s3-context"
+  local ctx="$E2E_TMP/s3-context" s3s_fs
+  s3s_fs=$(patched_s3s_fs) || return 1
   mkdir -p "$ctx"
   cp "$E2E_REPO/tests/e2e/images/s3/Dockerfile" "$ctx/"
-  cp "$PGSC_TEST_S3S_FS" "$ctx/s3s-fs"
+  cp "$s3s_fs" "$ctx/s3s-fs"
   docker build --network host -t pgsidecar-e2e/s3:local "$ctx"
 }
 
@@ -149,12 +171,51 @@ user_checkout() {
   rm -rf "$dest/target" "$dest/.env" "$dest/secrets"
 }
 
-# The lines of the first ```sh block after a README heading, comments stripped.
+# The lines of the first (or Nth) ```sh block after a README heading, comments stripped.
 readme_block() {
-  awk -v h="$1" '
+  awk -v h="$1" -v n="${2:-1}" '
     $0 == h { inside = 1; next }
-    inside && /^```sh/ { code = 1; next }
+    inside && /^```sh/ { if (++seen == n) code = 1; next }
     code && /^```/ { exit }
     code { sub(/[ \t]+#.*$/, ""); print }
   ' "$E2E_REPO/README.md"
 }
+
+# Point-in-time recovery, shared by both halves. `list --pitr --json` arrives on stdin.
+# Succeeds when a restorable base backup is listed on timeline $1 or later.
+pitr_base_on_timeline() {
+  python3 -c 'import json, sys
+n = int(sys.argv[1])
+sys.exit(0 if any(b["restorable"] and b["timeline"] >= n for b in json.load(sys.stdin)) else 1)' "$1"
+}
+# Succeeds when the newest WAL stored (the window's "stored …") is at or after epoch second $1.
+pitr_stored_since() {
+  python3 -c 'import json, re, sys, datetime
+at = [datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+      for b in json.load(sys.stdin) for m in [re.search(r"stored (\S+ \S+) UTC", b["window"])] if m]
+sys.exit(0 if at and max(at) >= int(sys.argv[1]) else 1)' "$1"
+}
+# A digest of a volume's every path, size, time, owner, mode and file contents, read through a
+# read-only mount: it changes when anything in the volume was written.
+volume_digest() {
+  docker run --rm --user 0 --entrypoint sh -v "$1:/v:ro" pgsidecar:local -c \
+    'cd /v && find . -printf "%p %s %T@ %U:%G %m\n" | sort && find . -type f -exec sha256sum {} + | sort' |
+    sha256sum | cut -d' ' -f1
+}
+# The owners (uid:gid) of what `pitr restore` wrote into volume $1 (pgdata and pgdata.wal),
+# one line each, and the number of WAL files staged.
+restored_owners() {
+  docker run --rm --user 0 --entrypoint sh -v "$1:/r:ro" pgsidecar:local -c \
+    'find /r/pgdata /r/pgdata.wal -printf "%U:%G\n" | sort -u; echo "wal files: $(find /r/pgdata.wal -type f | wc -l)"'
+}
+owned_by_postgres() {
+  local out; out=$(restored_owners "$1")
+  printf '%s\n' "$out"
+  [ "$(grep -c '^[0-9]*:[0-9]*$' <<<"$out")" = 1 ] && grep -qx '999:999' <<<"$out" && ! grep -q 'wal files: 0$' <<<"$out"
+}
+# Batch A (rows written before the moment) and batch B (after it) as the marks table holds
+# them, and the check pitr verify runs on the restored server (used by compose.sh and swarm.sh).
+# shellcheck disable=SC2034
+PITR_MARKS_SQL="select coalesce(string_agg(batch || ':' || n, ',' order by batch), '') from (select batch, count(*) n from pitr_marks group by batch) s"
+# shellcheck disable=SC2034
+PITR_VERIFY_QUERY="SELECT count(*) FILTER (WHERE batch = 'A') = 100 AND count(*) FILTER (WHERE batch = 'B') = 0 FROM pitr_marks"

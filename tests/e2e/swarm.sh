@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Swarm, end to end, as the README and swarm-stack.yml tell a user (sourced by scripts/e2e.sh
 # after lib.sh): secrets, the node label, `docker stack deploy`, a scheduled backup, a restore
-# through `docker exec $(docker ps -q -f name=app_sidecar)`, and a forced update that never
-# runs two sidecars at once.
+# through `docker exec $(docker ps -q -f name=app_sidecar)`, a forced update that never runs
+# two sidecars at once, and a point-in-time restore moved into the stack's `db`.
 
 sidecar_id() { docker ps -q -f name=app_sidecar; }
 swarm_backups() { docker exec "$(sidecar_id)" list --json 2>/dev/null | count_listed; }
@@ -62,6 +62,8 @@ swarm_e2e() {
   check "docker service update --force app_sidecar replaced the task" test "$(sidecar_id)" != "$old"
   check "never two sidecars at once during the update (most seen: $most)" test "$most" -le 1
 
+  swarm_pitr
+
   local logs; logs=$(docker service logs app_sidecar 2>&1; docker service logs app_db 2>&1)
   check "the sidecar's logs were read" contains "scheduled" <<<"$logs"
   for value in "$DB_PASSWORD" "$AWS_SECRET_ACCESS_KEY" "$token"; do
@@ -72,4 +74,85 @@ swarm_e2e() {
   wait_for 60 sh -c '[ -z "$(docker ps -q -f name=app_)" ]'
   check "docker swarm leave --force" docker swarm leave --force
   cd "$E2E_REPO" || return
+}
+
+# The running sidecar task (during an update the old one may still be listed while it stops).
+running_sidecar() { docker ps -q -f name=app_sidecar -f status=running | head -n 1; }
+swarm_pitr_list() { docker exec "$(running_sidecar)" list --pitr --json 2>/dev/null; }
+swarm_pitr_on_timeline() { swarm_pitr_list | pitr_base_on_timeline "$1"; }
+swarm_pitr_stored_after() { swarm_pitr_list | pitr_stored_since "$1"; }
+# The application's connection to `db` over the stack's network (see app_conn in compose.sh).
+swarm_app_conn() {
+  docker exec "$(running_sidecar)" sh -c \
+    'PGPASSWORD=$(cat /run/secrets/db_password) exec psql -X -q -A -t -v ON_ERROR_STOP=1 -h db -U app -d app -c "$1"' sh "$1"
+}
+no_db_task() { [ -z "$(docker ps -q -f name=app_db)" ]; }
+# The README's Swarm blocks with the test's deploy (its override file) and images.
+swarm_test_bits() {
+  sed -e 's|^docker stack deploy -c swarm-stack.yml app$|docker stack deploy -c swarm-stack.yml -c tests/e2e/swarm.override.yml app|' \
+      -e 's| postgres:17$| pgsidecar-e2e/postgres:17|' -e "s/2026-11-30 14:05:00+01/$1/g"
+}
+
+# Point-in-time recovery in Swarm, as the README's "Restore to a moment (Swarm)" says: on, a
+# disaster, a restore into app_db-restored by a one-off job on the database's node, a check
+# beside the stack, `db` moved by a redeploy, and archiving on the new timeline.
+swarm_pitr() {
+  local started=$SECONDS heading="### Restore to a moment (Swarm)"
+  check "swarm-stack.yml's db updates stop-first" sh -c \
+    "docker service inspect app_db -f '{{.Spec.UpdateConfig.Order}}' | grep -qx stop-first"
+  check "the initdb script (a config) put the replication line into pg_hba.conf" test \
+    "$(db_sql -d app -c "select count(*) from pg_hba_file_rules where 'replication' = any(database) and address = 'samenet'")" = 1
+  local block; block=$(readme_block "$heading" 1 | swarm_test_bits x)
+  check "the README's Swarm PITR block: the bound, PITR on, deploy" bash -euc "$block"
+  check "swarm-stack.yml has PITR on" grep -q 'PGSIDECAR_PITR__ENABLED: "true"' swarm-stack.yml
+  check "the first base backup is listed" wait_for 180 swarm_pitr_on_timeline 1
+  log "PITR (Swarm): first base backup listed $((SECONDS - started)) s after the start"
+
+  db_sql -d app -c "create table pitr_marks (batch text, id int);
+    insert into pitr_marks select 'A', generate_series(1, 100)"
+  sleep 2
+  local moment; moment=$(date -u '+%Y-%m-%d %H:%M:%S+00')
+  sleep 2
+  db_sql -d app -c "insert into pitr_marks select 'B', generate_series(1, 50)"
+  local b_at; b_at=$(date +%s)
+  check "batches A and B are in the live database" test "$(swarm_app_conn "$PITR_MARKS_SQL")" = "A:100,B:50"
+  check "the WAL holding batch B is stored" wait_for 60 swarm_pitr_stored_after $((b_at + 2))
+  # The disaster: the task is killed. Swarm would start it again; the README's step 1 scales
+  # the service to 0 first.
+  docker kill "$(docker ps -q -f name=app_db)" >/dev/null
+  block=$(readme_block "$heading" 2 | swarm_test_bits "$moment")
+  check "the README's Swarm step 1: db scaled to 0, list --pitr" output_has "restorable from" bash -euc "$block"
+  check "no db task runs" wait_for 30 no_db_task
+  check "the old volume app_db-data exists" docker volume inspect app_db-data
+  local before; before=$(volume_digest app_db-data)
+
+  block=$(readme_block "$heading" 3 | swarm_test_bits "$moment")
+  check "the README's Swarm step 2: a one-off job restores into app_db-restored" \
+    output_has "next: start PostgreSQL 17" timeout 300 bash -euc "$block"
+  check "the job and its env file are gone" sh -c '! docker service inspect pitr-restore >/dev/null 2>&1 && [ ! -e sidecar.env ]'
+  check "what the restore wrote belongs to 999:999 (the image's postgres)" owned_by_postgres app_db-restored
+
+  block=$(readme_block "$heading" 4 | swarm_test_bits "$moment")
+  check "the README's Swarm step 3 verifies db-restored, then stops it" timeout 300 bash -euc "$(
+    sed "s|pitr verify --host db-restored --time '$moment'|& --query \"$PITR_VERIFY_QUERY\"|" <<<"$block")"
+  check "the checked server is gone (service removed, no container running)" sh -c \
+    '! docker service inspect db-restored >/dev/null 2>&1 && [ -z "$(docker ps -q -f name=db-restored)" ]'
+
+  block=$(readme_block "$heading" 5 | swarm_test_bits "$moment")
+  check "the README's Swarm step 4: swarm-stack.yml edited, deployed again" bash -euc "$block"
+  check "swarm-stack.yml's db is on db-restored with the restored PGDATA" sh -c \
+    'grep -q -- "- db-restored:/var/lib/postgresql/data" swarm-stack.yml && grep -q "PGDATA: /var/lib/postgresql/data/pgdata" swarm-stack.yml'
+  check "the db task runs on app_db-restored" wait_for 120 sh -c \
+    'docker inspect -f "{{range .Mounts}}{{.Name}} {{end}}" $(docker ps -q -f name=app_db -f status=running) | grep -q app_db-restored'
+  check "db accepts the application's connection" wait_for 120 swarm_app_conn "select 1"
+  check "through the application's connection: batch A present, batch B absent" \
+    test "$(swarm_app_conn "$PITR_MARKS_SQL")" = "A:100"
+  local swapped=$SECONDS
+  check "the sidecar archives the new timeline: a base backup on timeline 2 is listed" \
+    wait_for 300 swarm_pitr_on_timeline 2
+  log "PITR (Swarm): base backup on the new timeline listed $((SECONDS - swapped)) s after the move:"
+  docker exec "$(running_sidecar)" list --pitr 2>/dev/null | sed 's/^/    /' >&2
+  check "the old volume app_db-data is still there" docker volume inspect app_db-data
+  check "nothing in app_db-data was written after the kill" test "$(volume_digest app_db-data)" = "$before"
+  log "PITR (Swarm) took $((SECONDS - started)) s"
 }
