@@ -101,8 +101,11 @@ pub struct Prepared {
     /// The last WAL file staged and when it was stored (the newest moment it can reach).
     pub last: String,
     pub last_stored_at: Option<DateTime<Utc>>,
-    /// Said to the operator before the server is started.
+    /// Said to the operator before the server is started; the restore may not do what was
+    /// asked.
     pub warnings: Vec<String>,
+    /// Said to the operator; nothing to act on.
+    pub notes: Vec<String>,
 }
 
 /// The request.
@@ -352,14 +355,19 @@ async fn lay_out(
             other => break other?,
         }
     };
-    let mut warnings = Vec::new();
+    let (mut warnings, mut notes) = (Vec::new(), Vec::new());
     let (mut staged, mut last) = (staged, last);
     if let Some(fork) = cut_at_fork(wal_dir, base.timeline, base.wal_segment_size)? {
         staged -= fork.removed;
         if let Some(name) = fork.last {
             last = name;
         }
-        warnings.push(format!(
+        // A time after the fork is never reached on this timeline: recovery stops with FATAL.
+        let said = match req.target {
+            Target::Latest => &mut notes,
+            Target::Time(_) => &mut warnings,
+        };
+        said.push(format!(
             "timeline {} was left at {} when timeline {} began (a restore or a promotion): the WAL written on timeline {} after that point is not replayed, so this restore ends there. A time after it restores from a base backup of timeline {} or later; before that backup's end it cannot be restored",
             base.timeline, fork.at, fork.child, base.timeline, fork.child
         ));
@@ -384,6 +392,7 @@ async fn lay_out(
         last,
         last_stored_at,
         warnings,
+        notes,
     })
 }
 

@@ -1272,6 +1272,16 @@ fn a_restored_cluster_is_archived_on_its_new_timeline_without_mixing_histories()
     assert!(wait_stored(&bucket, &abandoned, 60), "{}", daemon.stderr());
     stop(daemon);
     pg.crash();
+    let first_base = s3()
+        .keys(&bucket, "p/~pitr/")
+        .into_iter()
+        .find(|k| k.ends_with(".base.json"))
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".base.json")
+        .to_string();
 
     let (restored, _) = restore_and_start(&pg, &bucket, &target);
     assert_eq!(timeline(&restored), 2);
@@ -1329,4 +1339,26 @@ fn a_restored_cluster_is_archived_on_its_new_timeline_without_mixing_histories()
         "1,3"
     );
     assert!(timeline(&again) >= 3, "a timeline no history names yet");
+
+    // Without the new timeline's base backup, `latest` restores timeline 1's: its replay ends
+    // where timeline 2 left it, so batch 2 (written on timeline 1 after that) stays out.
+    for key in s3().keys(&bucket, "p/~pitr/") {
+        if key.contains("/base/") && !key.contains(&first_base) {
+            s3().delete(&bucket, &key);
+        }
+    }
+    again.crash();
+    let (old_base, run) = restore_and_start(&again, &bucket, "latest");
+    assert!(
+        run.stderr.contains("when timeline 2 began"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        old_base.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM marker"
+        ),
+        "1"
+    );
 }
