@@ -71,6 +71,9 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
             for w in &prepared.warnings {
                 eprintln!("warning: {w}");
             }
+            for n in &prepared.notes {
+                eprintln!("note: {n}");
+            }
             let b = &prepared.base;
             println!(
                 "prepared {} from the base backup of {} (PostgreSQL {}, timeline {}) and {} WAL file(s) in {}, the last {}",

@@ -210,6 +210,24 @@ pub struct RawPitr {
     /// Which base backups to keep (`[pitr.retention]`, the `[retention]` rules); WAL is kept
     /// from the oldest kept one's start. Unset: nothing is pruned.
     pub retention: RawRetention,
+    /// `[pitr.drill]`: scheduled point-in-time restore drills.
+    pub drill: RawPitrDrill,
+}
+
+/// `[pitr.drill]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPitrDrill {
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub schedule: Option<String>,
+    /// `newest` or `random`.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub target: Option<String>,
+    pub dir: Option<PathBuf>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub query: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[http]`

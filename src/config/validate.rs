@@ -289,7 +289,9 @@ fn validate_pitr(
             ),
         ));
     }
+    let drill = validate_pitr_drill(raw.drill, tz)?;
     Ok(crate::pitr::PitrConfig {
+        drill,
         max_lag,
         retention,
         timezone: tz,
@@ -304,6 +306,48 @@ fn validate_pitr(
             .unwrap_or_else(|| std::env::temp_dir().join("pgsidecar-wal-spool")),
         allow_unbounded_wal: raw.allow_unbounded_wal.unwrap_or(false),
         prefix,
+    })
+}
+
+/// `[pitr.drill]`; its schedule runs in `pitr.timezone`.
+fn validate_pitr_drill(
+    raw: crate::config::raw::RawPitrDrill,
+    tz: chrono_tz::Tz,
+) -> Result<crate::pitr::settings::DrillConfig, ConfigError> {
+    use crate::pitr::settings::{DrillChoice, DrillConfig, DEFAULT_DRILL_TIMEOUT};
+    let schedule = match raw.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(expr) => Some(
+            crate::schedule::Schedule::parse(expr, tz)
+                .map_err(|e| ConfigError::invalid("pitr.drill.schedule", e.to_string()))?,
+        ),
+    };
+    let target = match raw.target.as_deref().map(str::trim) {
+        None | Some("") | Some("newest") => DrillChoice::Newest,
+        Some("random") => DrillChoice::Random,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "pitr.drill.target",
+                format!("`{other}` is neither `newest` nor `random`"),
+            ))
+        }
+    };
+    let timeout = raw.timeout.unwrap_or(DEFAULT_DRILL_TIMEOUT);
+    if timeout < Duration::from_secs(10) {
+        return Err(ConfigError::invalid(
+            "pitr.drill.timeout",
+            "must be at least 10s",
+        ));
+    }
+    Ok(DrillConfig {
+        schedule,
+        target,
+        dir: raw
+            .dir
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| std::env::temp_dir().join("pgsidecar-pitr-drill")),
+        query: raw.query.filter(|q| !q.trim().is_empty()),
+        timeout,
     })
 }
 

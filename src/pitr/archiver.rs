@@ -185,7 +185,19 @@ impl Archiver<'_> {
                     .iter()
                     .next_back()
                     .map(|((t, s), _)| facts.segment_size.file_name(*t, *s));
+                // A cluster restored from this archive (or promoted) runs on a timeline the
+                // archive has no WAL of: it never had the slot, and nothing was lost.
+                let newer_timeline = archive
+                    .segments
+                    .keys()
+                    .map(|(t, _)| *t)
+                    .max()
+                    .is_some_and(|t| facts.timeline > t);
                 match (&existing, last_stored) {
+                    (None, Some(_)) if newer_timeline => tracing::info!(
+                        timeline = facts.timeline,
+                        "the cluster runs on a timeline new to the archive (restored or promoted): archiving it from here"
+                    ),
                     (Some(_), after) => {
                         observer.alert(&ArchiveError::SlotLost {
                             slot: slot.clone(),

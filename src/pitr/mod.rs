@@ -9,6 +9,7 @@ pub mod archive;
 pub mod archiver;
 pub mod base;
 pub mod check;
+pub mod drill;
 pub mod prune;
 pub mod restore;
 pub mod server;

@@ -101,8 +101,11 @@ pub struct Prepared {
     /// The last WAL file staged and when it was stored (the newest moment it can reach).
     pub last: String,
     pub last_stored_at: Option<DateTime<Utc>>,
-    /// Said to the operator before the server is started.
+    /// Said to the operator before the server is started; the restore may not do what was
+    /// asked.
     pub warnings: Vec<String>,
+    /// Said to the operator; nothing to act on.
+    pub notes: Vec<String>,
 }
 
 /// The request.
@@ -352,6 +355,23 @@ async fn lay_out(
             other => break other?,
         }
     };
+    let (mut warnings, mut notes) = (Vec::new(), Vec::new());
+    let (mut staged, mut last) = (staged, last);
+    if let Some(fork) = cut_at_fork(wal_dir, base.timeline, base.wal_segment_size)? {
+        staged -= fork.removed;
+        if let Some(name) = fork.last {
+            last = name;
+        }
+        // A time after the fork is never reached on this timeline: recovery stops with FATAL.
+        let said = match req.target {
+            Target::Latest => &mut notes,
+            Target::Time(_) => &mut warnings,
+        };
+        said.push(format!(
+            "timeline {} was left at {} when timeline {} began (a restore or a promotion): the WAL written on timeline {} after that point is not replayed, so this restore ends there. A time after it restores from a base backup of timeline {} or later; before that backup's end it cannot be restored",
+            base.timeline, fork.at, fork.child, base.timeline, fork.child
+        ));
+    }
     extract_base(req, base, data_dir).await?;
     configure_recovery(data_dir, wal_dir, req.target, base.timeline)?;
     if let Some((uid, gid)) = owner {
@@ -371,8 +391,102 @@ async fn lay_out(
         staged,
         last,
         last_stored_at,
-        warnings: Vec::new(),
+        warnings,
+        notes,
     })
+}
+
+/// Where the restored timeline was left for a newer one.
+struct Fork {
+    child: u32,
+    at: super::wal::Lsn,
+    /// Staged WAL files removed (past the fork).
+    removed: usize,
+    /// The last WAL file kept, when the cut changed it.
+    last: Option<String>,
+}
+
+/// Ends the staged WAL of timeline `tli` where the earliest newer timeline (a history file
+/// naming `tli` as its parent) left it: later segments go, and the segment holding the fork
+/// is zero-filled after it, which replay reads as the end of WAL. What `tli` wrote after a
+/// restore or promotion branched off belongs to a history the operator left behind, and is
+/// never replayed into a restore.
+fn cut_at_fork(
+    wal_dir: &Path,
+    tli: u32,
+    size: wal::SegmentSize,
+) -> Result<Option<Fork>, PitrRestoreError> {
+    let mut fork: Option<(u32, super::wal::Lsn)> = None;
+    let mut staged_segments = Vec::new();
+    for entry in std::fs::read_dir(wal_dir).map_err(io_err(wal_dir))? {
+        let path = entry.map_err(io_err(wal_dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".zst"))
+            .unwrap_or_default()
+            .to_string();
+        if let Some(child) = wal::parse_history_name(&name).filter(|c| *c > tli) {
+            let text = zstd::decode_all(std::fs::File::open(&path).map_err(io_err(&path))?)
+                .map_err(io_err(&path))?;
+            for line in String::from_utf8_lossy(&text).lines() {
+                let mut fields = line.split_whitespace();
+                let (Some(parent), Some(at)) = (fields.next(), fields.next()) else {
+                    continue;
+                };
+                if parent.parse::<u32>() != Ok(tli) {
+                    continue;
+                }
+                if let Ok(at) = at.parse::<super::wal::Lsn>() {
+                    // Every descendant's history names the fork; the oldest child made it.
+                    if fork.is_none_or(|(c, f)| (at, child) < (f, c)) {
+                        fork = Some((child, at));
+                    }
+                }
+            }
+        } else if let Some((t, segno)) = (name.len() == 24)
+            .then(|| size.parse_name(&name).ok())
+            .flatten()
+        {
+            if t == tli {
+                staged_segments.push((segno, path));
+            }
+        }
+    }
+    let Some((child, at)) = fork else {
+        return Ok(None);
+    };
+    let fork_segno = size.segment_of(at);
+    let offset = (at.0 - fork_segno * size.bytes()) as usize;
+    let mut removed = 0;
+    let mut last = None;
+    staged_segments.sort();
+    for (segno, path) in &staged_segments {
+        if *segno > fork_segno || (*segno == fork_segno && offset == 0) {
+            std::fs::remove_file(path).map_err(io_err(path))?;
+            removed += 1;
+        } else if *segno == fork_segno {
+            let mut bytes = zstd::decode_all(std::fs::File::open(path).map_err(io_err(path))?)
+                .map_err(io_err(path))?;
+            bytes.truncate(offset);
+            bytes.resize(size.bytes() as usize, 0);
+            let packed = zstd::encode_all(bytes.as_slice(), 3).map_err(io_err(path))?;
+            std::fs::write(path, packed).map_err(io_err(path))?;
+        }
+    }
+    if removed > 0 || staged_segments.iter().any(|(s, _)| *s == fork_segno) {
+        last = staged_segments
+            .iter()
+            .rev()
+            .find(|(s, _)| *s < fork_segno || (*s == fork_segno && offset > 0))
+            .map(|(s, _)| size.file_name(tli, *s));
+    }
+    Ok(Some(Fork {
+        child,
+        at,
+        removed,
+        last,
+    }))
 }
 
 /// Stages the segments `reach` covers, the partial after them and every history file;
@@ -699,5 +813,51 @@ mod tests {
             relative_to(Path::new("/v/data"), Path::new("/w/wal")),
             PathBuf::from("/w/wal")
         );
+    }
+
+    #[test]
+    fn the_restored_timeline_ends_where_a_newer_one_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = wal::SegmentSize::try_from(1u64 << 20).unwrap();
+        let put = |name: &str, bytes: &[u8]| {
+            std::fs::write(
+                dir.path().join(format!("{name}.zst")),
+                zstd::encode_all(bytes, 3).unwrap(),
+            )
+            .unwrap()
+        };
+        for segno in 1..=3u64 {
+            put(&size.file_name(1, segno), &vec![0xAB; 1 << 20]);
+        }
+        // Timeline 2 left timeline 1 inside segment 2; timeline 3 (from 2) names 1 too.
+        put(
+            "00000002.history",
+            b"1\t0/00280000\tbefore 2026-11-30 14:05:00+00\n",
+        );
+        put("00000003.history", b"1\t0/00280000\tbefore 2026-11-30 14:05:00+00\n2\t0/00390000\tno recovery target specified\n");
+        let fork = cut_at_fork(dir.path(), 1, size).unwrap().unwrap();
+        assert_eq!(
+            (fork.child, fork.at.to_string(), fork.removed),
+            (2, "0/280000".to_string(), 1)
+        );
+        assert_eq!(fork.last.as_deref(), Some(size.file_name(1, 2).as_str()));
+        let read = |segno: u64| {
+            zstd::decode_all(
+                std::fs::File::open(dir.path().join(format!("{}.zst", size.file_name(1, segno))))
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        assert!(read(1).iter().all(|b| *b == 0xAB));
+        let cut = read(2);
+        assert_eq!(cut.len(), 1 << 20);
+        assert!(cut[..0x80000].iter().all(|b| *b == 0xAB));
+        assert!(cut[0x80000..].iter().all(|b| *b == 0));
+        assert!(!dir
+            .path()
+            .join(format!("{}.zst", size.file_name(1, 3)))
+            .exists());
+        // Timeline 2 was itself left by 3: its own restore is cut there; timeline 3 is not.
+        assert!(cut_at_fork(dir.path(), 3, size).unwrap().is_none());
     }
 }

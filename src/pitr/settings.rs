@@ -42,9 +42,54 @@ pub struct PitrConfig {
     pub max_lag: Duration,
     /// Which base backups to keep; `None` prunes nothing.
     pub retention: Option<crate::retention::Policy>,
-    /// The time zone of the base backup schedule and of the retention's calendar rules.
+    /// The time zone of the base backup and drill schedules and of the retention's calendar
+    /// rules.
     #[serde(serialize_with = "tz_name")]
     pub timezone: chrono_tz::Tz,
+    /// Point-in-time restore drills (`[pitr.drill]`).
+    pub drill: DrillConfig,
+}
+
+/// `[pitr.drill]`: restores of the archive into a scratch directory, on a schedule, that a
+/// server started by the sidecar replays and `pitr verify`'s checks pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillConfig {
+    /// When drills run; `None`: only by hand (`pgsidecar pitr drill`).
+    #[serde(serialize_with = "opt_schedule_expr")]
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// The moment restored.
+    pub target: DrillChoice,
+    /// Where the scratch data directory is made (each drill's own subdirectory, removed
+    /// after it). Needs room for the cluster and the WAL since its base backup.
+    pub dir: PathBuf,
+    /// SQL whose first value must be true on the restored cluster (`pitr verify --query`).
+    pub query: Option<String>,
+    /// Longest a drill may take, restore and replay included.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Which moment a drill restores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillChoice {
+    /// The end of the archive (`--time latest`): the restore a lost server would need.
+    Newest,
+    /// A time drawn uniformly from the recoverable windows, so old chains are proven too.
+    Random,
+}
+
+/// `pitr.drill.timeout` when unset.
+pub const DEFAULT_DRILL_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn opt_schedule_expr<S: serde::Serializer>(
+    s: &Option<crate::schedule::Schedule>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_str(s.expr()),
+        None => ser.serialize_none(),
+    }
 }
 
 fn tz_name<S: serde::Serializer>(tz: &chrono_tz::Tz, ser: S) -> Result<S::Ok, S::Error> {

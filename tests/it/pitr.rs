@@ -1242,3 +1242,123 @@ fn a_slot_nearly_full_is_alerted_before_wal_is_lost() {
     proxy.restore();
     stop(daemon);
 }
+
+/// A cluster restored to a time and put back in service runs on a new timeline without the
+/// sidecar's slot: the sidecar archives it from there without an alarm (nothing was lost),
+/// stores its history file, takes a base backup of the new timeline at once, and a later
+/// restore replays the new history, never the writes the restore left behind.
+#[test]
+fn a_restored_cluster_is_archived_on_its_new_timeline_without_mixing_histories() {
+    let pg = cluster(17);
+    let bucket = s3().bucket("pitr-timeline");
+    let spool = tempfile::tempdir().unwrap();
+    pg.psql(
+        "postgres",
+        "CREATE TABLE marker(batch int, at timestamptz DEFAULT clock_timestamp())",
+    );
+    let daemon = start_archiving(sidecar(&pg, &bucket, spool.path()));
+    pg.psql(
+        "postgres",
+        "INSERT INTO marker(batch) SELECT 1 FROM generate_series(1, 10)",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = pg.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    // The writes the restore leaves behind.
+    let abandoned = write_segment(&pg, 2);
+    assert!(wait_stored(&bucket, &abandoned, 60), "{}", daemon.stderr());
+    stop(daemon);
+    pg.crash();
+    let first_base = s3()
+        .keys(&bucket, "p/~pitr/")
+        .into_iter()
+        .find(|k| k.ends_with(".base.json"))
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".base.json")
+        .to_string();
+
+    let (restored, _) = restore_and_start(&pg, &bucket, &target);
+    assert_eq!(timeline(&restored), 2);
+    let hook = FakeHttp::start(Answer::Status(200));
+    let spool2 = tempfile::tempdir().unwrap();
+    let daemon = start_archiving(
+        sidecar(&restored, &bucket, spool2.path())
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let after = write_segment(&restored, 3);
+    assert!(wait_stored(&bucket, &after, 60), "{}", daemon.stderr());
+    assert!(after.starts_with("00000002"), "{after}");
+    assert!(
+        wait_until(30, || s3()
+            .keys(&bucket, "p/~pitr/")
+            .iter()
+            .any(|k| k.contains("/wal/00000002.history."))),
+        "the new timeline's history is archived: {}",
+        daemon.stderr()
+    );
+    assert!(
+        restored.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pgsidecar'"
+        ) == "1",
+        "the slot was created on the restored cluster"
+    );
+    let log = stop(daemon);
+    assert!(log.contains("a timeline new to the archive"), "{log}");
+    assert!(
+        hook.messages().iter().all(|m| m["kind"] != "archive_alert"),
+        "a restored cluster is not an alarm: {:?}",
+        hook.messages()
+    );
+    let listed = sidecar(&restored, &bucket, spool2.path())
+        .args(&["list", "--pitr", "--json"])
+        .run()
+        .expect_code(0);
+    let rows: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["timeline"] == 2 && r["restorable"] == true),
+        "{}",
+        listed.stdout
+    );
+
+    // The new history, and not batch 2, which only the old timeline holds.
+    restored.crash();
+    let (again, _) = restore_and_start(&restored, &bucket, "latest");
+    assert_eq!(
+        again.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM marker"
+        ),
+        "1,3"
+    );
+    assert!(timeline(&again) >= 3, "a timeline no history names yet");
+
+    // Without the new timeline's base backup, `latest` restores timeline 1's: its replay ends
+    // where timeline 2 left it, so batch 2 (written on timeline 1 after that) stays out.
+    for key in s3().keys(&bucket, "p/~pitr/") {
+        if key.contains("/base/") && !key.contains(&first_base) {
+            s3().delete(&bucket, &key);
+        }
+    }
+    again.crash();
+    let (old_base, run) = restore_and_start(&again, &bucket, "latest");
+    assert!(
+        run.stderr.contains("when timeline 2 began"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        old_base.psql(
+            "postgres",
+            "SELECT string_agg(DISTINCT batch::text, ',' ORDER BY batch::text) FROM marker"
+        ),
+        "1"
+    );
+}
