@@ -236,6 +236,15 @@ pub enum PitrCommand {
     /// archiving daemon first (it would create the slot again), then run this before removing
     /// the sidecar or turning pitr.enabled off.
     Disable,
+    /// Run a point-in-time restore drill now: restore into a scratch directory
+    /// (pitr.drill.dir), start PostgreSQL on it, run `pitr verify`'s checks, print the RTO
+    /// and RPO, and remove everything. Exits 1 when the drill fails.
+    Drill {
+        /// `newest`, `random` (a time in a recoverable window), or a time with its offset;
+        /// default: pitr.drill.target.
+        #[arg(long, value_name = "TIME")]
+        time: Option<String>,
+    },
     /// Check a server started on a restored data directory before moving an application to
     /// it: it promoted, belongs to this archive, runs on a new timeline, replayed no commit
     /// after the target, and QUERY (if given) returns true. Waits for replay to finish.

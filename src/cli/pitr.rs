@@ -123,6 +123,37 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
             print_findings(&verified.findings)?;
             Ok(ExitCode::success_if(verified.passed()))
         }
+        PitrCommand::Drill { time } => {
+            use crate::pitr::drill::{Choice, Drill};
+            use crate::pitr::settings::DrillChoice;
+            let mut settings = pitr.clone();
+            let choice = match time.as_deref() {
+                None => Choice::Config,
+                Some("newest") => Choice::Target(Target::Latest),
+                Some("random") => {
+                    settings.drill.target = DrillChoice::Random;
+                    Choice::Config
+                }
+                Some(t) => Choice::Target(parse_target(t)?),
+            };
+            let drill = Drill {
+                config: &settings,
+                tools: &config.tools,
+                storage: &sidecar.storage,
+                encryption: &config.encryption,
+            };
+            match drill.run(choice, &crate::shutdown::on_signal()).await {
+                Ok(report) => {
+                    print_findings(&report.findings)?;
+                    println!("drill passed: {}", report.summary());
+                    Ok(ExitCode::Success)
+                }
+                Err(e) => {
+                    println!("drill failed: {}", crate::secret::redact(&e.to_string()));
+                    Ok(ExitCode::success_if(false))
+                }
+            }
+        }
         PitrCommand::Prune { dry_run } => {
             let Some(policy) = &pitr.retention else {
                 return Err(crate::config::ConfigError::Invalid {

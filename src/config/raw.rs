@@ -210,6 +210,9 @@ pub struct RawPitr {
     /// Which base backups to keep (`[pitr.retention]`, the `[retention]` rules); WAL is kept
     /// from the oldest kept one's start. Unset: nothing is pruned.
     pub retention: RawRetention,
+    /// How often the archive is read for holes and the base backup's age is checked.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Option<Duration>,
     /// `[pitr.drill]`: scheduled point-in-time restore drills.
     pub drill: RawPitrDrill,
 }

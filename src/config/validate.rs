@@ -290,7 +290,15 @@ fn validate_pitr(
         ));
     }
     let drill = validate_pitr_drill(raw.drill, tz)?;
+    let check_interval = raw.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+    if check_interval < Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            "pitr.check_interval",
+            "must be at least 1s",
+        ));
+    }
     Ok(crate::pitr::PitrConfig {
+        check_interval,
         drill,
         max_lag,
         retention,

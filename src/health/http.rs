@@ -206,11 +206,46 @@ fn register_pitr(
         p.last_base_backup_at
             .map(|t| (now - t).num_seconds() as f64),
     );
+    gauge(
+        "pitr_wal_gaps",
+        "1 when the periodic WAL check found a hole in the newest base backup's chain",
+        Some(if p.gap.is_some() { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        "pitr_drill_last_timestamp_seconds",
+        "When the last point-in-time restore drill ran",
+        p.last_drill_at.map(|t| t.timestamp() as f64),
+    );
+    gauge(
+        "pitr_drill_age_seconds",
+        "Time since the last point-in-time restore drill ran",
+        p.last_drill_at.map(|t| (now - t).num_seconds() as f64),
+    );
+    gauge(
+        "pitr_drill_last_passed",
+        "1 if the last point-in-time restore drill passed, 0 if it failed",
+        p.last_drill_passed.map(|b| if b { 1.0 } else { 0.0 }),
+    );
+    gauge(
+        "pitr_drill_rto_seconds",
+        "Time the last passing point-in-time drill took from the restore's start to a promoted, checked server",
+        p.last_drill_rto_secs,
+    );
+    gauge(
+        "pitr_drill_rpo_seconds",
+        "Time between the last passing point-in-time drill's target and the last commit it brought back",
+        p.last_drill_rpo_secs,
+    );
     let mut counter = |name: &str, help: &str, value: u64| {
         let c = Counter::<u64>::default();
         c.inc_by(value);
         registry.register(name, help, c);
     };
+    counter(
+        "pitr_drill_failures",
+        "Failed point-in-time restore drills since start",
+        p.drill_failures_total,
+    );
     counter(
         "pitr_receiver_restarts",
         "Archiving sessions that ended in an error and were started again, since start",

@@ -71,6 +71,21 @@ pub struct PitrStatus {
     pub receiver_restarts_total: u64,
     pub alerts_total: u64,
     pub last_error: Option<String>,
+    /// A hole the periodic WAL check found in the newest base backup's chain: the segment
+    /// missing, while WAL after it is stored.
+    #[serde(default)]
+    pub gap: Option<String>,
+    /// The last point-in-time restore drill: when it ran, whether it passed, its RTO and RPO.
+    #[serde(default)]
+    pub last_drill_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_drill_passed: Option<bool>,
+    #[serde(default)]
+    pub last_drill_rto_secs: Option<f64>,
+    #[serde(default)]
+    pub last_drill_rpo_secs: Option<f64>,
+    #[serde(default)]
+    pub drill_failures_total: u64,
 }
 
 /// One job.
@@ -257,6 +272,11 @@ impl Status {
                 human(TimeDelta::seconds(lag)),
                 human(TimeDelta::seconds(p.max_lag_secs)),
                 error_suffix(&p.last_error)
+            ));
+        }
+        if let Some(gap) = &p.gap {
+            out.push(format!(
+                "WAL archiving: segment {gap} is missing from the archive, so the WAL stored after it cannot be replayed; a new base backup starts a restorable chain"
             ));
         }
         if let Some(max_age) = p.base_backup_max_age_secs {

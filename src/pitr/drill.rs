@@ -123,6 +123,12 @@ impl Drill<'_> {
             }
             _ = cancel.cancelled() => Err(PitrDrillError::Cancelled),
         };
+        if let Err(PitrDrillError::TimedOut(_) | PitrDrillError::Cancelled) = &outcome {
+            tracing::warn!(
+                "the drill's server log ends with: {}",
+                log_tail(&scratch.join("server.log"))
+            );
+        }
         // The server (kill_on_drop) is gone with the future; its files go now.
         if let Err(e) = std::fs::remove_dir_all(&scratch) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -197,7 +203,8 @@ impl Drill<'_> {
             pitr_prefix: &self.config.prefix,
             target,
             query: self.config.drill.query.as_deref(),
-            wait: self.config.drill.timeout,
+            // Inside the drill's limit, so a server that never answers is reported with why.
+            wait: (self.config.drill.timeout * 9 / 10).saturating_sub(started.elapsed()),
         };
         // A server that stops (FATAL in replay) ends the wait at once.
         let verified = tokio::select! {

@@ -43,6 +43,8 @@ struct Reporter<'a> {
     /// Alerts already sent for the episode going on: archive lag, slot nearly full.
     alerted_lag: std::sync::atomic::AtomicBool,
     alerted_slot: std::sync::atomic::AtomicBool,
+    alerted_gap: std::sync::atomic::AtomicBool,
+    alerted_overdue: std::sync::atomic::AtomicBool,
 }
 
 /// Share of `max_slot_wal_keep_size` the slot may hold before an alert.
@@ -97,6 +99,43 @@ impl Reporter<'_> {
         } else {
             self.alerted_slot.store(false, Relaxed);
         }
+    }
+
+    /// Records a drill's outcome on the board and notifies it.
+    fn drill_done(
+        &self,
+        outcome: &Result<super::drill::DrillReport, super::drill::PitrDrillError>,
+    ) {
+        self.record(|p| {
+            p.last_drill_at = Some(Utc::now());
+            p.last_drill_passed = Some(outcome.is_ok());
+            match outcome {
+                Ok(r) => {
+                    p.last_drill_rto_secs = Some(r.rto.as_secs_f64());
+                    p.last_drill_rpo_secs = r.rpo.map(|d| d.as_secs_f64());
+                }
+                Err(_) => p.drill_failures_total += 1,
+            }
+        });
+        self.service.board.save();
+        let mut event = match outcome {
+            Ok(r) => {
+                tracing::info!("point-in-time restore drill passed: {}", r.summary());
+                let mut e = self.event(EventKind::DrillPassed, String::new());
+                e.error = None;
+                e.key = Some(r.base_key.clone());
+                e.duration_secs = Some(r.rto.as_secs_f64());
+                e.summary = Some(r.summary());
+                e
+            }
+            Err(err) => {
+                let text = crate::secret::redact(&err.to_string()).into_owned();
+                tracing::error!("point-in-time restore drill failed: {text}");
+                self.event(EventKind::DrillFailed, text)
+            }
+        };
+        event.job = "pitr".into();
+        self.service.notify.dispatch(event);
     }
 
     fn notify(&self, text: String) {
@@ -189,11 +228,125 @@ impl Service<'_> {
             base_needed: Notify::new(),
             alerted_lag: Default::default(),
             alerted_slot: Default::default(),
+            alerted_gap: Default::default(),
+            alerted_overdue: Default::default(),
         };
         tokio::join!(
             self.archive(&reporter, &cancel),
-            self.base_backups(&reporter, &cancel)
+            self.base_backups(&reporter, &cancel),
+            self.watch(&reporter, &cancel),
+            self.drills(&reporter, &cancel)
         );
+    }
+
+    /// The periodic checks, every `pitr.check_interval`: holes in the archive and the newest
+    /// base backup's age, each alerted once per episode.
+    async fn watch(&self, reporter: &Reporter<'_>, cancel: &CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.check_interval) => {}
+                _ = cancel.cancelled() => return,
+            }
+            self.check_base_backup_age(reporter);
+            if let Err(e) = self.check_for_gaps(reporter).await {
+                tracing::warn!("the periodic WAL check could not read the archive: {e}");
+            }
+        }
+    }
+
+    fn check_base_backup_age(&self, reporter: &Reporter<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let status = self.board.snapshot();
+        let Some(p) = &status.pitr else { return };
+        let Some(max_age) = p.base_backup_max_age_secs else {
+            return;
+        };
+        // Counted from the daemon's start when none was seen, as `health` does.
+        let since = p.last_base_backup_at.unwrap_or(status.started_at);
+        let age = (Utc::now() - since).num_seconds();
+        if age > max_age {
+            if !reporter.alerted_overdue.swap(true, Relaxed) {
+                reporter.notify(format!(
+                    "the newest base backup is {age}s old, more than pitr.base_backup_schedule allows ({max_age}s with health.grace): base backups are failing (see the alerts before this one), and every restore replays more WAL. Run `pgsidecar pitr base-backup` to see why"
+                ));
+            }
+        } else {
+            reporter.alerted_overdue.store(false, Relaxed);
+        }
+    }
+
+    /// Reads the archive of the live cluster and records a hole in the newest base backup's
+    /// chain: a missing segment with WAL stored after it (a segment not stored *yet* is
+    /// archiving's lag, not a hole). A hole asks for a base backup, which starts a chain that
+    /// restores again.
+    async fn check_for_gaps(&self, reporter: &Reporter<'_>) -> Result<(), super::PitrError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let primary = Primary::connect(&self.config.database).await?;
+        let facts = primary.facts().await?;
+        drop(primary);
+        let cluster =
+            crate::keys::pitr_cluster_prefix(&self.config.prefix, facts.system_identifier);
+        let archive =
+            super::archive::Archive::load(self.storage, &cluster, Some(facts.segment_size)).await?;
+        let gap = archive
+            .base_backups
+            .last()
+            .and_then(|base| match archive.reach(base) {
+                Ok(reach) => reach.gap_after,
+                Err(gap) => {
+                    let size = base.wal_segment_size;
+                    let missing = size.parse_name(&gap.missing).ok()?.1;
+                    archive
+                        .segment_numbers(base.timeline)
+                        .range(missing..)
+                        .next()
+                        .is_some()
+                        .then_some(gap.missing)
+                }
+            });
+        reporter.record(|p| p.gap = gap.clone());
+        match gap {
+            Some(name) => {
+                if !reporter.alerted_gap.swap(true, Relaxed) {
+                    reporter.notify(format!(
+                        "the periodic WAL check found segment {name} missing from the archive: the WAL stored after it cannot be replayed, so no restore reaches past it. A base backup is taken now to start a chain that restores again; find out what deleted the object (a lifecycle rule, a person)"
+                    ));
+                    reporter.base_needed.notify_one();
+                }
+            }
+            None => reporter.alerted_gap.store(false, Relaxed),
+        }
+        Ok(())
+    }
+
+    /// Point-in-time restore drills on `pitr.drill.schedule`, recorded for `/metrics` and
+    /// notified like the logical drills.
+    async fn drills(&self, reporter: &Reporter<'_>, cancel: &CancellationToken) {
+        let Some(schedule) = &self.config.drill.schedule else {
+            return;
+        };
+        loop {
+            let now = Utc::now();
+            let wait = schedule
+                .next_after(now)
+                .and_then(|t| (t - now).to_std().ok())
+                .unwrap_or(Duration::from_secs(86_400));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let drill = super::drill::Drill {
+                config: self.config,
+                tools: self.tools,
+                storage: self.storage,
+                encryption: self.encryption,
+            };
+            let outcome = drill.run(super::drill::Choice::Config, cancel).await;
+            if cancel.is_cancelled() {
+                return;
+            }
+            reporter.drill_done(&outcome);
+        }
     }
 
     async fn archive(&self, reporter: &Reporter<'_>, cancel: &CancellationToken) {

@@ -46,6 +46,10 @@ pub struct PitrConfig {
     /// rules.
     #[serde(serialize_with = "tz_name")]
     pub timezone: chrono_tz::Tz,
+    /// How often the archive is read for holes (the periodic WAL check) and the newest base
+    /// backup's age is compared with its schedule.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
     /// Point-in-time restore drills (`[pitr.drill]`).
     pub drill: DrillConfig,
 }
@@ -100,6 +104,8 @@ fn tz_name<S: serde::Serializer>(tz: &chrono_tz::Tz, ser: S) -> Result<S::Ok, S:
 pub const DEFAULT_SLOT: &str = "pgsidecar";
 /// `pitr.partial_interval` when unset.
 pub const DEFAULT_PARTIAL_INTERVAL: Duration = Duration::from_secs(30);
+/// `pitr.check_interval` when unset.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(900);
 /// `pitr.max_lag` when unset: ten partial uploads' worth at the default interval.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(300);
 /// `pitr.base_backup_schedule` when unset: Sundays at 03:00.

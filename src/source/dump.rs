@@ -121,25 +121,36 @@ pub async fn connect(
     db: &DatabaseConfig,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, DumpError> {
-    let (client, connection) = pg_config(db, dbname)
-        .connect(db.tls.make())
-        .await
-        .map_err(|e| {
-            let permanent = e.as_db_error().is_some_and(|d| {
-                use tokio_postgres::error::SqlState;
-                let c = d.code();
-                *c == SqlState::INVALID_PASSWORD
-                    || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                    || *c == SqlState::INVALID_CATALOG_NAME
-            });
-            DumpError::Connect {
-                endpoint: endpoint(db),
-                user: db.user.clone(),
-                dbname: dbname.to_string(),
-                cause: pg_error_text(&e),
-                permanent,
-            }
-        })?;
+    let config = pg_config(db, dbname);
+    // A Unix socket (a drill's scratch server) has no TLS, and the TLS connector refuses a
+    // path as a server name before the connection starts.
+    let connected = if db.host.starts_with('/') {
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map(|(c, conn)| (c, futures::future::Either::Left(conn)))
+    } else {
+        config
+            .connect(db.tls.make())
+            .await
+            .map(|(c, conn)| (c, futures::future::Either::Right(conn)))
+    };
+    let (client, connection) = connected.map_err(|e| {
+        let permanent = e.as_db_error().is_some_and(|d| {
+            use tokio_postgres::error::SqlState;
+            let c = d.code();
+            *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *c == SqlState::INVALID_CATALOG_NAME
+        });
+        DumpError::Connect {
+            endpoint: endpoint(db),
+            user: db.user.clone(),
+            dbname: dbname.to_string(),
+            cause: pg_error_text(&e),
+            permanent,
+        }
+    })?;
     tokio::spawn(async move {
         // Errors surface on the client's next query; nothing to do with them here.
         let _ = connection.await;
