@@ -1496,3 +1496,116 @@ fn a_pitr_drill_by_hand_fails_when_a_check_fails_and_leaves_nothing() {
         "a scratch server is left running"
     );
 }
+
+/// The periodic WAL check finds a hole (an object deleted under the archive), alerts once,
+/// fails health, exports it, and takes a base backup that starts a restorable chain.
+#[test]
+fn a_gap_found_by_the_periodic_wal_check_is_alerted_and_a_base_backup_taken() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-gap-check");
+    let spool = tempfile::tempdir().unwrap();
+    let hook = FakeHttp::start(Answer::Status(200));
+    let port = harness::free_port();
+    pg.psql("postgres", "CREATE TABLE marker(batch int)");
+    let daemon = start_archiving(
+        sidecar(&pg, &bucket, spool.path())
+            .env("PGSIDECAR_PITR__CHECK_INTERVAL", "1s")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url())
+            .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "PGSIDECAR_HEALTH__STATUS_FILE",
+                spool.path().join("status.json"),
+            ),
+    );
+    let middle = write_segment(&pg, 1);
+    let last = write_segments(&pg, 2..=3);
+    assert!(wait_stored(&bucket, &last, 60), "{}", daemon.stderr());
+    let key = s3()
+        .keys(&bucket, "p/~pitr/")
+        .into_iter()
+        .find(|k| k.contains(&format!("/wal/{middle}.")))
+        .unwrap();
+    s3().delete(&bucket, &key);
+    assert!(
+        wait_until(30, || hook.messages().iter().any(|m| m["kind"]
+            == "archive_alert"
+            && m["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("found segment {middle} missing")))),
+        "{:?}\n{}",
+        hook.messages(),
+        daemon.stderr()
+    );
+    // A second base backup, which starts a chain after the hole.
+    assert!(
+        wait_until(60, || daemon
+            .stderr()
+            .matches("pitr::base: base backup complete")
+            .count()
+            >= 2),
+        "{}",
+        daemon.stderr()
+    );
+    assert!(
+        wait_until(30, || metric(
+            &harness::http_get(port, "/metrics"),
+            "pgsidecar_pitr_wal_gaps"
+        ) == Some(0.0)),
+        "the new chain has no hole: {}",
+        harness::http_get(port, "/metrics")
+    );
+    let alerts = hook
+        .messages()
+        .iter()
+        .filter(|m| m["kind"] == "archive_alert")
+        .count();
+    assert_eq!(alerts, 1, "one alert per episode: {:?}", hook.messages());
+    stop(daemon);
+}
+
+/// Base backups that keep failing (a tablespace outside the data directory here) make the
+/// newest one older than its schedule allows: alerted once, with what to do.
+#[test]
+fn an_overdue_base_backup_is_alerted() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-overdue");
+    let spool = tempfile::tempdir().unwrap();
+    let location = drill_dir();
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE TABLESPACE elsewhere LOCATION '{}'",
+            location.path().display()
+        ),
+    );
+    let hook = FakeHttp::start(Answer::Status(200));
+    let daemon = Daemon::start(
+        sidecar(&pg, &bucket, spool.path())
+            .env("PGSIDECAR_PITR__CHECK_INTERVAL", "1s")
+            .env("PGSIDECAR_PITR__BASE_BACKUP_SCHEDULE", "*/5 * * * * *")
+            .env("PGSIDECAR_HEALTH__GRACE", "1s")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+    );
+    let overdue = |m: &Value| {
+        m["kind"] == "archive_alert"
+            && m["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the newest base backup is")
+    };
+    assert!(
+        wait_until(60, || hook.messages().iter().any(overdue)),
+        "{:?}\n{}",
+        hook.messages(),
+        daemon.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hook.messages().iter().filter(|m| overdue(m)).count(), 1);
+    let text = hook.messages().into_iter().find(overdue).unwrap();
+    assert!(
+        text["error"].as_str().unwrap().contains("pitr base-backup"),
+        "{text}"
+    );
+    stop(daemon);
+}
