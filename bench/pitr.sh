@@ -129,6 +129,11 @@ sql -d postgres -c "SELECT txid_current()" >/dev/null
 sleep 35
 # shellcheck disable=SC2016  # a JMESPath literal, not shell
 PARTIAL=$(aws_ s3api list-objects-v2 --bucket "$BUCKET" --prefix bench/~pitr/ --query 'Contents[?contains(Key, `.partial.`)].[Size]' --output text | tail -n 1)
+# What the archive stores of that WAL: complete segments, compressed.
+# shellcheck disable=SC2016  # a JMESPath literal, not shell
+read -r WAL_OBJECTS WAL_STORED <<<"$(aws_ s3api list-objects-v2 --bucket "$BUCKET" --prefix bench/~pitr/ \
+  --query 'Contents[?contains(Key, `/wal/`) && !contains(Key, `.partial.`) && !contains(Key, `.history`)].Size' --output text |
+  tr '\t' '\n' | awk 'NF { n++; s += $1 } END { print n + 0, s + 0 }')"
 stop_daemon
 kill "$SAMPLER" 2>/dev/null || true
 # Lag of segment N: its "archived" log time minus the first sighting of segment N+1.
@@ -181,13 +186,27 @@ REPLAY_S=$(elapsed "$t0" "$EPOCHREALTIME")
 RESTORED_ROWS=$(sql -h 127.0.0.1 -p "$RPORT" -d bench -c "SELECT count(*) FROM pgbench_history")
 SOURCE_ROWS=$(sql -d bench -c "SELECT count(*) FROM pgbench_history")
 as_pg "$PG_BIN/pg_ctl" -D "$RESTORE_ROOT/data" -m fast -w stop >/dev/null
-# The same base backup unpacked from a local file.
+# The same files from a local copy: the base backup unpacked, the staged WAL copied.
 aws_ s3 cp "s3://$BUCKET/$BASE_KEY" "$WORK/base.tar.zst" --only-show-errors
+cp -r "$RESTORE_ROOT/data.wal" "$WORK/wal-copy"
 mkdir -p "$WORK/local"
+sync
 t0=$EPOCHREALTIME
 zstd -dcq "$WORK/base.tar.zst" | tar -x -C "$WORK/local"
+cp -r "$WORK/wal-copy" "$WORK/local.wal"
 LOCAL_S=$(elapsed "$t0" "$EPOCHREALTIME")
-rm -rf "$WORK/local" "$WORK/base.tar.zst" "$RESTORE_ROOT"
+rm -rf "$WORK/local" "$WORK/local.wal" "$WORK/wal-copy" "$WORK/base.tar.zst" "$RESTORE_ROOT"
+
+# A point-in-time drill of the newest moment: restore, start, verify, remove.
+DRILL_DIR=$WORK/drills
+mkdir -p "$DRILL_DIR"
+chown "$PG_OWNER" "$DRILL_DIR"
+reset_r
+time_sidecar drill env "${SIDECAR_ENV[@]}" PGSIDECAR_PITR__DRILL__DIR="$DRILL_DIR" \
+  PGSIDECAR_PITR__DRILL__QUERY="SELECT count(*) > 0 FROM pgbench_accounts" "$PGSIDECAR_BIN" pitr drill --time newest
+[ "$R_RC" -eq 0 ] || die "pitr drill failed: $(err_tail "$LOGS/drill.1.err")"
+DRILL_S=$R_WALL DRILL_RSS=$R_RSS
+DRILL_RTO=$(grep -o 'checked in [0-9.]*s' "$LOGS/drill.1.out" | grep -o '[0-9.]*' | head -n 1)
 
 # ---------------------------------------------------------------------------
 # Report
@@ -211,7 +230,9 @@ mkdir -p "$BENCH_RESULTS_DIR"
   echo
   echo "Archive under \`pgbench -c 4 -T $BENCH_PITR_SECONDS\`: WAL $(human "$WAL_BYTES") ($(mibps "$WAL_BYTES" "$BENCH_PITR_SECONDS") MiB/s); segment end to stored: median $LAG_MED s, max $LAG_MAX s over $LAG_N segments; daemon peak RSS $(mib "${HWM:-0}") MiB; one stored partial segment (idle): ${PARTIAL:-?} bytes"
   echo
-  echo "Restore: \`pitr restore --time latest\` $PREPARE_S s (peak RSS $(mib "$PREPARE_RSS") MiB, $STAGED WAL files staged), replay until promoted $REPLAY_S s; unpacking the same base backup from a local file $LOCAL_S s; pgbench_history rows restored $RESTORED_ROWS of $SOURCE_ROWS"
+  echo "WAL stored: $WAL_OBJECTS complete segments in $(human "$WAL_STORED"), $(python3 -c "print(f'{$WAL_STORED / ($WAL_OBJECTS * 16777216):.3f}')") of their 16 MiB each; a day at this rate: $(python3 -c "print(f'{$WAL_STORED / ($WAL_OBJECTS * 16777216) * $WAL_BYTES / $BENCH_PITR_SECONDS * 86400 / 2**30:.1f}')") GiB stored"
+  echo "Drill: \`pitr drill --time newest\` RTO $DRILL_RTO s (restore to a promoted, checked server), $DRILL_S s wall (peak RSS $(mib "$DRILL_RSS") MiB; restore, replay, verify, stop, remove)"
+  echo "Restore: \`pitr restore --time latest\` $PREPARE_S s (peak RSS $(mib "$PREPARE_RSS") MiB, $STAGED WAL files staged), replay until promoted $REPLAY_S s; the same base backup unpacked from a local file and the staged WAL copied locally $LOCAL_S s; pgbench_history rows restored $RESTORED_ROWS of $SOURCE_ROWS"
 } | tee "$MD"
 [ "$RESTORED_ROWS" = "$SOURCE_ROWS" ] || die "the restored cluster lacks rows"
 echo

@@ -91,14 +91,26 @@ fn wait_stored(bucket: &str, name: &str, secs: u64) -> bool {
 /// A daemon archiving `pg` into `bucket` through a proxy the test can cut, notifying a fake
 /// webhook, once its first segment (with a batch of `marker` rows) is stored.
 fn archiving_behind_a_proxy(pg: &Pg, bucket: &str) -> (tempfile::TempDir, Proxy, FakeHttp, Daemon) {
+    archiving_behind_a_proxy_with(pg, bucket, &[])
+}
+
+/// [`archiving_behind_a_proxy`] with more environment for the daemon.
+fn archiving_behind_a_proxy_with(
+    pg: &Pg,
+    bucket: &str,
+    env: &[(&str, String)],
+) -> (tempfile::TempDir, Proxy, FakeHttp, Daemon) {
     let spool = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(s3().port);
     let hook = FakeHttp::start(Answer::Status(200));
     pg.psql("postgres", "CREATE TABLE marker(batch int)");
     let daemon = start_archiving(
-        sidecar(pg, bucket, spool.path())
-            .through(&proxy)
-            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+        env.iter().fold(
+            sidecar(pg, bucket, spool.path())
+                .through(&proxy)
+                .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+            |s, (k, v)| s.env(k, v),
+        ),
     );
     let first = write_segment(pg, 1);
     assert!(wait_stored(bucket, &first, 60), "{}", daemon.stderr());
@@ -1607,5 +1619,48 @@ fn an_overdue_base_backup_is_alerted() {
         text["error"].as_str().unwrap().contains("pitr base-backup"),
         "{text}"
     );
+    stop(daemon);
+}
+
+/// Archiving sessions that keep failing (storage refusing every upload) restart with a
+/// growing pause, are counted in `/metrics`, and the fifth failure in a row is alerted once.
+#[test]
+fn receiver_restarts_in_a_loop_are_counted_and_alerted() {
+    let pg = cluster(15);
+    let bucket = s3().bucket("pitr-restarts");
+    let port = harness::free_port();
+    let (spool, proxy, hook, daemon) = archiving_behind_a_proxy_with(
+        &pg,
+        &bucket,
+        &[("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    proxy.cut();
+    pg.psql("postgres", "INSERT INTO marker SELECT 2");
+    assert!(
+        wait_until(120, || hook
+            .messages()
+            .iter()
+            .any(|m| m["kind"] == "archive_alert")),
+        "{}",
+        daemon.stderr()
+    );
+    let restarts = metric(
+        &harness::http_get(port, "/metrics"),
+        "pgsidecar_pitr_receiver_restarts_total",
+    )
+    .unwrap_or_default();
+    assert!(restarts >= 5.0, "restarts {restarts}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        hook.messages()
+            .iter()
+            .filter(|m| m["kind"] == "archive_alert")
+            .count(),
+        1,
+        "{:?}",
+        hook.messages()
+    );
+    proxy.restore();
+    drop(spool);
     stop(daemon);
 }
