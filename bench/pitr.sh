@@ -204,7 +204,7 @@ chown "$PG_OWNER" "$DRILL_DIR"
 reset_r
 time_sidecar drill env "${SIDECAR_ENV[@]}" PGSIDECAR_PITR__DRILL__DIR="$DRILL_DIR" \
   PGSIDECAR_PITR__DRILL__QUERY="SELECT count(*) > 0 FROM pgbench_accounts" "$PGSIDECAR_BIN" pitr drill --time newest
-[ "$R_RC" -eq 0 ] || die "pitr drill failed: $(err_tail "$LOGS/drill.1.err")"
+[ "$R_RC" -eq 0 ] || die "pitr drill failed: $(tail -n 3 "$LOGS/drill.1.out") $(err_tail "$LOGS/drill.1.err")"
 DRILL_S=$R_WALL DRILL_RSS=$R_RSS
 DRILL_RTO=$(grep -o 'checked in [0-9.]*s' "$LOGS/drill.1.out" | grep -o '[0-9.]*' | head -n 1)
 

@@ -164,9 +164,15 @@ impl Drill<'_> {
             if meta.uid() == 0 {
                 return Err(PitrDrillError::Root(root.clone()));
             }
-            std::os::unix::fs::chown(scratch, Some(meta.uid()), Some(meta.gid()))
+            // The owner's own group, not the directory's: a server in group root meets
+            // directories closed to that group (/root's 0701, where tools may live).
+            let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+                .ok()
+                .flatten()
+                .map_or(meta.gid(), |u| u.gid.as_raw());
+            std::os::unix::fs::chown(scratch, Some(meta.uid()), Some(gid))
                 .map_err(io_err(scratch))?;
-            Some((meta.uid(), meta.gid()))
+            Some((meta.uid(), gid))
         } else {
             None
         };

@@ -172,6 +172,7 @@ pub async fn verify(server: &DatabaseConfig, expect: &Expectation<'_>) -> Verifi
 /// Connects until the server answers and has left recovery, or `wait` passes.
 async fn promoted(server: &DatabaseConfig, wait: Duration) -> Result<Client, String> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut next_word = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut last;
     loop {
         last = match dump::connect(server, &server.dbname).await {
@@ -182,6 +183,11 @@ async fn promoted(server: &DatabaseConfig, wait: Duration) -> Result<Client, Str
             },
             Err(e) => e.to_string(),
         };
+        // Replay can take long; a server that is gone looks the same, so say what is seen.
+        if tokio::time::Instant::now() >= next_word {
+            tracing::info!(host = %server.host, "still waiting for the server to promote: {last}");
+            next_word += Duration::from_secs(30);
+        }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
                 "not promoted within {}: {last}",
