@@ -117,6 +117,21 @@ fn archiving_behind_a_proxy_with(
     (spool, proxy, hook, daemon)
 }
 
+/// Base backups the daemon has completed so far.
+fn base_backups_done(daemon: &Daemon) -> usize {
+    daemon
+        .stderr()
+        .matches("pitr::base: base backup complete")
+        .count()
+}
+
+/// Whether `hook` received an archiving alert whose error contains `text`.
+fn alerted(hook: &FakeHttp, text: &str) -> bool {
+    hook.messages().iter().any(|m| {
+        m["kind"] == "archive_alert" && m["error"].as_str().unwrap_or_default().contains(text)
+    })
+}
+
 /// Starts the daemon and waits for its first base backup.
 fn start_archiving(sidecar: Sidecar) -> Daemon {
     let daemon = Daemon::start(sidecar);
@@ -497,11 +512,7 @@ fn a_lost_slot_is_reported_recreated_and_a_base_backup_taken_at_once() {
     );
     // A second base backup, of the new slot's start.
     assert!(
-        wait_until(120, || daemon
-            .stderr()
-            .matches("pitr::base: base backup complete")
-            .count()
-            >= 2),
+        wait_until(120, || base_backups_done(&daemon) >= 2),
         "{}",
         daemon.stderr()
     );
@@ -966,11 +977,7 @@ fn a_slot_dropped_under_a_running_archiver_is_alerted_and_recreated() {
         daemon.stderr()
     );
     assert!(
-        wait_until(60, || daemon
-            .stderr()
-            .matches("pitr::base: base backup complete")
-            .count()
-            >= 2),
+        wait_until(60, || base_backups_done(&daemon) >= 2),
         "{}",
         daemon.stderr()
     );
@@ -1539,23 +1546,17 @@ fn a_gap_found_by_the_periodic_wal_check_is_alerted_and_a_base_backup_taken() {
         .unwrap();
     s3().delete(&bucket, &key);
     assert!(
-        wait_until(30, || hook.messages().iter().any(|m| m["kind"]
-            == "archive_alert"
-            && m["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains(&format!("found segment {middle} missing")))),
+        wait_until(30, || alerted(
+            &hook,
+            &format!("found segment {middle} missing")
+        )),
         "{:?}\n{}",
         hook.messages(),
         daemon.stderr()
     );
     // A second base backup, which starts a chain after the hole.
     assert!(
-        wait_until(60, || daemon
-            .stderr()
-            .matches("pitr::base: base backup complete")
-            .count()
-            >= 2),
+        wait_until(60, || base_backups_done(&daemon) >= 2),
         "{}",
         daemon.stderr()
     );
