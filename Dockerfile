@@ -3,6 +3,7 @@
 #
 #   docker build -t pgsidecar:local .
 #   docker build --build-arg PG_MAJORS="17 18" -t pgsidecar:local .   # more majors, from PGDG
+#   docker build --build-arg PG_SERVER=true -t pgsidecar:local .        # servers too, for PITR drills
 #
 # Per server, pgsidecar picks the client whose major matches, else the newest newer one: a
 # client older than the server is refused before anything is dumped.
@@ -40,6 +41,10 @@ FROM ${BINARY} AS binary
 FROM debian:${DEBIAN_SUITE}-slim AS runtime
 ARG DEBIAN_SUITE
 ARG PG_MAJORS="17"
+# true: the server package of each major (postgresql-M, which brings the clients and about
+# 100 MB more, LLVM for JIT included) and zstd, which a PITR drill needs to start a server on
+# the restored cluster and replay its WAL; false: the client tools alone.
+ARG PG_SERVER=false
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="pgsidecar" \
       org.opencontainers.image.description="Streams PostgreSQL backups to S3 on a schedule and restores them with one command" \
@@ -56,9 +61,16 @@ RUN set -eu; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates tini tzdata; \
     pkgs=""; pgdg=""; \
+    case "${PG_SERVER}" in \
+      true) pkg=postgresql-; pkgs=zstd; \
+            install -d /etc/postgresql-common/createcluster.d; \
+            echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/pgsidecar.conf ;; \
+      false) pkg=postgresql-client- ;; \
+      *) echo "PG_SERVER must be true or false, not '${PG_SERVER}'" >&2; exit 1 ;; \
+    esac; \
     for m in ${PG_MAJORS}; do \
-      pkgs="$pkgs postgresql-client-$m"; \
-      apt-cache show "postgresql-client-$m" >/dev/null 2>&1 || pgdg=yes; \
+      pkgs="$pkgs $pkg$m"; \
+      apt-cache show "$pkg$m" >/dev/null 2>&1 || pgdg=yes; \
     done; \
     if [ -n "$pgdg" ]; then \
       apt-get install -y --no-install-recommends curl; \

@@ -244,6 +244,9 @@ pub enum PitrCommand {
         /// default: pitr.drill.target.
         #[arg(long, value_name = "TIME")]
         time: Option<String>,
+        /// age identity file that decrypts the archive (default: encryption.identity_file).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Check a server started on a restored data directory before moving an application to
     /// it: it promoted, belongs to this archive, runs on a new timeline, replayed no commit

@@ -123,7 +123,7 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
             print_findings(&verified.findings)?;
             Ok(ExitCode::success_if(verified.passed()))
         }
-        PitrCommand::Drill { time } => {
+        PitrCommand::Drill { time, identity } => {
             use crate::pitr::drill::{Choice, Drill};
             use crate::pitr::settings::DrillChoice;
             let mut settings = pitr.clone();
@@ -136,11 +136,12 @@ pub async fn run(sidecar: &Sidecar, command: PitrCommand) -> Result<ExitCode, Cl
                 }
                 Some(t) => Choice::Target(parse_target(t)?),
             };
+            let encryption = encryption_with(config, identity.as_deref())?;
             let drill = Drill {
                 config: &settings,
                 tools: &config.tools,
                 storage: &sidecar.storage,
-                encryption: &config.encryption,
+                encryption: &encryption,
             };
             match drill.run(choice, &crate::shutdown::on_signal()).await {
                 Ok(report) => {

@@ -38,7 +38,7 @@ pub enum PitrDrillError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no PostgreSQL {major} server (`postgres`) to replay the archive with: {cause}. Install the server package of that major beside the client tools (postgresql-{major} on Debian)")]
+    #[error("no PostgreSQL {major} server (`postgres`) to replay the archive with: {cause}. Install the server package of that major beside the client tools (postgresql-{major} on Debian; in the image, build it with `--build-arg PG_SERVER=true`, README: PITR drills in the container)")]
     NoServer { major: u32, cause: String },
     #[error("PostgreSQL refuses to run as root: give pitr.drill.dir (`{}`) to another user, e.g. `chown postgres {}`", .0.display(), .0.display())]
     Root(PathBuf),

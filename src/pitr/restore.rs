@@ -343,7 +343,7 @@ async fn lay_out(
             Err(PitrRestoreError::Storage {
                 source: StorageError::NotFound { .. },
                 ..
-            }) if attempts < 3 => {
+            }) if attempts < 5 => {
                 empty_dir(wal_dir);
                 archive = Archive::load(req.storage, cluster, Some(base.wal_segment_size))
                     .await
@@ -503,6 +503,17 @@ async fn stage_wal(
     let record = base.encryption.as_ref();
     let mut staged = 0;
     let mut last = String::new();
+    // The partial first, straight after the listing: the archiver replaces it every
+    // heartbeat, while complete segments stay until retention removes them.
+    let mut partial = None;
+    if let Some((segno, _, stored)) = &reach.partial {
+        // Replay reads a partial segment under the complete segment's name: it is the last
+        // one, and recovery ends where its valid WAL ends.
+        let name = size.file_name(tli, *segno);
+        stage(req, record, stored, &wal_dir.join(format!("{name}.zst"))).await?;
+        staged += 1;
+        partial = Some(format!("{name} (partial)"));
+    }
     if let Some(to) = reach.complete_to {
         for segno in reach.first..=to {
             let stored = &archive.segments[&(tli, segno)];
@@ -512,13 +523,8 @@ async fn stage_wal(
             last = name;
         }
     }
-    if let Some((segno, _, stored)) = &reach.partial {
-        // Replay reads a partial segment under the complete segment's name: it is the last
-        // one, and recovery ends where its valid WAL ends.
-        let name = size.file_name(tli, *segno);
-        stage(req, record, stored, &wal_dir.join(format!("{name}.zst"))).await?;
-        staged += 1;
-        last = format!("{name} (partial)");
+    if let Some(name) = partial {
+        last = name;
     }
     // Every history file: on promotion the server picks a timeline no history names, so a
     // restored server never reuses one already archived.

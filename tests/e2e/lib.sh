@@ -121,11 +121,13 @@ import_base() {
 # The pgsidecar image, through the shipped Dockerfile's runtime stage, with the release binary
 # built on this host (the Rust stage needs crates.io, which a container here cannot reach).
 # --network host: the runtime stage installs Debian packages, and the engine has no NAT.
+# $1: the tag (pgsidecar:local); the rest: more build arguments.
 build_pgsidecar_image() {
-  local bin_dir="$E2E_REPO/target/image"
+  local tag=${1:-pgsidecar:local} bin_dir="$E2E_REPO/target/image"
+  shift
   mkdir -p "$bin_dir"
   install -m 0755 "$E2E_REPO/target/release/pgsidecar" "$bin_dir/pgsidecar"
-  docker build --network host --build-arg BINARY=prebuilt -t pgsidecar:local "$E2E_REPO"
+  docker build --network host --build-arg BINARY=prebuilt "$@" -t "$tag" "$E2E_REPO"
 }
 
 # s3s-fs names the file holding an object's metadata after its bucket and key in base64; for
@@ -219,3 +221,36 @@ owned_by_postgres() {
 PITR_MARKS_SQL="select coalesce(string_agg(batch || ':' || n, ',' order by batch), '') from (select batch, count(*) n from pitr_marks group by batch) s"
 # shellcheck disable=SC2034
 PITR_VERIFY_QUERY="SELECT count(*) FILTER (WHERE batch = 'A') = 100 AND count(*) FILTER (WHERE batch = 'B') = 0 FROM pitr_marks"
+
+# `$1 | $2 $3…`: the archive as listed by $1, read by a check.
+pitr_through() { local list=$1; shift; "$list" | "$@"; }
+
+# Batch A, the moment, batch B, and B's WAL stored: what both halves do before the disaster.
+# $1 runs SQL as the database's owner (psql arguments), $2 reads through the application's
+# connection, $3 lists the archive (`list --pitr --json`). Sets PITR_MOMENT.
+pitr_marks_around_a_moment() {
+  local sql=$1 conn=$2 list=$3
+  "$sql" -d app -c "create table pitr_marks (batch text, id int);
+    insert into pitr_marks select 'A', generate_series(1, 100)"
+  sleep 2
+  PITR_MOMENT=$(date -u '+%Y-%m-%d %H:%M:%S+00')
+  sleep 2
+  "$sql" -d app -c "insert into pitr_marks select 'B', generate_series(1, 50)"
+  local b_at; b_at=$(date +%s)
+  check "batches A and B are in the live database" test "$("$conn" "$PITR_MARKS_SQL")" = "A:100,B:50"
+  check "the WAL holding batch B is stored" wait_for 60 pitr_through "$list" pitr_stored_since $((b_at + 2))
+}
+
+# After the move to the restored volume: the application reads batch A alone, the sidecar
+# archives the new timeline, and the old volume ($3, digest $4 from before) is as it was.
+# $1 reads through the application's connection, $2 lists the archive; $5 names the half.
+pitr_after_the_move() {
+  local conn=$1 list=$2 volume=$3 before=$4 half=$5 swapped=$SECONDS
+  check "through the application's connection: batch A present, batch B absent" \
+    test "$("$conn" "$PITR_MARKS_SQL")" = "A:100"
+  check "the sidecar archives the new timeline: a base backup on timeline 2 is listed" \
+    wait_for 300 pitr_through "$list" pitr_base_on_timeline 2
+  log "PITR ($half): base backup on the new timeline listed $((SECONDS - swapped)) s after the move"
+  check "the old volume $volume is still there" docker volume inspect "$volume"
+  check "nothing in $volume was written after the kill" test "$(volume_digest "$volume")" = "$before"
+}
