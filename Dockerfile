@@ -41,8 +41,8 @@ FROM ${BINARY} AS binary
 FROM debian:${DEBIAN_SUITE}-slim AS runtime
 ARG DEBIAN_SUITE
 ARG PG_MAJORS="17"
-# true: the server package of each major (postgresql-M, which brings the clients and about
-# 100 MB more, LLVM for JIT included) and zstd, which a PITR drill needs to start a server on
+# true: the server package of each major (postgresql-M, which brings the clients and LLVM for
+# JIT: 563 MB unpacked instead of 297 MB) and zstd, which a PITR drill needs to start a server on
 # the restored cluster and replay its WAL; false: the client tools alone.
 ARG PG_SERVER=false
 ARG VERSION=0.1.0

@@ -8,6 +8,9 @@ mod backup;
 mod config_cli;
 /// The daemon: schedules, retries, notifications, overlap, shutdown, catch-up, health.
 mod daemon;
+/// Several destinations from one dump: copies, the `all`/`any` policy, retries, retention per
+/// destination, reads from a copy, `copy`, metrics.
+mod destinations;
 /// Client-side encryption with age: round trips, wrong or missing identities, tampering.
 mod encryption;
 /// Backups that fail: each leaves no object, no manifest and no open upload.
