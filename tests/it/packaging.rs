@@ -97,6 +97,8 @@ const NOT_KEYS: &[&str] = &[
     "PGSIDECAR_IMAGE",
     // compose.yml's container name.
     "PGSIDECAR_CONTAINER_NAME",
+    // compose.yml's build argument: the image with the PostgreSQL server.
+    "PGSIDECAR_PG_SERVER",
     // The configuration file's path.
     "PGSIDECAR_CONFIG",
     // The README's explanation of the naming scheme.
