@@ -35,6 +35,7 @@ struct Daemon {
 pub async fn run(
     config: Config,
     storage: Storage,
+    copies: Vec<crate::storage::Destination>,
     notify: Dispatcher,
     clock: Clock,
     shutdown: CancellationToken,
@@ -50,6 +51,7 @@ pub async fn run(
     let abort = CancellationToken::new();
     let ctx = pipeline::Context::new(
         storage,
+        copies,
         notify,
         board,
         clock,

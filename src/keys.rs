@@ -85,6 +85,15 @@ fn strip_piece(name: &str) -> &str {
 /// names with `/`, spaces, quotes or unicode make one safe path segment.
 const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
 
+/// `base/sub`, either part possibly empty: a job's prefix under a destination's prefix.
+pub fn join_prefix(base: &str, sub: &str) -> String {
+    match (base.is_empty(), sub.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => sub.to_string(),
+        (false, false) => format!("{base}/{sub}"),
+    }
+}
+
 /// `<prefix>/<database>/`: every object of one database's backups.
 pub fn database_prefix(base: &str, database: &str) -> String {
     let segment = utf8_percent_encode(database, KEY_SAFE).to_string();

@@ -3,6 +3,7 @@
 //! problem naming its key instead of failing the whole listing.
 
 pub mod anomaly;
+pub mod copy;
 pub mod manifest;
 
 use chrono::{DateTime, Utc};
@@ -18,6 +19,9 @@ pub struct Entry {
     pub manifest_key: String,
     #[serde(flatten)]
     pub manifest: Manifest,
+    /// The destinations that hold it, when several were read (`list`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
 }
 
 /// The backups under a prefix, newest first, and what could not be read.
@@ -87,6 +91,7 @@ pub async fn load(
                     None => catalog.entries.push(Entry {
                         manifest_key: object.key.clone(),
                         manifest: m,
+                        destinations: Vec::new(),
                     }),
                 }
             }
@@ -111,29 +116,38 @@ pub fn human_age(d: chrono::TimeDelta) -> String {
 }
 
 /// The table `list` prints, newest first; `now` is passed in so the ages are testable.
+/// With several destinations read, an `IN` column names those holding each backup.
 pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
-    let header = [
+    let with_in = entries.iter().any(|e| !e.destinations.is_empty());
+    let mut header = vec![
         "STARTED (UTC)",
         "AGE",
         "DATABASE",
         "STORED",
         "RAW",
         "DURATION",
-        "KEY",
     ];
-    let rows: Vec<[String; 7]> = entries
+    if with_in {
+        header.push("IN");
+    }
+    header.push("KEY");
+    let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
             let m = &e.manifest;
-            [
+            let mut row = vec![
                 m.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 human_age(now - m.started_at),
                 m.database.clone(),
                 crate::notify::human_bytes(m.stored_bytes),
                 crate::notify::human_bytes(m.raw_bytes),
                 format!("{:.1}s", m.duration_ms as f64 / 1000.0),
-                m.key.clone(),
-            ]
+            ];
+            if with_in {
+                row.push(e.destinations.join(","));
+            }
+            row.push(m.key.clone());
+            row
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -153,7 +167,7 @@ pub fn render_table(entries: &[Entry], now: DateTime<Utc>) -> String {
         }
         out.trim_end().to_string() + "\n"
     };
-    let mut out = line(header.to_vec());
+    let mut out = line(header.clone());
     for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
@@ -191,6 +205,7 @@ pub(crate) mod tests {
             false,
         );
         Entry {
+            destinations: Vec::new(),
             manifest_key: crate::keys::manifest_key(&key),
             manifest: Manifest {
                 format: manifest::FORMAT.into(),

@@ -90,6 +90,10 @@ pub enum Command {
         /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// The destination to read from: `primary` or a copy's name (default: the primary,
+        /// or the first copy that answers when it cannot be reached).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
     },
     /// Restore a backup. Shows what will happen and asks first (without a terminal: --yes).
     /// By default restores into the backup's own database in one transaction: on any error
@@ -136,6 +140,10 @@ pub enum Command {
         /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// The destination to read from: `primary` or a copy's name (default: the primary,
+        /// or the first copy that answers when it cannot be reached).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
     },
     /// Acknowledge a backup's size anomaly (it was expected): prune may then rotate the
     /// backup before it away.
@@ -175,6 +183,29 @@ pub enum Command {
         /// age identity file that decrypts encrypted backups (default: encryption.identity_file).
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// The destination to read from: `primary` or a copy's name (default: the primary,
+        /// or the first copy that answers when it cannot be reached).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+    },
+    /// Copy the backups a destination lacks from another one (object to object, each
+    /// checked against its manifest's sha256): how a new copy is filled with what exists.
+    Copy {
+        /// The destination to fill: a copy's name, or `primary`.
+        #[arg(long, value_name = "NAME")]
+        to: String,
+        /// The destination to read from (default: primary).
+        #[arg(long, value_name = "NAME", default_value = "primary")]
+        from: String,
+        /// Only this job (default: every job).
+        #[arg(long, value_name = "NAME")]
+        job: Option<String>,
+        /// Only this database.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+        /// Say what would be copied; copy nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Point-in-time recovery: preflight, base backups, restore to a moment, removal.
     Pitr {

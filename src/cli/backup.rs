@@ -19,6 +19,17 @@ pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<E
         match outcome.result {
             Ok(done) => {
                 println!("{}", done.manifest.key);
+                for (name, m) in done.stored.iter().skip(1) {
+                    eprintln!("stored in {name}: {}", m.key);
+                }
+                // `destinations.policy = "any"`: the backup counts, and the gap is said.
+                for f in &done.failed {
+                    eprintln!(
+                        "warning: not stored in `{}`: {}",
+                        f.destination,
+                        crate::secret::redact(&f.error)
+                    );
+                }
                 // The backup is stored, but a retention policy that is not applied fills the
                 // store: the run is not a clean success.
                 for e in &outcome.prune_errors {

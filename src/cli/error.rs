@@ -27,6 +27,8 @@ pub enum CliError {
     #[error(transparent)]
     Status(#[from] StatusError),
     #[error(transparent)]
+    Copy(#[from] crate::catalog::copy::CopyError),
+    #[error(transparent)]
     Pitr(Box<crate::pitr::PitrError>),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),

@@ -5,6 +5,7 @@
 mod ack;
 mod args;
 mod backup;
+mod copy;
 mod drill;
 mod error;
 mod exit;
@@ -84,7 +85,9 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
             with_globals,
             allow_system_database,
             identity,
+            from,
         } => {
+            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
             let request = restore::Request {
                 backup,
                 job,
@@ -104,13 +107,32 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
         }
         Command::Ack { backup, job, db } => ack::run(&sidecar, &backup, job, db).await,
         Command::Prune { job, db, dry_run } => prune::run(&sidecar, job, db, dry_run).await,
-        Command::Drill { job, db, identity } => drill::run(sidecar, job, db, identity).await,
+        Command::Drill {
+            job,
+            db,
+            identity,
+            from,
+        } => {
+            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
+            drill::run(sidecar, job, db, identity).await
+        }
         Command::Verify {
             backup,
             job,
             db,
             identity,
-        } => verify::run(&sidecar, &backup, job, db, identity).await,
+            from,
+        } => {
+            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
+            verify::run(&sidecar, &backup, job, db, identity).await
+        }
+        Command::Copy {
+            to,
+            from,
+            job,
+            db,
+            dry_run,
+        } => copy::run(&sidecar, &from, &to, job, db, dry_run).await,
         Command::List {
             json, pitr: true, ..
         } => pitr::list(&sidecar, json).await,

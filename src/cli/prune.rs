@@ -1,4 +1,5 @@
-//! `pgsidecar prune`: applies each job's retention and prints what is kept and why.
+//! `pgsidecar prune`: applies each job's retention, in every destination by that
+//! destination's own, and prints what is kept and why.
 
 use super::{CliError, ExitCode};
 use crate::health::status::Status;
@@ -13,15 +14,12 @@ pub async fn run(
     dry_run: bool,
 ) -> Result<ExitCode, CliError> {
     let config = &sidecar.config;
+    let has_policy = |j: &&Job| j.placements().iter().any(|p| p.retention.is_some());
     let jobs: Vec<&Job> = match &job {
         Some(name) => vec![config.job(Some(name))?],
-        None => config
-            .jobs
-            .iter()
-            .filter(|j| j.retention.is_some())
-            .collect(),
+        None => config.jobs.iter().filter(has_policy).collect(),
     };
-    if jobs.is_empty() {
+    if jobs.is_empty() || !jobs.iter().all(has_policy) {
         let names: Vec<&str> = config.jobs.iter().map(|j| j.name.as_str()).collect();
         return Err(PruneError::NoPolicy(names.join(", ")).into());
     }
@@ -34,17 +32,29 @@ pub async fn run(
                 .as_ref()
                 .is_some_and(|s| s.last_attempt_failed(&job.name, db))
         };
-        let reports = prune_job(
-            &sidecar.storage,
-            job.prune_scope(),
-            db.as_deref(),
-            &failed_last,
-            dry_run,
-            sidecar.clock.now(),
-        )
-        .await?;
-        errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
-        print!("{}", render(&job.name, &reports, dry_run));
+        // Each destination by its own retention; one without any is left as it is.
+        for place in job.placements() {
+            let (Some(storage), Some(_)) = (sidecar.store(&place.destination), &place.retention)
+            else {
+                continue;
+            };
+            let reports = prune_job(
+                storage,
+                job.prune_scope_in(&place),
+                db.as_deref(),
+                &failed_last,
+                dry_run,
+                sidecar.clock.now(),
+            )
+            .await?;
+            errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
+            let label = if job.copies.is_empty() {
+                job.name.clone()
+            } else {
+                format!("{} in {}", job.name, place.destination)
+            };
+            print!("{}", render(&label, &reports, dry_run));
+        }
     }
     Ok(ExitCode::success_if(errors == 0))
 }

@@ -9,8 +9,9 @@ pub async fn run(sidecar: Sidecar) -> ExitCode {
     let Sidecar {
         config,
         storage,
+        copies,
         notify,
         clock,
     } = sidecar;
-    ExitCode::success_if(crate::daemon::run(config, storage, notify, clock, cancel).await)
+    ExitCode::success_if(crate::daemon::run(config, storage, copies, notify, clock, cancel).await)
 }

@@ -142,6 +142,53 @@ impl<R: AsyncRead + Unpin> AsyncRead for Tapped<R> {
     }
 }
 
+/// A stream that must match a digest it is known by: at its end it fails with
+/// [`io::ErrorKind::InvalidData`] instead of ending when its sha256 or length differ, so a
+/// consumer that completes only at a clean end (an upload) never completes with wrong bytes.
+pub struct Checked<R> {
+    inner: Option<Hashed<R>>,
+    expected: StreamDigest,
+    what: String,
+}
+
+impl<R> Checked<R> {
+    /// `inner`, which must hash to `expected`; `what` names it in the error.
+    pub fn new(inner: R, expected: StreamDigest, what: impl Into<String>) -> Self {
+        Checked {
+            inner: Some(Hashed::new(inner)),
+            expected,
+            what: what.into(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Checked<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut *inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            let got = self.inner.take().expect("present").finish();
+            if got != self.expected {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} does not match its manifest: sha256 {} over {} bytes, the manifest says {} over {} bytes",
+                        self.what, got.sha256, got.bytes, self.expected.sha256, self.expected.bytes
+                    ),
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,

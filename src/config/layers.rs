@@ -13,7 +13,7 @@ pub fn load_raw(sources: &Sources) -> Result<RawConfig, ConfigError> {
                 source,
             });
         }
-        figment = figment.merge(Toml::file_exact(path));
+        figment = figment.merge(NamedCopies(Toml::file_exact(path)));
     }
     // The environment must come after the file, or the file would silently win.
     let env = PrefixedEnv(
@@ -28,6 +28,56 @@ pub fn load_raw(sources: &Sources) -> Result<RawConfig, ConfigError> {
     figment
         .extract::<RawConfig>()
         .map_err(|e| ConfigError::Parse(e.into_iter().map(describe_figment_error).collect()))
+}
+
+/// A file's `[[copies]]` array as the table `[copies.NAME]`, keyed by each entry's `name`: the
+/// form the environment gives (`PGSIDECAR_COPIES__NAME__URL`), so the two merge key by key.
+pub(super) struct NamedCopies<P>(pub P);
+
+impl<P: figment::Provider> figment::Provider for NamedCopies<P> {
+    fn metadata(&self) -> figment::Metadata {
+        self.0.metadata()
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        let mut data = self.0.data()?;
+        for dict in data.values_mut() {
+            if !matches!(dict.get("copies"), Some(Value::Array(..))) {
+                continue;
+            }
+            let Some(Value::Array(tag, entries)) = dict.remove("copies") else {
+                unreachable!("checked above");
+            };
+            let mut named = Dict::new();
+            for (i, entry) in entries.into_iter().enumerate() {
+                let name = match &entry {
+                    Value::Dict(_, d) => match d.get("name") {
+                        Some(Value::String(_, n)) => n.clone(),
+                        _ => {
+                            return Err(figment::Error::from(format!(
+                                "copies[{i}] needs a `name` (a word such as `offsite`)"
+                            )))
+                        }
+                    },
+                    _ => {
+                        return Err(figment::Error::from(format!(
+                            "copies[{i}] is not a table: write [[copies]] with name, url and the keys of [storage]"
+                        )))
+                    }
+                };
+                if named.insert(name.clone(), entry).is_some() {
+                    return Err(figment::Error::from(format!(
+                        "copies: two entries are named `{name}`"
+                    )));
+                }
+            }
+            dict.insert("copies".into(), Value::Dict(tag, named));
+        }
+        Ok(data)
+    }
 }
 
 /// `PGSIDECAR_SECTION__KEY=value` pairs as a figment provider. Like figment's own `Env`, but

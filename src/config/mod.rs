@@ -85,6 +85,30 @@ impl ConfigError {
             message: message.into(),
         }
     }
+
+    /// The same error about a section checked under another name (`storage.url` of a copy is
+    /// `copies.offsite.url`): its key and the keys its message names.
+    fn in_section(self, checked_as: &str, section: &str) -> Self {
+        match self {
+            ConfigError::Invalid {
+                key,
+                source_name,
+                message,
+            } => {
+                let from = format!("{checked_as}.");
+                let to = format!("{section}.");
+                ConfigError::Invalid {
+                    key: match key.strip_prefix(&from) {
+                        Some(rest) => format!("{to}{rest}"),
+                        None => key,
+                    },
+                    source_name,
+                    message: message.replace(&from, &to),
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -109,6 +133,8 @@ pub struct Config {
     /// Client-side encryption (one section for every job, and the WAL archive).
     pub encryption: crate::codec::encryption::Encryption,
     pub pitr: crate::pitr::PitrConfig,
+    /// Destinations beside `storage`, each fed by the same dump.
+    pub copies: Vec<crate::pipeline::destinations::CopyConfig>,
 }
 
 const DEFAULT_GZIP_LEVEL: i32 = 6;

@@ -41,6 +41,10 @@ pub struct RawConfig {
     pub anomaly: RawAnomaly,
     pub encryption: RawEncryption,
     pub pitr: RawPitr,
+    /// `[[copies]]` / `[copies.NAME]` / `PGSIDECAR_COPIES__NAME__…`: destinations beside
+    /// `[storage]`, by name (the file's array is keyed by each entry's `name` when read).
+    pub copies: std::collections::BTreeMap<String, RawStorage>,
+    pub destinations: RawDestinations,
     /// Databases the single job leaves out (with `databases = ["*"]`).
     #[serde(deserialize_with = "lenient::opt_string_list")]
     pub exclude: Option<Vec<String>>,
@@ -268,10 +272,15 @@ pub struct RawDatabase {
     pub connect_timeout: Option<Duration>,
 }
 
-/// `[storage]`
+/// `[storage]`, and each `[[copies]]` entry (which alone takes `name` and `retention`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
+    /// A copy's name (`[[copies]]` only).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub name: Option<String>,
+    /// Which backups a copy keeps (`[[copies]]` only; the primary's is `[retention]`).
+    pub retention: Option<RawRetention>,
     #[serde(deserialize_with = "lenient::opt_string")]
     pub url: Option<String>,
     #[serde(deserialize_with = "lenient::opt_string")]
@@ -308,6 +317,15 @@ pub struct RawStorage {
     #[serde(with = "humantime_serde")]
     pub object_lock_retain: Option<Duration>,
     pub lifecycle: RawLifecycle,
+}
+
+/// `[destinations]`: how the primary and the copies count together.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDestinations {
+    /// `all` or `any`.
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub policy: Option<String>,
 }
 
 /// `[storage.lifecycle]`: bucket lifecycle rules the sidecar keeps in place for its prefix.

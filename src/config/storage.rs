@@ -1,11 +1,24 @@
 //! Configuration: the storage URL and S3 settings, checked against S3's limits.
 
+use super::validate::validate_retention;
 use super::*;
 
 pub(super) fn validate_storage(
     raw: RawStorage,
     sources: &Sources,
 ) -> Result<StorageConfig, ConfigError> {
+    if raw.name.is_some() {
+        return Err(ConfigError::invalid(
+            "storage.name",
+            "only [[copies]] entries have a name; [storage] is `primary`",
+        ));
+    }
+    if raw.retention.is_some() {
+        return Err(ConfigError::invalid(
+            "storage.retention",
+            "the primary's retention is [retention] (PGSIDECAR_RETENTION__…)",
+        ));
+    }
     let url = raw.url.ok_or_else(|| {
         ConfigError::invalid(
             "storage.url",
@@ -287,4 +300,103 @@ pub(super) fn valid_bucket_name(b: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
         && b.starts_with(|c: char| c.is_ascii_alphanumeric())
         && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The `[[copies]]` destinations, checked like `[storage]`; errors name `copies.NAME.KEY`.
+pub(super) fn validate_copies(
+    raw: std::collections::BTreeMap<String, RawStorage>,
+    primary: &StorageConfig,
+    sources: &Sources,
+) -> Result<Vec<crate::pipeline::destinations::CopyConfig>, ConfigError> {
+    use crate::pipeline::destinations::{CopyConfig, PRIMARY};
+    let mut copies: Vec<CopyConfig> = Vec::new();
+    for (name, rc) in raw {
+        let section = format!("copies.{name}");
+        let valid_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c));
+        if !valid_name {
+            return Err(ConfigError::invalid(
+                &section,
+                format!("`{name}` is not a destination name: lower-case letters, digits, `-` and `_`, at most 32"),
+            ));
+        }
+        if name == PRIMARY {
+            return Err(ConfigError::invalid(
+                &section,
+                "`primary` is the name of [storage]; give the copy another name",
+            ));
+        }
+        if let Some(n) = rc.name.as_deref().filter(|n| *n != name) {
+            return Err(ConfigError::invalid(
+                &format!("{section}.name"),
+                format!("`{n}` differs from the table's name `{name}`"),
+            ));
+        }
+        if rc.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                &format!("{section}.url"),
+                format!(
+                    "is required: set PGSIDECAR_COPIES__{}__URL=s3://bucket/prefix (or file:///path)",
+                    name.to_ascii_uppercase()
+                ),
+            ));
+        }
+        let retention = match rc.retention.clone() {
+            Some(r) => validate_retention(r)
+                .map_err(|e| e.in_section("retention", &format!("{section}.retention")))?,
+            None => None,
+        };
+        let raw_storage = RawStorage {
+            name: None,
+            retention: None,
+            ..rc
+        };
+        let storage = validate_storage(raw_storage, sources)
+            .map_err(|e| e.in_section("storage", &section))?;
+        let same_place = |other: &StorageConfig| {
+            other.location == storage.location && other.endpoint == storage.endpoint
+        };
+        if same_place(primary) {
+            return Err(ConfigError::invalid(
+                &format!("{section}.url"),
+                format!(
+                    "`{}` is where [storage] writes: a copy must be somewhere else",
+                    storage.url
+                ),
+            ));
+        }
+        if let Some(twin) = copies.iter().find(|c| same_place(&c.storage)) {
+            return Err(ConfigError::invalid(
+                &format!("{section}.url"),
+                format!(
+                    "`{}` is where copy `{}` writes already",
+                    storage.url, twin.name
+                ),
+            ));
+        }
+        copies.push(CopyConfig {
+            name,
+            storage,
+            retention,
+        });
+    }
+    Ok(copies)
+}
+
+/// `destinations.policy`: `all` (the default) or `any`.
+pub(super) fn validate_delivery(
+    raw: RawDestinations,
+) -> Result<crate::pipeline::destinations::Delivery, ConfigError> {
+    use crate::pipeline::destinations::Delivery;
+    match raw.policy.as_deref().map(str::trim) {
+        None | Some("") | Some("all") => Ok(Delivery::All),
+        Some("any") => Ok(Delivery::Any),
+        Some(other) => Err(ConfigError::invalid(
+            "destinations.policy",
+            format!("`{other}` is not `all` or `any`"),
+        )),
+    }
 }

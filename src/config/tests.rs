@@ -678,3 +678,172 @@ fn bad_pitr_values_name_their_key() {
         assert!(err.contains(named), "{key}={value}: {err}");
     }
 }
+
+fn with_file(toml: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut sources = env(pairs);
+    sources.file = Some(path);
+    load(&sources)
+}
+
+/// `[[copies]]` in the file and `PGSIDECAR_COPIES__NAME__KEY` in the environment merge key
+/// by key; each copy's prefix carries the job's sub-prefix, and its retention is its own or
+/// the job's.
+#[test]
+fn copies_from_file_array_and_environment_merge_by_name() {
+    let c = with_file(
+        r#"
+[storage]
+url = "s3://bucket-a/prod"
+[retention]
+keep_last = 5
+[[jobs]]
+name = "nightly"
+[[copies]]
+name = "offsite"
+url = "s3://bucket-b/far"
+region = "eu-west-1"
+[copies.retention]
+keep_last = 2
+[[copies]]
+name = "nas"
+url = "file:///mnt/nas"
+"#,
+        &[
+            (
+                "PGSIDECAR_COPIES__OFFSITE__ENDPOINT",
+                "https://s3.example.net",
+            ),
+            (
+                "PGSIDECAR_COPIES__OFFSITE__SECRET_ACCESS_KEY",
+                "s3cr3t-copy",
+            ),
+            ("PGSIDECAR_COPIES__OFFSITE__ACCESS_KEY_ID", "AKIACOPY"),
+            ("PGSIDECAR_DESTINATIONS__POLICY", "any"),
+        ],
+    )
+    .unwrap();
+    let names: Vec<&str> = c.copies.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["nas", "offsite"]);
+    let offsite = &c.copies[1];
+    assert_eq!(
+        offsite.storage.endpoint.as_deref(),
+        Some("https://s3.example.net")
+    );
+    assert_eq!(offsite.storage.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(offsite.retention.as_ref().unwrap().keep_last, Some(2));
+    let job = &c.jobs[0];
+    assert_eq!(job.prefix, "prod/nightly");
+    assert_eq!(job.delivery, crate::pipeline::destinations::Delivery::Any);
+    let placements = job.placements();
+    let places: Vec<(&str, &str, Option<u32>)> = placements
+        .iter()
+        .map(|p| {
+            (
+                p.destination.as_str(),
+                p.prefix.as_str(),
+                p.retention.as_ref().and_then(|r| r.keep_last),
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("primary", "prod/nightly", Some(5)),
+            ("nas", "nightly", Some(5)),
+            ("offsite", "far/nightly", Some(2)),
+        ]
+    );
+    let shown = c.to_redacted_toml();
+    assert!(!shown.contains("s3cr3t-copy"), "{shown}");
+}
+
+/// The table form, environment alone, and every error names `copies.NAME.KEY`.
+#[test]
+fn bad_copies_name_their_key() {
+    let only_env = load(&env(&[
+        URL,
+        ("PGSIDECAR_COPIES__NAS__URL", "file:///mnt/nas"),
+    ]))
+    .unwrap();
+    assert_eq!(only_env.copies[0].name, "nas");
+    let table = with_file(
+        "[storage]\nurl = \"s3://bucket-a/x\"\n[copies.far]\nurl = \"s3://bucket-b/x\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(table.copies[0].name, "far");
+    for (pairs, key, says) in [
+        (
+            vec![("PGSIDECAR_COPIES__PRIMARY__URL", "s3://bucket-b/x")],
+            "copies.primary",
+            "name of [storage]",
+        ),
+        (
+            vec![("PGSIDECAR_COPIES__FAR__REGION", "eu-west-1")],
+            "copies.far.url",
+            "PGSIDECAR_COPIES__FAR__URL",
+        ),
+        (
+            vec![("PGSIDECAR_COPIES__FAR__URL", "ftp://x/y")],
+            "copies.far.url",
+            "scheme `ftp`",
+        ),
+        (
+            vec![("PGSIDECAR_COPIES__FAR__URL", "s3://bucket-a/prod")],
+            "copies.far.url",
+            "where [storage] writes",
+        ),
+        (
+            vec![
+                ("PGSIDECAR_COPIES__FAR__URL", "s3://bucket-b/x"),
+                ("PGSIDECAR_COPIES__FAR__PARTS_IN_FLIGHT", "0"),
+            ],
+            "copies.far.parts_in_flight",
+            "outside 1 to 64",
+        ),
+        (
+            vec![
+                ("PGSIDECAR_COPIES__FAR__URL", "s3://bucket-b/x"),
+                ("PGSIDECAR_COPIES__FAR__RETENTION__KEEP_LAST", "0"),
+            ],
+            "copies.far.retention.keep_last",
+            "at least 1",
+        ),
+        (
+            vec![("PGSIDECAR_DESTINATIONS__POLICY", "most")],
+            "destinations.policy",
+            "`most`",
+        ),
+    ] {
+        let mut all = vec![URL];
+        all.extend(pairs.iter().copied());
+        let err = load(&env(&all)).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        assert!(err.contains(says), "{key}: {err}");
+    }
+    let unnamed = with_file(
+        "[storage]\nurl = \"s3://bucket-a/x\"\n[[copies]]\nurl = \"s3://bucket-b/x\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(unnamed.contains("copies[0] needs a `name`"), "{unnamed}");
+    let twins = with_file(
+        "[storage]\nurl = \"s3://bucket-a/x\"\n[[copies]]\nname = \"a\"\nurl = \"s3://bucket-b/x\"\n[[copies]]\nname = \"b\"\nurl = \"s3://bucket-b/x\"\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(twins.contains("copy `a` writes already"), "{twins}");
+    let bogus = load(&env(&[
+        URL,
+        ("PGSIDECAR_COPIES__FAR__URL", "s3://bucket-b/x"),
+        ("PGSIDECAR_COPIES__FAR__BOGUS", "1"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(bogus.contains("bogus"), "{bogus}");
+}

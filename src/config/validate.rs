@@ -7,6 +7,8 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
     let storage = validate_storage(raw.storage, sources)?;
     let encryption = validate_encryption(raw.encryption)?;
     let base_prefix = storage.base_prefix();
+    let copies = validate_copies(raw.copies.clone(), &storage, sources)?;
+    let delivery = validate_delivery(raw.destinations.clone())?;
     let default_tz = raw
         .timezone
         .clone()
@@ -137,12 +139,16 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             ),
         };
         let sub = rj.prefix.unwrap_or_else(|| name.clone());
-        let sub = sub.trim_matches('/');
-        let prefix = match (base_prefix.is_empty(), sub.is_empty()) {
-            (_, true) => base_prefix.clone(),
-            (true, false) => sub.to_string(),
-            (false, false) => format!("{base_prefix}/{sub}"),
-        };
+        let sub = sub.trim_matches('/').to_string();
+        let prefix = crate::keys::join_prefix(&base_prefix, &sub);
+        let job_copies = copies
+            .iter()
+            .map(|c| crate::pipeline::destinations::Placement {
+                destination: c.name.clone(),
+                prefix: crate::keys::join_prefix(&c.storage.base_prefix(), &sub),
+                retention: c.retention.clone().or_else(|| retention.clone()),
+            })
+            .collect();
         let compression = validate_compression(merge_compression(
             raw.compression.clone(),
             rj.compression.unwrap_or_default(),
@@ -157,6 +163,9 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             schedule,
             timezone: tz,
             prefix,
+            sub_prefix: sub,
+            copies: job_copies,
+            delivery,
             catch_up: rj.catch_up.or(raw.catch_up).unwrap_or(true),
             globals: rj.globals.or(raw.globals).unwrap_or(false),
             exclude: rj.exclude.or(raw.exclude.clone()).unwrap_or_default(),
@@ -194,6 +203,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
     let pitr = validate_pitr(raw.pitr, &raw.database, &base_prefix, &default_tz, sources)?;
     Ok(Config {
         pitr,
+        copies,
         jobs,
         storage,
         notify: validate_notify(raw.notify)?,

@@ -22,6 +22,13 @@ struct Labels {
     database: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    job: String,
+    database: String,
+    destination: String,
+}
+
 type FGauge = Family<Labels, Gauge<f64, AtomicU64>>;
 type FCounter = Family<Labels, Counter>;
 
@@ -101,8 +108,40 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
         "drill_failures",
         "Failed restore drills since start",
     );
+    let dest_success = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "destination_last_success_timestamp_seconds",
+        "Start time of the newest backup stored in this destination",
+        dest_success.clone(),
+    );
+    let dest_age = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "destination_last_success_age_seconds",
+        "Age of the newest backup stored in this destination",
+        dest_age.clone(),
+    );
+    let dest_failures = Family::<DestinationLabels, Counter>::default();
+    registry.register(
+        "destination_failures",
+        "Backup runs that stored nothing in this destination, since start",
+        dest_failures.clone(),
+    );
     for job in &status.jobs {
         for db in &job.databases {
+            for (name, d) in &db.destinations {
+                let l = DestinationLabels {
+                    job: job.name.clone(),
+                    database: db.database.clone(),
+                    destination: name.clone(),
+                };
+                if let Some(t) = d.last_success_at {
+                    dest_success.get_or_create(&l).set(t.timestamp() as f64);
+                    dest_age
+                        .get_or_create(&l)
+                        .set((now - t).num_seconds() as f64);
+                }
+                dest_failures.get_or_create(&l).inc_by(d.failures_total);
+            }
             let l = Labels {
                 job: job.name.clone(),
                 database: db.database.clone(),

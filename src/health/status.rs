@@ -126,6 +126,18 @@ pub struct DbStatus {
     /// Backups deleted by prune since start.
     #[serde(default)]
     pub pruned_total: u64,
+    /// Each destination's own record, by name (`primary` and the copies).
+    #[serde(default)]
+    pub destinations: std::collections::BTreeMap<String, DestinationStatus>,
+}
+
+/// One database in one destination.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    /// Start of the newest backup this destination holds.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Runs that ended without a backup in this destination, since start.
+    pub failures_total: u64,
 }
 
 impl DbStatus {
@@ -152,6 +164,12 @@ impl DbStatus {
             self.last_drill_at = other.last_drill_at;
             self.last_drill_passed = other.last_drill_passed;
             self.last_drill_restore_secs = other.last_drill_restore_secs;
+        }
+        for (name, theirs) in &other.destinations {
+            let ours = self.destinations.entry(name.clone()).or_default();
+            if theirs.last_success_at > ours.last_success_at {
+                ours.last_success_at = theirs.last_success_at;
+            }
         }
     }
 }

@@ -1,11 +1,13 @@
 //! Job: the one place that knows the order of a backup's stages —
-//! preflight → dump source → transforms (count, compress, encrypt, hash) → storage sink →
-//! manifest. The hash is over the stored (encrypted) bytes.
+//! preflight → dump source → transforms (count, compress, encrypt, hash) → storage sinks →
+//! manifests. The hash is over the stored (encrypted) bytes. One dump feeds every destination
+//! of the attempt at once (see [`crate::storage::fanout`]); each gets its own manifest.
 //! Beside the dump, in the snapshot it imports, the tables' rows are counted for the manifest.
 //!
-//! Invariant: a backup is reported complete only when pg_dump exited 0, the upload completed
-//! and was checked, and the manifest (sizes, sha256, versions) is written. On any failure or
-//! cancellation nothing is left that `list` or `restore` would take for a backup.
+//! Invariant: a backup is reported complete in a destination only when pg_dump exited 0, that
+//! destination's upload completed and was checked, and its manifest (sizes, sha256, versions)
+//! is written. On any failure or cancellation nothing is left in a destination that `list` or
+//! `restore` would take for a backup; one destination failing never stops the others.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -55,6 +57,36 @@ pub enum BackupError {
     },
     #[error("another backup of database `{database}` is running (another pgsidecar holds its lock); this one was skipped")]
     Busy { database: String },
+    /// Stored in some destinations, not in others (`destinations.policy = "all"`).
+    #[error("backup of database `{database}` is stored in {} but {}", .stored.join(", "), not_stored(.failed))]
+    Partial {
+        database: String,
+        stored: Vec<String>,
+        failed: Vec<Missed>,
+    },
+    /// Stored in no destination.
+    #[error("backup of database `{database}` failed in every destination: {}", .failed.iter().map(|m| format!("{}: {}", m.destination, m.error)).collect::<Vec<_>>().join("; "))]
+    Nowhere {
+        database: String,
+        failed: Vec<Missed>,
+    },
+}
+
+/// A destination a backup did not reach, and why.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    pub destination: String,
+    pub error: String,
+    pub permanent: bool,
+}
+
+/// "not in `offsite` (cause); not in `nas` (cause)".
+pub fn not_stored(failed: &[Missed]) -> String {
+    failed
+        .iter()
+        .map(|m| format!("not in `{}` ({})", m.destination, m.error))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl BackupError {
@@ -66,6 +98,9 @@ impl BackupError {
             BackupError::Storage { source, .. } => source.is_permanent(),
             BackupError::Cancelled { .. } | BackupError::Busy { .. } => true,
             BackupError::TimedOut { .. } => false,
+            BackupError::Partial { failed, .. } | BackupError::Nowhere { failed, .. } => {
+                failed.iter().all(|m| m.permanent)
+            }
         }
     }
 
@@ -123,16 +158,14 @@ async fn remove_leftovers(
     Ok(())
 }
 
-/// Stores `pg_dumpall --globals-only` of `db`'s server beside the dump `dump_key`, compressed
-/// and encrypted like the dump.
-async fn store_globals(
+/// `pg_dumpall --globals-only` of `db`'s server, compressed and encrypted like the dump: its
+/// record (without a key: each destination has its own) and the bytes to store.
+async fn dump_globals(
     codec: &Codec<'_>,
     tools: &ToolsConfig,
-    storage: &Storage,
     db: &crate::source::DatabaseConfig,
     server_major: u32,
-    dump_key: &str,
-) -> Result<manifest::Globals, BackupError> {
+) -> Result<(manifest::Globals, Bytes), BackupError> {
     let database = db.dbname.clone();
     let tool = tools::for_server("pg_dumpall", &tools.bin_dirs, server_major)
         .await
@@ -150,32 +183,25 @@ async fn store_globals(
     if !role_passwords {
         tracing::info!("role passwords are not readable by this user; roles are stored without them (--no-role-passwords)");
     }
-    let key = crate::keys::globals_key(dump_key);
-    let source_err = |e| BackupError::Storage {
-        database: database.clone(),
-        key: key.clone(),
-        source: StorageError::Source {
-            key: key.clone(),
-            source: e,
-        },
-    };
-    let stored = codec.encode_bytes(sql.clone()).await.map_err(source_err)?;
+    let stored = codec
+        .encode_bytes(sql.clone())
+        .await
+        .map_err(|e| BackupError::Storage {
+            database: database.clone(),
+            key: "globals".into(),
+            source: StorageError::Source {
+                key: "globals".into(),
+                source: e,
+            },
+        })?;
     let globals = manifest::Globals {
-        key: key.clone(),
+        key: String::new(),
         raw_bytes: sql.len() as u64,
         stored_bytes: stored.len() as u64,
         sha256: crate::codec::hash::sha256_hex(&stored),
         role_passwords,
     };
-    storage
-        .put_bytes(&key, Bytes::from(stored))
-        .await
-        .map_err(|source| BackupError::Storage {
-            database,
-            key,
-            source,
-        })?;
-    Ok(globals)
+    Ok((globals, Bytes::from(stored)))
 }
 
 /// The newest complete backup among `objects` (the listing taken at the start), if it can be
@@ -193,10 +219,21 @@ async fn previous_manifest(
     Manifest::parse(newest.1, &bytes).ok()
 }
 
-/// A completed backup.
+/// A backup stored in at least one destination.
 #[derive(Debug, Clone)]
 pub struct Completed {
+    /// The manifest of the first destination that holds it (the primary's, when it does).
     pub manifest: Manifest,
+    /// Each destination that holds it, with its own manifest, in the order of the attempt.
+    pub stored: Vec<(String, Manifest)>,
+    /// The destinations it did not reach.
+    pub failed: Vec<Missed>,
+}
+
+/// One destination of an attempt: where the job's backups go in it.
+pub struct Target<'a> {
+    pub place: &'a crate::pipeline::destinations::Placement,
+    pub storage: &'a Storage,
 }
 
 /// What to do when another backup of the same database holds its lock.
@@ -214,23 +251,24 @@ pub enum WhenBusy {
 /// key choice in [`backup_database`]): backups in quick succession, not a wrong clock.
 const KEY_CATCH_UP: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
-/// Takes one backup of `database` for `job` and stores it with its manifest, giving up after
-/// `job.retry.attempt_timeout`.
+/// Takes one backup of `database` for `job` and stores it, with a manifest each, in every
+/// destination of `targets` (one dump for all), giving up after `job.retry.attempt_timeout`.
+/// `Ok` when at least one destination holds it; [`Completed::failed`] names the others.
 #[tracing::instrument(name = "backup", skip_all, fields(job = %job.name, database = %database))]
 pub async fn backup_database(
     job: &Job,
     tools: &ToolsConfig,
-    storage: &Storage,
+    targets: &[Target<'_>],
     database: &str,
     when_busy: WhenBusy,
     cancel: &CancellationToken,
 ) -> Result<Completed, BackupError> {
     // A connection that stops answering without being closed (a black-holed network) leaves
     // pg_dump or an S3 request waiting forever; the deadline cancels the attempt through the
-    // same path as SIGTERM, so the upload is aborted and nothing is left behind.
+    // same path as SIGTERM, so the uploads are aborted and nothing is left behind.
     let limit = job.retry.attempt_timeout;
     let attempt = crate::shutdown::within(limit, cancel, |token| async move {
-        backup_attempt(job, tools, storage, database, when_busy, &token).await
+        backup_attempt(job, tools, targets, database, when_busy, &token).await
     })
     .await;
     match attempt {
@@ -245,10 +283,36 @@ pub async fn backup_database(
     }
 }
 
+/// One destination's share of an attempt, as it goes.
+struct Leg<'a> {
+    target: &'a Target<'a>,
+    objects: Vec<crate::storage::ObjectInfo>,
+    key: String,
+    pieces: Vec<crate::storage::StoredPiece>,
+    globals: Option<manifest::Globals>,
+}
+
+impl Leg<'_> {
+    fn name(&self) -> &str {
+        &self.target.place.destination
+    }
+
+    /// Removes what this leg stored (its dump pieces and globals): without a manifest they
+    /// are no backup, and must not look like one.
+    async fn remove(&self) {
+        for piece in &self.pieces {
+            let _ = self.target.storage.delete(&piece.key).await;
+        }
+        if let Some(g) = &self.globals {
+            let _ = self.target.storage.delete(&g.key).await;
+        }
+    }
+}
+
 async fn backup_attempt(
     job: &Job,
     tools: &ToolsConfig,
-    storage: &Storage,
+    targets: &[Target<'_>],
     database: &str,
     when_busy: WhenBusy,
     cancel: &CancellationToken,
@@ -264,8 +328,8 @@ async fn backup_attempt(
     let cancelled = || BackupError::Cancelled {
         database: database.to_string(),
     };
-    // Cancelling here is free: nothing has been stored yet. Once the upload runs, the storage
-    // sink watches `cancel` itself, so it can abort the upload before returning.
+    // Cancelling here is free: nothing has been stored yet. Once the uploads run, each storage
+    // sink watches `cancel` itself, so it can abort its upload before returning.
     let server = tokio::select! {
         r = dump::preflight(&db) => r.map_err(db_err)?,
         _ = cancel.cancelled() => return Err(cancelled()),
@@ -286,21 +350,44 @@ async fn backup_attempt(
         })?;
 
     // With the lock held, no other backup of this database runs: what is under its prefix
-    // without a manifest is left over from an interrupted one.
-    let prefix = crate::keys::database_prefix(&job.prefix, database);
-    let prefix_err = |source| BackupError::Storage {
-        database: database.to_string(),
-        key: prefix.clone(),
-        source,
-    };
-    let objects = tokio::select! {
-        r = storage.list(&prefix) => r.map_err(prefix_err)?,
-        _ = cancel.cancelled() => return Err(cancelled()),
-    };
+    // without a manifest is left over from an interrupted one. A destination that cannot be
+    // read now is left out of this attempt; the others go on.
+    let mut missed: Vec<(String, BackupError)> = Vec::new();
+    let mut legs: Vec<Leg> = Vec::new();
+    for target in targets {
+        let prefix = crate::keys::database_prefix(&target.place.prefix, database);
+        let prefix_err = |source| BackupError::Storage {
+            database: database.to_string(),
+            key: prefix.clone(),
+            source,
+        };
+        let listed = tokio::select! {
+            r = async {
+                let objects = target.storage.list(&prefix).await?;
+                remove_leftovers(target.storage, &prefix, &objects).await?;
+                Ok(objects)
+            } => r.map_err(prefix_err),
+            _ = cancel.cancelled() => return Err(cancelled()),
+        };
+        match listed {
+            Ok(objects) => legs.push(Leg {
+                target,
+                objects,
+                key: String::new(),
+                pieces: Vec::new(),
+                globals: None,
+            }),
+            Err(e) => missed.push((target.place.destination.clone(), e)),
+        }
+    }
+    if legs.is_empty() {
+        return Err(nowhere(database, missed));
+    }
     if let WhenBusy::Skip(Some(fired_at)) = when_busy {
         // Another sidecar answered this firing and finished before this one got the lock.
-        if objects
+        if legs
             .iter()
+            .flat_map(|l| &l.objects)
             .filter_map(|o| crate::keys::started_from_key(&o.key))
             .any(|t| t.timestamp() >= fired_at.timestamp())
         {
@@ -308,10 +395,6 @@ async fn backup_attempt(
                 database: database.to_string(),
             });
         }
-    }
-    tokio::select! {
-        r = remove_leftovers(storage, &prefix, &objects) => r.map_err(prefix_err)?,
-        _ = cancel.cancelled() => return Err(cancelled()),
     }
 
     let started = Utc::now();
@@ -321,42 +404,40 @@ async fn backup_attempt(
     // backup right after a scheduled one) takes the second after it, so keys never collide and
     // never sort a newer backup before an older one. A key far in the future (a clock that
     // was wrong) is not followed. The database's lock is held, so no other backup of it can
-    // take the name meanwhile.
-    let newest = objects
+    // take the name meanwhile. Every destination gets the same second.
+    let newest = legs
         .iter()
+        .flat_map(|l| &l.objects)
         .filter_map(|o| crate::keys::started_from_key(&o.key))
         .filter(|&t| t.timestamp() >= started.timestamp() && t <= started + KEY_CATCH_UP)
         .max();
-    let taken = |key: &str| {
-        let manifest_key = crate::keys::manifest_key(key);
-        objects
-            .iter()
-            .any(|o| o.key == manifest_key || o.key == key)
+    let key_in = |prefix: &str, at: DateTime<Utc>| {
+        crate::keys::dump_key(prefix, database, at, job.compression, encryption.is_some())
+    };
+    let taken = |at: DateTime<Utc>| {
+        legs.iter().any(|l| {
+            let key = key_in(&l.target.place.prefix, at);
+            let manifest_key = crate::keys::manifest_key(&key);
+            l.objects
+                .iter()
+                .any(|o| o.key == manifest_key || o.key == key)
+        })
     };
     let first = newest.map_or(started, |t| t + chrono::TimeDelta::seconds(1));
-    let key = (0..)
-        .map(|s| {
-            crate::keys::dump_key(
-                &job.prefix,
-                database,
-                first + chrono::TimeDelta::seconds(s),
-                job.compression,
-                encryption.is_some(),
-            )
-        })
-        .find(|k| !taken(k))
+    let at = (0..)
+        .map(|s| first + chrono::TimeDelta::seconds(s))
+        .find(|&at| !taken(at))
         .expect("an unbounded range has a free second");
-    let manifest_key = crate::keys::manifest_key(&key);
-    let storage_err = |source| BackupError::Storage {
-        database: database.to_string(),
-        key: key.clone(),
-        source,
-    };
+    for leg in &mut legs {
+        leg.key = key_in(&leg.target.place.prefix, at);
+    }
+    let key = legs[0].key.clone();
     tracing::info!(
         server = %server.version,
         pg_dump = %tool.version,
         size = server.database_size,
         key = %key,
+        destinations = legs.iter().map(|l| l.name()).collect::<Vec<_>>().join(","),
         "starting backup"
     );
     // Held until this function returns: pg_dump imports the snapshot when it starts, and the
@@ -397,12 +478,27 @@ async fn backup_attempt(
     tokio::pin!(counting);
     let mut tables = Err(String::new());
     let mut counts_done = false;
-    let uploaded = {
-        let upload = storage.put_stream(&key, &mut stored, server.database_size, cancel);
-        tokio::pin!(upload);
+    let (pumped, uploaded) = {
+        // One read of the dump, one reader per destination: the slowest sets the pace, and a
+        // destination that fails drops out while the others go on.
+        let (readers, pump) = crate::storage::fanout::fan_out(&mut stored, legs.len());
+        let uploads = legs
+            .iter()
+            .zip(readers)
+            .map(|(leg, mut reader)| async move {
+                let r = leg
+                    .target
+                    .storage
+                    .put_stream(&leg.key, &mut reader, server.database_size, cancel)
+                    .await;
+                drop(reader);
+                r
+            });
+        let work = async { tokio::join!(pump, futures::future::join_all(uploads)) };
+        tokio::pin!(work);
         loop {
             tokio::select! {
-                r = &mut upload => break r,
+                r = &mut work => break r,
                 t = &mut counting, if !counts_done => {
                     tables = t;
                     counts_done = true;
@@ -410,16 +506,45 @@ async fn backup_attempt(
             }
         }
     };
-    let pieces = match uploaded {
-        Ok(p) => p,
-        Err(StorageError::Source { source, .. }) if dump::as_dump_error(&source).is_some() => {
+    if let Err(source) = pumped {
+        // The dump itself failed (pg_dump's exit status, or reading it): no destination
+        // completed an upload of it, since every reader got the error before its end.
+        if dump::as_dump_error(&source).is_some() {
             let inner = source.into_inner().expect("checked above");
             let dump_error = *inner.downcast::<DumpError>().expect("checked above");
             return Err(db_err(dump_error));
         }
-        Err(StorageError::Cancelled) => return Err(cancelled()),
-        Err(e) => return Err(storage_err(e)),
-    };
+        return Err(BackupError::Storage {
+            database: database.to_string(),
+            key: key.clone(),
+            source: StorageError::Source { key, source },
+        });
+    }
+    let mut done_legs = Vec::new();
+    for (mut leg, result) in legs.into_iter().zip(uploaded) {
+        match result {
+            Ok(pieces) => {
+                leg.pieces = pieces;
+                done_legs.push(leg);
+            }
+            Err(StorageError::Cancelled) => return Err(cancelled()),
+            Err(e) => {
+                tracing::warn!(destination = leg.name(), "upload failed: {e}");
+                missed.push((
+                    leg.name().to_string(),
+                    BackupError::Storage {
+                        database: database.to_string(),
+                        key: leg.key.clone(),
+                        source: e,
+                    },
+                ));
+            }
+        }
+    }
+    if done_legs.is_empty() {
+        return Err(nowhere(database, missed));
+    }
+    let mut legs = done_legs;
     let digest = stored.finish();
     if !counts_done {
         // The dump is stored by now: cancelling only gives up the counts, not the backup.
@@ -443,26 +568,49 @@ async fn backup_attempt(
         ),
     };
 
-    let globals = if job.globals {
-        let stored = tokio::select! {
-            r = store_globals(&codec, tools, storage, &db, server.major, &key) => r,
+    if job.globals {
+        let dumped = tokio::select! {
+            r = dump_globals(&codec, tools, &db, server.major) => r,
             _ = cancel.cancelled() => Err(cancelled()),
         };
-        match stored {
-            Ok(g) => Some(g),
+        let (record, bytes) = match dumped {
+            Ok(g) => g,
             Err(e) => {
-                for piece in &pieces {
-                    let _ = storage.delete(&piece.key).await;
+                for leg in &legs {
+                    leg.remove().await;
                 }
                 return Err(e);
             }
+        };
+        let mut kept = Vec::new();
+        for mut leg in legs {
+            let key = crate::keys::globals_key(&leg.key);
+            match leg.target.storage.put_bytes(&key, bytes.clone()).await {
+                Ok(()) => {
+                    leg.globals = Some(manifest::Globals {
+                        key,
+                        ..record.clone()
+                    });
+                    kept.push(leg);
+                }
+                Err(source) => {
+                    leg.remove().await;
+                    missed.push((
+                        leg.name().to_string(),
+                        BackupError::Storage {
+                            database: database.to_string(),
+                            key,
+                            source,
+                        },
+                    ));
+                }
+            }
         }
-    } else {
-        None
-    };
+        legs = kept;
+    }
 
     let raw_total = raw_bytes.load(Ordering::Relaxed);
-    let anomalies = match previous_manifest(storage, &objects).await {
+    let anomalies = match previous_manifest(legs[0].target.storage, &legs[0].objects).await {
         Some(prev) => crate::catalog::anomaly::compare(
             &prev,
             raw_total,
@@ -489,54 +637,96 @@ async fn backup_attempt(
     });
 
     let finished = Utc::now();
-    let manifest = Manifest {
-        format: manifest::FORMAT.to_string(),
-        format_version: manifest::format_version(encryption.as_ref()),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        job: job.name.clone(),
-        database: database.to_string(),
-        host: db.host.clone(),
-        port: db.port,
-        server_version: server.version.clone(),
-        server_major: server.major,
-        pg_dump_version: tool.version.clone(),
-        pg_dump_major: tool.major,
-        dump_format: "custom".to_string(),
-        started_at: started,
-        finished_at: finished,
-        duration_ms: clock.elapsed().as_millis() as u64,
-        database_size_bytes: server.database_size,
-        raw_bytes: raw_total,
-        stored_bytes: digest.bytes,
-        compression: job.compression,
-        encryption,
-        sha256: digest.sha256,
-        key: key.clone(),
-        objects: pieces,
-        tables,
-        globals,
-        anomalies,
-        database_properties,
-    };
-    if let Err(e) = storage
-        .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))
-        .await
-    {
-        // Without its manifest the dump is no backup; do not leave it to look like one.
-        for piece in &manifest.objects {
-            let _ = storage.delete(&piece.key).await;
+    let mut completed = Vec::new();
+    for leg in legs {
+        let manifest = Manifest {
+            format: manifest::FORMAT.to_string(),
+            format_version: manifest::format_version(encryption.as_ref()),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            job: job.name.clone(),
+            database: database.to_string(),
+            host: db.host.clone(),
+            port: db.port,
+            server_version: server.version.clone(),
+            server_major: server.major,
+            pg_dump_version: tool.version.clone(),
+            pg_dump_major: tool.major,
+            dump_format: "custom".to_string(),
+            started_at: started,
+            finished_at: finished,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            database_size_bytes: server.database_size,
+            raw_bytes: raw_total,
+            stored_bytes: digest.bytes,
+            compression: job.compression,
+            encryption: encryption.clone(),
+            sha256: digest.sha256.clone(),
+            key: leg.key.clone(),
+            objects: leg.pieces.clone(),
+            tables: tables.clone(),
+            globals: leg.globals.clone(),
+            anomalies: anomalies.clone(),
+            database_properties: database_properties.clone(),
+        };
+        let manifest_key = crate::keys::manifest_key(&leg.key);
+        match leg
+            .target
+            .storage
+            .put_bytes(&manifest_key, Bytes::from(manifest.to_json()))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(
+                    key = %leg.key,
+                    destination = leg.name(),
+                    raw_bytes = manifest.raw_bytes,
+                    stored_bytes = manifest.stored_bytes,
+                    elapsed_ms = manifest.duration_ms,
+                    "backup complete"
+                );
+                completed.push((leg.name().to_string(), manifest));
+            }
+            Err(source) => {
+                // Without its manifest the dump is no backup; do not leave it to look like one.
+                leg.remove().await;
+                missed.push((
+                    leg.name().to_string(),
+                    BackupError::Storage {
+                        database: database.to_string(),
+                        key: leg.key.clone(),
+                        source,
+                    },
+                ));
+            }
         }
-        if let Some(g) = &manifest.globals {
-            let _ = storage.delete(&g.key).await;
-        }
-        return Err(storage_err(e));
     }
-    tracing::info!(
-        key = %key,
-        raw_bytes = manifest.raw_bytes,
-        stored_bytes = manifest.stored_bytes,
-        elapsed_ms = manifest.duration_ms,
-        "backup complete"
-    );
-    Ok(Completed { manifest })
+    if completed.is_empty() {
+        return Err(nowhere(database, missed));
+    }
+    Ok(Completed {
+        manifest: completed[0].1.clone(),
+        stored: completed,
+        failed: missed.into_iter().map(|(d, e)| missed_by(d, &e)).collect(),
+    })
+}
+
+/// A destination's failure as a [`Missed`].
+pub fn missed_by(destination: String, e: &BackupError) -> Missed {
+    Missed {
+        destination,
+        error: e.to_string(),
+        permanent: e.is_permanent(),
+    }
+}
+
+/// The error of an attempt that reached no destination: with one destination its own error
+/// as it was, with several all of them.
+fn nowhere(database: &str, mut missed: Vec<(String, BackupError)>) -> BackupError {
+    if missed.len() == 1 {
+        return missed.pop().expect("one").1;
+    }
+    BackupError::Nowhere {
+        database: database.to_string(),
+        failed: missed.into_iter().map(|(d, e)| missed_by(d, &e)).collect(),
+    }
 }

@@ -20,6 +20,12 @@ pub struct Job {
     pub timezone: chrono_tz::Tz,
     /// Key prefix of this job's backups (storage URL prefix plus the job's sub-prefix).
     pub prefix: String,
+    /// The job's own part of `prefix` (the same under every destination).
+    pub sub_prefix: String,
+    /// Its place in each `[[copies]]` destination, in the configured order.
+    pub copies: Vec<super::destinations::Placement>,
+    /// Whether a backup stored in only some destinations counts.
+    pub delivery: super::destinations::Delivery,
     pub catch_up: bool,
     /// Store `pg_dumpall --globals-only` with each dump.
     pub globals: bool,
@@ -56,7 +62,7 @@ pub fn serialize_schedule<S: serde::Serializer>(
 }
 
 impl Job {
-    /// What a prune of this job covers.
+    /// What a prune of this job covers in the primary.
     pub fn prune_scope(&self) -> crate::retention::prune::Scope<'_> {
         crate::retention::prune::Scope {
             job: &self.name,
@@ -64,6 +70,38 @@ impl Job {
             policy: self.retention.as_ref(),
             timezone: self.timezone,
             attempt_timeout: self.retry.attempt_timeout,
+        }
+    }
+
+    /// What a prune of this job covers in the destination of `place`.
+    pub fn prune_scope_in<'a>(
+        &'a self,
+        place: &'a super::destinations::Placement,
+    ) -> crate::retention::prune::Scope<'a> {
+        crate::retention::prune::Scope {
+            prefix: &place.prefix,
+            policy: place.retention.as_ref(),
+            ..self.prune_scope()
+        }
+    }
+
+    /// The job's place in every destination, the primary first.
+    pub fn placements(&self) -> Vec<super::destinations::Placement> {
+        std::iter::once(super::destinations::Placement {
+            destination: super::destinations::PRIMARY.to_string(),
+            prefix: self.prefix.clone(),
+            retention: self.retention.clone(),
+        })
+        .chain(self.copies.iter().cloned())
+        .collect()
+    }
+
+    /// This job as seen in destination `place`: its prefix and retention there.
+    pub fn in_destination(&self, place: &super::destinations::Placement) -> Job {
+        Job {
+            prefix: place.prefix.clone(),
+            retention: place.retention.clone(),
+            ..self.clone()
         }
     }
 }

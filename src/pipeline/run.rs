@@ -13,18 +13,22 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::backup::{self, BackupError, Completed, WhenBusy};
+use super::backup::{self, BackupError, Completed, Missed, WhenBusy};
+use super::destinations::{Delivery, Placement};
 use super::Job;
 use crate::health::Board;
 use crate::notify::{Dispatcher, Event, EventKind};
 use crate::retry::RetryPolicy;
 use crate::schedule::Clock;
 use crate::source::ToolsConfig;
-use crate::storage::Storage;
+use crate::storage::{Destination, Storage};
 
 /// Everything a run needs besides its job, built once by the composition root.
 pub struct Context {
+    /// The primary destination (`[storage]`).
     pub storage: Storage,
+    /// The `[[copies]]` destinations, in the configured order.
+    pub copies: Vec<Destination>,
     pub notify: Dispatcher,
     pub board: Board,
     pub clock: Clock,
@@ -67,8 +71,10 @@ pub struct Outcome {
 
 impl Context {
     /// A context for `storage`, `notify` and `board`, reading time from `clock`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         storage: Storage,
+        copies: Vec<Destination>,
         notify: Dispatcher,
         board: Board,
         clock: Clock,
@@ -78,6 +84,7 @@ impl Context {
     ) -> Context {
         Context {
             storage,
+            copies,
             notify,
             board,
             clock,
@@ -87,6 +94,11 @@ impl Context {
             abort,
             turns: Mutex::default(),
         }
+    }
+
+    /// The store of destination `name` (`primary` or a copy's name).
+    pub fn store(&self, name: &str) -> Option<&Storage> {
+        crate::storage::find(&self.storage, &self.copies, name)
     }
 
     /// The turn of one database: its backups and drills run one at a time in this process.
@@ -204,6 +216,11 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
         e
     };
     ctx.notify.dispatch(event(EventKind::Started, 1, &|_| {}));
+    let progress = Mutex::new(Progress {
+        remaining: job.placements(),
+        stored: Vec::new(),
+        failed: Vec::new(),
+    });
     let (result, attempts) = crate::retry::retry(
         &policy,
         &ctx.shutdown,
@@ -228,9 +245,38 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 None => tracing::error!(job = %job.name, database = %db, attempt, attempts = policy.attempts, "backup failed: {e}"),
             }
         },
-        |_| backup::backup_database(job, &ctx.tools, &ctx.storage, db, when_busy, &ctx.abort),
+        |_| attempt(ctx, job, db, when_busy, &progress),
     )
     .await;
+    let progress = progress.into_inner().expect("not poisoned");
+    for (name, m) in &progress.stored {
+        ctx.board.update_db(&job.name, db, |entry| {
+            let d = entry.destinations.entry(name.clone()).or_default();
+            d.last_success_at = d.last_success_at.max(Some(m.started_at));
+        });
+    }
+    let unreached: Vec<String> = match &result {
+        Ok(()) => progress
+            .failed
+            .iter()
+            .map(|m| m.destination.clone())
+            .collect(),
+        Err(_) => progress
+            .remaining
+            .iter()
+            .map(|p| p.destination.clone())
+            .collect(),
+    };
+    for name in unreached {
+        ctx.board.update_db(&job.name, db, |entry| {
+            entry.destinations.entry(name).or_default().failures_total += 1
+        });
+    }
+    let result = result.map(|()| Completed {
+        manifest: progress.stored[0].1.clone(),
+        stored: progress.stored,
+        failed: progress.failed,
+    });
     let mut prune_errors = Vec::new();
     match &result {
         Ok(done) => {
@@ -246,7 +292,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 entry.last_key = Some(m.key.clone());
                 entry.last_error = None;
             });
-            let (pruned, errors) = prune_after_backup(ctx, job, db).await;
+            let (pruned, errors) = prune_after_backup(ctx, job, db, &done.stored).await;
             prune_errors = errors;
             ctx.board.save();
             let kind = if attempts > 1 {
@@ -266,7 +312,20 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 }
                 e.pruned = pruned;
                 e.warnings = m.anomalies.clone();
+                e.warnings.extend(
+                    done.failed
+                        .iter()
+                        .map(|f| format!("not stored in `{}`: {}", f.destination, f.error)),
+                );
                 e.warnings.extend(prune_errors.iter().cloned());
+                if !job.copies.is_empty() {
+                    let names: Vec<&str> = done.stored.iter().map(|(n, _)| n.as_str()).collect();
+                    let stored = format!("Stored in {}.", names.join(", "));
+                    e.summary = Some(match e.summary.take() {
+                        Some(s) => format!("{stored} {s}"),
+                        None => stored,
+                    });
+                }
             }));
         }
         Err(BackupError::Busy { .. }) => {
@@ -293,16 +352,109 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
     }
 }
 
-/// Prunes `db` by the job's retention after a successful backup; returns how many backups
-/// were deleted and what failed. A failed prune is logged and returned, never turned into a
-/// failed backup: the backup is stored, and the next run prunes again.
-async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> (u64, Vec<String>) {
-    if job.retention.is_none() {
+/// What a run has stored so far, across its attempts: a retry goes only to the destinations
+/// still in `remaining`.
+struct Progress {
+    remaining: Vec<Placement>,
+    stored: Vec<(String, crate::catalog::manifest::Manifest)>,
+    failed: Vec<Missed>,
+}
+
+/// One attempt of a run: a backup to every destination that lacks one from this run. `Ok`
+/// when none lacks one, or, with `destinations.policy = "any"`, when one holds it.
+async fn attempt(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+    when_busy: WhenBusy,
+    progress: &Mutex<Progress>,
+) -> Result<(), BackupError> {
+    let remaining = progress.lock().expect("not poisoned").remaining.clone();
+    let targets: Vec<backup::Target> = remaining
+        .iter()
+        .filter_map(|place| {
+            Some(backup::Target {
+                storage: ctx.store(&place.destination)?,
+                place,
+            })
+        })
+        .collect();
+    let result =
+        backup::backup_database(job, &ctx.tools, &targets, db, when_busy, &ctx.abort).await;
+    let mut p = progress.lock().expect("not poisoned");
+    let failed = match result {
+        Ok(done) => {
+            p.stored.extend(done.stored);
+            done.failed
+        }
+        Err(e) if p.stored.is_empty() => return Err(e),
+        Err(BackupError::Nowhere { failed, .. }) => failed,
+        Err(e) => remaining
+            .iter()
+            .map(|place| backup::missed_by(place.destination.clone(), &e))
+            .collect(),
+    };
+    p.remaining
+        .retain(|place| failed.iter().any(|m| m.destination == place.destination));
+    p.failed = failed;
+    if p.remaining.is_empty() || job.delivery == Delivery::Any {
+        return Ok(());
+    }
+    Err(BackupError::Partial {
+        database: db.to_string(),
+        stored: p.stored.iter().map(|(n, _)| n.clone()).collect(),
+        failed: p.failed.clone(),
+    })
+}
+
+/// Prunes `db` in every destination that holds the new backup, each by its own retention;
+/// returns how many backups were deleted and what failed. A failed prune is logged and
+/// returned, never turned into a failed backup: the backup is stored, and the next run prunes
+/// again. A destination the backup did not reach is not pruned.
+async fn prune_after_backup(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+    stored: &[(String, crate::catalog::manifest::Manifest)],
+) -> (u64, Vec<String>) {
+    let (mut deleted, mut errors) = (0, Vec::new());
+    for place in job.placements() {
+        let (Some(storage), true) = (
+            ctx.store(&place.destination),
+            stored.iter().any(|(n, _)| *n == place.destination),
+        ) else {
+            continue;
+        };
+        let (d, e) = prune_destination(ctx, job, db, &place, storage).await;
+        deleted += d;
+        errors.extend(e);
+    }
+    ctx.board
+        .update_db(&job.name, db, |entry| entry.pruned_total += deleted);
+    (deleted, errors)
+}
+
+async fn prune_destination(
+    ctx: &Context,
+    job: &Job,
+    db: &str,
+    place: &Placement,
+    storage: &Storage,
+) -> (u64, Vec<String>) {
+    if place.retention.is_none() {
         return (0, Vec::new());
     }
+    // Messages name the destination only when there is more than one.
+    let named = |m: String| {
+        if job.copies.is_empty() {
+            m
+        } else {
+            format!("{}: {m}", place.destination)
+        }
+    };
     let reports = match crate::retention::prune::prune_job(
-        &ctx.storage,
-        job.prune_scope(),
+        storage,
+        job.prune_scope_in(place),
         Some(db),
         &|_| false,
         false,
@@ -312,8 +464,8 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> (u64, Vec<Str
     {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(job = %job.name, database = %db, "cannot prune: {e}");
-            return (0, vec![format!("cannot prune: {e}")]);
+            tracing::warn!(job = %job.name, database = %db, destination = %place.destination, "cannot prune: {e}");
+            return (0, vec![named(format!("cannot prune: {e}"))]);
         }
     };
     let (mut deleted, mut errors) = (0, Vec::new());
@@ -325,15 +477,13 @@ async fn prune_after_backup(ctx: &Context, job: &Job, db: &str) -> (u64, Vec<Str
             tracing::info!(job = %job.name, database = %db, key, "not pruned: object lock until {until}");
         }
         for e in &report.errors {
-            tracing::warn!(job = %job.name, database = %db, "prune: {e}");
-            errors.push(format!("prune: {e}"));
+            tracing::warn!(job = %job.name, database = %db, destination = %place.destination, "prune: {e}");
+            errors.push(named(format!("prune: {e}")));
         }
         deleted += report.deleted.len() as u64;
     }
     if deleted > 0 {
-        tracing::info!(job = %job.name, database = %db, count = deleted, "pruned old backups");
+        tracing::info!(job = %job.name, database = %db, destination = %place.destination, count = deleted, "pruned old backups");
     }
-    ctx.board
-        .update_db(&job.name, db, |entry| entry.pruned_total += deleted);
     (deleted, errors)
 }

@@ -396,6 +396,7 @@ mod tests {
         let manifest =
             Manifest::parse("p/app/x.manifest.json", json.to_string().as_bytes()).unwrap();
         let entry = Entry {
+            destinations: Vec::new(),
             manifest_key: "p/app/x.manifest.json".into(),
             manifest,
         };

@@ -7,6 +7,7 @@
 //! globals, manifests) carries the same configured encryption, tags and retention.
 //! `tests/it/storage_contract.rs` checks this contract against every backend.
 
+pub mod fanout;
 pub mod local;
 pub mod s3;
 mod settings;
@@ -189,6 +190,28 @@ pub trait Backend {
         lifecycle: &Lifecycle,
         prefix: &str,
     ) -> Result<LifecycleChange, StorageError>;
+}
+
+/// A store by the name backups go to it under: the primary (`[storage]`) or a copy.
+pub struct Destination {
+    pub name: String,
+    pub storage: Storage,
+}
+
+/// The name the `[storage]` destination goes by (`--from primary`, the `IN` column of `list`,
+/// the `destination` label of the metrics). No copy may take it.
+pub const PRIMARY: &str = "primary";
+
+/// The store of destination `name` among the primary and the copies.
+pub fn find<'a>(
+    primary: &'a Storage,
+    copies: &'a [Destination],
+    name: &str,
+) -> Option<&'a Storage> {
+    if name == PRIMARY {
+        return Some(primary);
+    }
+    copies.iter().find(|d| d.name == name).map(|d| &d.storage)
 }
 
 /// The configured backend.
