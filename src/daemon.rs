@@ -224,6 +224,25 @@ async fn seed_from_storage(d: &Daemon) {
             }
         };
         for db in &databases {
+            if !job.copies.is_empty() {
+                for place in job.placements() {
+                    let Some(storage) = d.ctx.store(&place.destination) else {
+                        continue;
+                    };
+                    match newest_backup(storage, &job.in_destination(&place), db).await {
+                        Ok(newest) => d.ctx.board.update_db(&job.name, db, |entry| {
+                            entry
+                                .destinations
+                                .entry(place.destination.clone())
+                                .or_default()
+                                .last_success_at = newest
+                        }),
+                        Err(e) => {
+                            tracing::warn!(job = %job.name, database = %db, destination = %place.destination, "cannot read existing backups: {e}")
+                        }
+                    }
+                }
+            }
             match newest_backup(&d.ctx.storage, job, db).await {
                 Ok(newest) => d
                     .ctx

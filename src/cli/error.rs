@@ -27,7 +27,7 @@ pub enum CliError {
     #[error(transparent)]
     Status(#[from] StatusError),
     #[error(transparent)]
-    Copy(#[from] crate::catalog::copy::CopyError),
+    Copy(Box<crate::catalog::copy::CopyError>),
     #[error(transparent)]
     Pitr(Box<crate::pitr::PitrError>),
     #[error("cannot write the output: {0}")]
@@ -37,6 +37,12 @@ pub enum CliError {
 impl From<BackupError> for CliError {
     fn from(e: BackupError) -> Self {
         CliError::Backup(Box::new(e))
+    }
+}
+
+impl From<crate::catalog::copy::CopyError> for CliError {
+    fn from(e: crate::catalog::copy::CopyError) -> Self {
+        CliError::Copy(Box::new(e))
     }
 }
 

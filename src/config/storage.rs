@@ -335,7 +335,11 @@ pub(super) fn validate_copies(
                 format!("`{n}` differs from the table's name `{name}`"),
             ));
         }
-        if rc.url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+        // A blank URL (a compose file's `${VAR:-}`) leaves the copy off.
+        if rc.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            continue;
+        }
+        if rc.url.is_none() {
             return Err(ConfigError::invalid(
                 &format!("{section}.url"),
                 format!(
@@ -354,8 +358,14 @@ pub(super) fn validate_copies(
             retention: None,
             ..rc
         };
-        let storage = validate_storage(raw_storage, sources)
+        let mut storage = validate_storage(raw_storage, sources)
             .map_err(|e| e.in_section("storage", &section))?;
+        // Another bucket of the same store is reached with the same keys; a store elsewhere
+        // never receives the primary's.
+        if storage.access_key_id.is_none() && storage.endpoint == primary.endpoint {
+            storage.access_key_id = primary.access_key_id.clone();
+            storage.secret_access_key = primary.secret_access_key.clone();
+        }
         let same_place = |other: &StorageConfig| {
             other.location == storage.location && other.endpoint == storage.endpoint
         };

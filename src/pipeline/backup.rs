@@ -494,7 +494,24 @@ async fn backup_attempt(
                 drop(reader);
                 r
             });
-        let work = async { tokio::join!(pump, futures::future::join_all(uploads)) };
+        // The uploads decide the end: once none is left (complete, failed or cancelled), a
+        // pump still waiting on the dump (a black-holed connection) is dropped with it, which
+        // stops pg_dump. A pump that finished first is read before them (`biased`), so a
+        // failed dump is never mistaken for failed uploads.
+        let work = async {
+            let mut pump = std::pin::pin!(pump);
+            let mut uploads = std::pin::pin!(futures::future::join_all(uploads));
+            let mut pumped = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut pump, if pumped.is_none() => pumped = Some(r),
+                    u = &mut uploads => {
+                        break (pumped.unwrap_or(Ok(crate::storage::fanout::Pumped::Abandoned)), u)
+                    }
+                }
+            }
+        };
         tokio::pin!(work);
         loop {
             tokio::select! {

@@ -96,7 +96,23 @@ compose_e2e() {
   compose_stop_mid_backup
   compose_encrypted
   compose_pitr
+  compose_copies
   compose_no_secret_in_the_open
+}
+
+# A second destination as .env.example shows it: another bucket of the same store, named in
+# .env; one backup lands in both, and `list` says where.
+compose_copies() {
+  check ".env.example has the second destination's line" grep -q '^PGSIDECAR_COPIES__OFFSITE__URL=$' .env.example
+  sed -i 's|^PGSIDECAR_COPIES__OFFSITE__URL=.*|PGSIDECAR_COPIES__OFFSITE__URL=s3://backups-offsite/app|' .env
+  docker compose up -d sidecar >/dev/null 2>&1
+  check "docker exec sidecar backup stores in the primary and in offsite" \
+    output_has "stored in offsite: app/app/" docker exec sidecar backup
+  check "list names both destinations for the new backup" sh -c \
+    'docker exec sidecar list --json 2>/dev/null | python3 -c "import json, sys; sys.exit(0 if json.load(sys.stdin)[0].get(\"destinations\") == [\"primary\", \"offsite\"] else 1)"'
+  check "restore --from offsite reads the copy (with the archive's identity)" output_has "restored" \
+    docker compose run --rm --no-deps -T --user "$(id -u)" -v "$PWD/backup-identity.txt:/identity:ro" sidecar \
+    restore latest --from offsite --identity /identity --target-db app_from_offsite --yes
 }
 
 # `docker compose stop sidecar` while a backup is uploading: the daemon gets its shutdown

@@ -233,6 +233,7 @@ pitr_marks_around_a_moment() {
   "$sql" -d app -c "create table pitr_marks (batch text, id int);
     insert into pitr_marks select 'A', generate_series(1, 100)"
   sleep 2
+  # shellcheck disable=SC2034  # read by compose.sh and swarm.sh
   PITR_MOMENT=$(date -u '+%Y-%m-%d %H:%M:%S+00')
   sleep 2
   "$sql" -d app -c "insert into pitr_marks select 'B', generate_series(1, 50)"
