@@ -84,9 +84,10 @@ pub async fn run(
         let d = d.clone();
         tokio::spawn(async move {
             let (stop, clock) = (d.ctx.shutdown.clone(), d.ctx.clock);
+            let auth = d.config.http_auth.clone();
             let status = move || d.ctx.board.snapshot();
-            if let Err(e) = crate::health::http::serve(addr, status, clock, stop).await {
-                tracing::error!(%addr, "cannot serve /healthz and /metrics: {e}");
+            if let Err(e) = crate::health::http::serve(addr, auth, status, clock, stop).await {
+                tracing::error!(%addr, "cannot serve the status page, /healthz and /metrics: {e}");
             }
         });
     }
@@ -244,10 +245,12 @@ async fn seed_from_storage(d: &Daemon) {
                 }
             }
             match newest_backup(&d.ctx.storage, job, db).await {
-                Ok(newest) => d
-                    .ctx
-                    .board
-                    .update_db(&job.name, db, |entry| entry.last_success_at = newest),
+                Ok(newest) => {
+                    d.ctx
+                        .board
+                        .update_db(&job.name, db, |entry| entry.last_success_at = newest);
+                    seed_recent(d, job, db).await;
+                }
                 Err(e) => {
                     tracing::warn!(job = %job.name, database = %db, "cannot read existing backups: {e}")
                 }
@@ -290,6 +293,47 @@ async fn newest_backup(
         .iter()
         .filter_map(|o| crate::keys::started_from_key(&o.key))
         .max())
+}
+
+/// Reads the manifests of the newest backups of `db` (at most [`RECENT`] of them) into the
+/// status page's history. Best effort: a manifest that cannot be read is left out.
+///
+/// [`RECENT`]: crate::health::status::RECENT
+async fn seed_recent(d: &Daemon, job: &Job, db: &str) {
+    let prefix = crate::keys::database_prefix(&job.prefix, db);
+    let Ok(objects) = d.ctx.storage.list(&prefix).await else {
+        return;
+    };
+    let mut manifests: Vec<(DateTime<Utc>, &str)> = objects
+        .iter()
+        .filter(|o| o.key.ends_with(crate::keys::MANIFEST_SUFFIX))
+        .filter_map(|o| Some((crate::keys::started_from_key(&o.key)?, o.key.as_str())))
+        .collect();
+    manifests.sort();
+    let newest = &manifests[manifests
+        .len()
+        .saturating_sub(crate::health::status::RECENT)..];
+    for (_, key) in newest {
+        let Ok(bytes) = d.ctx.storage.get_bytes(key).await else {
+            continue;
+        };
+        let Ok(m) = crate::catalog::manifest::Manifest::parse(key, &bytes) else {
+            continue;
+        };
+        d.ctx.board.update_db(&job.name, db, |entry| {
+            entry.remember(crate::health::status::RecentBackup {
+                started_at: m.started_at,
+                stored_bytes: m.stored_bytes,
+                duration_secs: m.duration_ms as f64 / 1000.0,
+                anomaly: !m.anomalies.is_empty(),
+            });
+            if Some(m.started_at) >= entry.last_success_at {
+                entry.last_anomalies = m.anomalies.clone();
+                entry.last_stored_bytes = Some(m.stored_bytes);
+                entry.last_duration_secs = Some(m.duration_ms as f64 / 1000.0);
+            }
+        });
+    }
 }
 
 async fn heartbeat(d: Arc<Daemon>) {

@@ -123,6 +123,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Address of the optional `/healthz` and `/metrics` listener.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// What `/` and `/metrics` require of a client (`/healthz` requires nothing).
+    pub http_auth: Option<crate::health::http::HttpAuth>,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub tools: ToolsConfig,

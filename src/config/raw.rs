@@ -243,6 +243,16 @@ pub struct RawPitrDrill {
 pub struct RawHttp {
     #[serde(deserialize_with = "lenient::opt_string")]
     pub listen: Option<String>,
+    /// A token `/` and `/metrics` require as `Authorization: Bearer …` (a secret).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub bearer_token: Option<String>,
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth for `/` and `/metrics`: the user, and its password (a secret).
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub basic_auth_user: Option<String>,
+    #[serde(deserialize_with = "lenient::opt_string")]
+    pub basic_auth_password: Option<String>,
+    pub basic_auth_password_file: Option<PathBuf>,
 }
 
 /// `[database]`

@@ -190,7 +190,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             )
         }
     };
-    let http_listen = match raw.http.listen {
+    let http_listen = match raw.http.listen.clone() {
         None => None,
         Some(l) if l.is_empty() => None,
         Some(l) => Some(l.parse().map_err(|_| {
@@ -200,6 +200,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             )
         })?),
     };
+    let http_auth = validate_http_auth(raw.http)?;
     let pitr = validate_pitr(raw.pitr, &raw.database, &base_prefix, &default_tz, sources)?;
     Ok(Config {
         pitr,
@@ -215,6 +216,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
             grace: raw.health.grace,
         },
         http_listen,
+        http_auth,
         shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
         tools: ToolsConfig {
             bin_dirs: raw.tools.bin_dirs.unwrap_or_default(),
@@ -686,4 +688,47 @@ pub(super) fn validate_log(raw: RawLog) -> Result<LogConfig, ConfigError> {
         ));
     }
     Ok(LogConfig { format, level })
+}
+
+/// `http.bearer_token` or `http.basic_auth_*`: at most one of the two.
+pub(super) fn validate_http_auth(
+    raw: RawHttp,
+) -> Result<Option<crate::health::http::HttpAuth>, ConfigError> {
+    use crate::health::http::HttpAuth;
+    let token = optional_secret(
+        "http.bearer_token",
+        raw.bearer_token,
+        raw.bearer_token_file.as_deref(),
+    )?;
+    let password = optional_secret(
+        "http.basic_auth_password",
+        raw.basic_auth_password,
+        raw.basic_auth_password_file.as_deref(),
+    )?;
+    let user = raw.basic_auth_user.filter(|u| !u.trim().is_empty());
+    match (token, user, password) {
+        (None, None, None) => Ok(None),
+        (Some(t), None, None) => Ok(Some(HttpAuth::Bearer(t))),
+        (None, Some(user), Some(password)) => {
+            if user.contains(':') {
+                return Err(ConfigError::invalid(
+                    "http.basic_auth_user",
+                    "cannot contain `:` (basic auth separates user and password with it)",
+                ));
+            }
+            Ok(Some(HttpAuth::Basic { user, password }))
+        }
+        (Some(_), _, _) => Err(ConfigError::invalid(
+            "http.bearer_token",
+            "set either http.bearer_token or http.basic_auth_user and _password, not both",
+        )),
+        (None, Some(_), None) => Err(ConfigError::invalid(
+            "http.basic_auth_password",
+            "is required with http.basic_auth_user (or its _file)",
+        )),
+        (None, None, Some(_)) => Err(ConfigError::invalid(
+            "http.basic_auth_user",
+            "is required with http.basic_auth_password",
+        )),
+    }
 }

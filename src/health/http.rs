@@ -3,7 +3,8 @@
 
 use std::sync::atomic::AtomicU64;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -15,6 +16,57 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::status::Status;
+
+/// What `/` and `/metrics` require of a client (`/healthz` stays open, for probes).
+#[derive(Debug, Clone, serde::Serialize)]
+pub enum HttpAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer(crate::secret::Secret),
+    /// `Authorization: Basic` with this user and password (RFC 7617).
+    Basic {
+        user: String,
+        password: crate::secret::Secret,
+    },
+}
+
+/// Whether `headers` satisfy `auth` (no auth: always). Compared in constant time, so the
+/// time taken tells nothing of the secret.
+fn allows(auth: Option<&HttpAuth>, headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    let Some(auth) = auth else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let expected = match auth {
+        HttpAuth::Bearer(token) => format!("Bearer {}", token.expose()),
+        HttpAuth::Basic { user, password } => format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose()))
+        ),
+    };
+    let (a, b) = (given.trim().as_bytes(), expected.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// 401 with the challenge of `auth`'s scheme.
+fn refused(auth: Option<&HttpAuth>) -> Response {
+    let challenge = match auth {
+        Some(HttpAuth::Basic { .. }) => "Basic realm=\"pgsidecar\", charset=\"UTF-8\"",
+        _ => "Bearer realm=\"pgsidecar\"",
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [("www-authenticate", challenge)],
+        "authorization required\n",
+    )
+        .into_response()
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Labels {
@@ -108,6 +160,16 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
         "drill_failures",
         "Failed restore drills since start",
     );
+    let max_age = gauge(
+        &mut registry,
+        "backup_max_age_seconds",
+        "Oldest the newest successful backup may be before health fails (schedule period plus grace)",
+    );
+    let anomalies = gauge(
+        &mut registry,
+        "last_anomalies",
+        "Size anomalies (and missing row counts) the newest successful backup recorded",
+    );
     let dest_success = Family::<DestinationLabels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "destination_last_success_timestamp_seconds",
@@ -152,6 +214,14 @@ pub fn render_metrics(status: &Status, now: DateTime<Utc>) -> String {
             }
             if let Some(t) = db.last_attempt_at {
                 last_attempt.get_or_create(&l).set(t.timestamp() as f64);
+            }
+            if let Some(m) = job.max_age_secs {
+                max_age.get_or_create(&l).set(m as f64);
+            }
+            if db.last_success_at.is_some() {
+                anomalies
+                    .get_or_create(&l)
+                    .set(db.last_anomalies.len() as f64);
             }
             if let Some(d) = db.last_duration_secs {
                 duration.get_or_create(&l).set(d);
@@ -301,12 +371,33 @@ fn register_pitr(
 /// returns at each request.
 pub async fn serve(
     addr: std::net::SocketAddr,
+    auth: Option<HttpAuth>,
     status: impl Fn() -> Status + Clone + Send + Sync + 'static,
     clock: crate::schedule::Clock,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let health_status = status.clone();
+    let page_status = status.clone();
+    let (page_auth, metrics_auth) = (auth.clone(), auth);
     let app = Router::new()
+        .route(
+            "/",
+            get(move |headers: HeaderMap| {
+                let allowed = allows(page_auth.as_ref(), &headers);
+                let page = allowed.then(|| super::page::render(&page_status(), clock.now()));
+                async move {
+                    match page {
+                        Some(html) => (
+                            StatusCode::OK,
+                            [("content-type", "text/html; charset=utf-8")],
+                            html,
+                        )
+                            .into_response(),
+                        None => refused(page_auth.as_ref()),
+                    }
+                }
+            }),
+        )
         .route(
             "/healthz",
             get(move || {
@@ -322,21 +413,26 @@ pub async fn serve(
         )
         .route(
             "/metrics",
-            get(move || {
-                let text = render_metrics(&status(), clock.now());
+            get(move |headers: HeaderMap| {
+                let allowed = allows(metrics_auth.as_ref(), &headers);
+                let text = allowed.then(|| render_metrics(&status(), clock.now()));
                 async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
+                    match text {
+                        Some(text) => (
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                            .into_response(),
+                        None => refused(metrics_auth.as_ref()),
+                    }
                 }
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /healthz and /metrics");
+    tracing::info!(%addr, "serving the status page at /, /healthz and /metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod http;
+pub mod page;
 pub mod status;
 
 pub use board::Board;

@@ -129,6 +129,39 @@ pub struct DbStatus {
     /// Each destination's own record, by name (`primary` and the copies).
     #[serde(default)]
     pub destinations: std::collections::BTreeMap<String, DestinationStatus>,
+    /// Size anomalies (and missing row counts) the newest successful backup recorded.
+    #[serde(default)]
+    pub last_anomalies: Vec<String>,
+    /// The newest successful backups, oldest first, at most [`RECENT`]: what the status page
+    /// draws.
+    #[serde(default)]
+    pub recent: Vec<RecentBackup>,
+}
+
+/// How many backups per database [`DbStatus::recent`] keeps.
+pub const RECENT: usize = 30;
+
+/// One successful backup, as the status page draws it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentBackup {
+    pub started_at: DateTime<Utc>,
+    pub stored_bytes: u64,
+    pub duration_secs: f64,
+    /// Whether it recorded a size anomaly.
+    pub anomaly: bool,
+}
+
+impl DbStatus {
+    /// Adds `b` to [`DbStatus::recent`] in time order (once), keeping the newest [`RECENT`].
+    pub fn remember(&mut self, b: RecentBackup) {
+        if self.recent.iter().any(|r| r.started_at == b.started_at) {
+            return;
+        }
+        self.recent.push(b);
+        self.recent.sort_by_key(|r| r.started_at);
+        let excess = self.recent.len().saturating_sub(RECENT);
+        self.recent.drain(..excess);
+    }
 }
 
 /// One database in one destination.
@@ -159,6 +192,10 @@ impl DbStatus {
             self.last_stored_bytes = other.last_stored_bytes;
             self.last_raw_bytes = other.last_raw_bytes;
             self.last_key = other.last_key.clone();
+            self.last_anomalies = other.last_anomalies.clone();
+        }
+        for b in &other.recent {
+            self.remember(b.clone());
         }
         if other.last_drill_at > self.last_drill_at {
             self.last_drill_at = other.last_drill_at;
@@ -396,7 +433,8 @@ fn error_suffix(e: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-fn human(d: TimeDelta) -> String {
+/// A short duration such as `3h5m` or `2d4h`.
+pub(crate) fn human(d: TimeDelta) -> String {
     let s = d.num_seconds().max(0);
     if s >= 86400 {
         format!("{}d{}h", s / 86400, (s % 86400) / 3600)

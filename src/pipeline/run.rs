@@ -291,6 +291,13 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                 entry.last_raw_bytes = Some(m.raw_bytes);
                 entry.last_key = Some(m.key.clone());
                 entry.last_error = None;
+                entry.last_anomalies = m.anomalies.clone();
+                entry.remember(crate::health::status::RecentBackup {
+                    started_at: m.started_at,
+                    stored_bytes: m.stored_bytes,
+                    duration_secs: m.duration_ms as f64 / 1000.0,
+                    anomaly: !m.anomalies.is_empty(),
+                });
             });
             let (pruned, errors) = prune_after_backup(ctx, job, db, &done.stored).await;
             prune_errors = errors;
