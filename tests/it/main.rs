@@ -19,6 +19,8 @@ mod failures;
 mod faults;
 /// `pgsidecar backup` by hand: status file, retention, notifications and retries, as scheduled.
 mod manual_backup;
+/// Alerting rules (promtool) and the Grafana dashboard against a real daemon and Prometheus.
+mod monitoring;
 /// The container files: Dockerfile lint, Compose schema, configuration names without drift.
 mod packaging;
 /// Point-in-time recovery: WAL archiving, base backups, restores to a moment.
@@ -31,6 +33,8 @@ mod restore;
 mod restore_safety;
 /// Secrets never reach output, notifications, manifests or object metadata.
 mod secrets;
+/// The status page at `/` in headless Chromium at desktop and phone widths, and its access control.
+mod status_page;
 /// The storage contract, run against every backend: round trips, no overwrite, listing, aborts, sweep.
 mod storage_contract;
 /// S3 features: server-side encryption, tags, object lock, lifecycle rules.
