@@ -37,7 +37,8 @@ pub struct Side<'a> {
 /// What a copy did.
 #[derive(Debug, Default)]
 pub struct CopyReport {
-    /// Target manifest keys written (or, with `dry_run`, that would be), with stored bytes.
+    /// The keys of the backups written in the target (or, with `dry_run`, that would be),
+    /// as `list` shows them, with their stored bytes.
     pub copied: Vec<(String, u64)>,
     /// Backups the target held already.
     pub present: usize,
@@ -90,19 +91,20 @@ pub async fn copy_missing(
             report.present += 1;
             continue;
         }
+        let shown = (
+            rebase(&entry.manifest.key, from.prefix, to.prefix)
+                .unwrap_or_else(|| manifest_key.clone()),
+            entry.manifest.stored_bytes,
+        );
         if dry_run {
-            report
-                .copied
-                .push((manifest_key, entry.manifest.stored_bytes));
+            report.copied.push(shown);
             continue;
         }
         if cancel.is_cancelled() {
             break;
         }
         match copy_one(from, to, entry, &manifest_key, cancel).await {
-            Ok(()) => report
-                .copied
-                .push((manifest_key, entry.manifest.stored_bytes)),
+            Ok(()) => report.copied.push(shown),
             Err(why) => report.failed.push((entry.manifest.key.clone(), why)),
         }
     }

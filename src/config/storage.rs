@@ -360,11 +360,20 @@ pub(super) fn validate_copies(
         };
         let mut storage = validate_storage(raw_storage, sources)
             .map_err(|e| e.in_section("storage", &section))?;
-        // Another bucket of the same store is reached with the same keys; a store elsewhere
-        // never receives the primary's.
-        if storage.access_key_id.is_none() && storage.endpoint == primary.endpoint {
-            storage.access_key_id = primary.access_key_id.clone();
-            storage.secret_access_key = primary.secret_access_key.clone();
+        // Another bucket of the same store (the same endpoint) is reached with the same keys,
+        // region and addressing unless the copy sets its own; a store elsewhere never
+        // receives the primary's keys.
+        if storage.endpoint == primary.endpoint {
+            if storage.access_key_id.is_none() {
+                storage.access_key_id = primary.access_key_id.clone();
+                storage.secret_access_key = primary.secret_access_key.clone();
+            }
+            if storage.region.is_none() {
+                storage.region = primary.region.clone();
+            }
+            if storage.path_style.is_none() {
+                storage.path_style = primary.path_style;
+            }
         }
         let same_place = |other: &StorageConfig| {
             other.location == storage.location && other.endpoint == storage.endpoint

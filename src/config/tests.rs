@@ -847,3 +847,37 @@ fn bad_copies_name_their_key() {
     .to_string();
     assert!(bogus.contains("bogus"), "{bogus}");
 }
+
+/// Another bucket at the primary's endpoint is reached with the primary's keys and region; a
+/// copy at another endpoint never gets them.
+#[test]
+fn a_copy_at_the_same_endpoint_uses_the_primarys_keys_and_no_other_does() {
+    let c = load(&env(&[
+        URL,
+        ("PGSIDECAR_STORAGE__ENDPOINT", "http://s3:9000"),
+        ("PGSIDECAR_STORAGE__REGION", "eu-central-1"),
+        ("PGSIDECAR_STORAGE__ACCESS_KEY_ID", "AKIAPRIMARY"),
+        ("PGSIDECAR_STORAGE__SECRET_ACCESS_KEY", "primary-secret"),
+        ("PGSIDECAR_COPIES__SAME__URL", "s3://bucket-b/x"),
+        ("PGSIDECAR_COPIES__SAME__ENDPOINT", "http://s3:9000"),
+        ("PGSIDECAR_COPIES__ELSEWHERE__URL", "s3://bucket-c/x"),
+        (
+            "PGSIDECAR_COPIES__ELSEWHERE__ENDPOINT",
+            "https://s3.example.net",
+        ),
+        ("PGSIDECAR_COPIES__OFF__URL", ""),
+    ]))
+    .unwrap();
+    let names: Vec<&str> = c.copies.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["elsewhere", "same"],
+        "a blank url leaves a copy off"
+    );
+    let same = &c.copies[1].storage;
+    assert_eq!(same.access_key_id.as_ref().unwrap().expose(), "AKIAPRIMARY");
+    assert_eq!(same.region.as_deref(), Some("eu-central-1"));
+    let elsewhere = &c.copies[0].storage;
+    assert!(elsewhere.access_key_id.is_none() && elsewhere.secret_access_key.is_none());
+    assert!(elsewhere.region.is_none());
+}

@@ -201,9 +201,9 @@ fn db_card(job: &JobStatus, db: &DbStatus, state: State, now: DateTime<Utc>) -> 
         row("Error", format!("<span class=\"error\">{}</span>", esc(e)));
     }
     row(
-        "Counts",
+        "Since start",
         format!(
-            "{} backups, {} failed runs, {} pruned since start",
+            "{} backups, {} failed runs, {} pruned",
             db.backups_total, db.failures_total, db.pruned_total
         ),
     );

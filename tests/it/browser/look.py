@@ -39,7 +39,7 @@ def main(url, outdir):
             inner = driver.execute_script("return window.innerWidth")
             scroll = driver.execute_script("return document.documentElement.scrollWidth")
             full = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(width, max(height, full + 120))
+            driver.set_window_size(width, max(height, full) + 200)
             shot = os.path.join(outdir, f"status-{name}.png")
             driver.save_screenshot(shot)
             seen[name] = {
