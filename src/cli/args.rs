@@ -224,6 +224,18 @@ pub enum Command {
     Config,
 }
 
+impl Command {
+    /// The `--from` of a command that reads backups (`restore`, `verify`, `drill`).
+    pub fn reads_from(&self) -> Option<Option<&str>> {
+        match self {
+            Command::Restore { from, .. }
+            | Command::Verify { from, .. }
+            | Command::Drill { from, .. } => Some(from.as_deref()),
+            _ => None,
+        }
+    }
+}
+
 /// `pgsidecar pitr …`
 #[derive(Debug, Subcommand)]
 pub enum PitrCommand {

@@ -68,6 +68,11 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
         _ => {}
     }
     let sidecar = Sidecar::assemble(config).await;
+    // Commands that read backups read them from `--from`, or a copy when the primary is down.
+    let sidecar = match command.reads_from() {
+        Some(from) => select::reading_from(sidecar, from).await?,
+        None => sidecar,
+    };
     match command {
         Command::Run => Ok(run::run(sidecar).await),
         Command::Backup { job, retry } => backup::run(sidecar, job, retry).await,
@@ -85,9 +90,8 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
             with_globals,
             allow_system_database,
             identity,
-            from,
+            from: _,
         } => {
-            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
             let request = restore::Request {
                 backup,
                 job,
@@ -108,24 +112,15 @@ async fn dispatch(command: Command, config: config::Config) -> Result<ExitCode, 
         Command::Ack { backup, job, db } => ack::run(&sidecar, &backup, job, db).await,
         Command::Prune { job, db, dry_run } => prune::run(&sidecar, job, db, dry_run).await,
         Command::Drill {
-            job,
-            db,
-            identity,
-            from,
-        } => {
-            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
-            drill::run(sidecar, job, db, identity).await
-        }
+            job, db, identity, ..
+        } => drill::run(sidecar, job, db, identity).await,
         Command::Verify {
             backup,
             job,
             db,
             identity,
-            from,
-        } => {
-            let sidecar = select::reading_from(sidecar, from.as_deref()).await?;
-            verify::run(&sidecar, &backup, job, db, identity).await
-        }
+            ..
+        } => verify::run(&sidecar, &backup, job, db, identity).await,
         Command::Copy {
             to,
             from,

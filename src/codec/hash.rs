@@ -146,7 +146,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Tapped<R> {
 /// [`io::ErrorKind::InvalidData`] instead of ending when its sha256 or length differ, so a
 /// consumer that completes only at a clean end (an upload) never completes with wrong bytes.
 pub struct Checked<R> {
-    inner: Option<Hashed<R>>,
+    inner: Tapped<R>,
+    slot: DigestSlot,
     expected: StreamDigest,
     what: String,
 }
@@ -154,8 +155,10 @@ pub struct Checked<R> {
 impl<R> Checked<R> {
     /// `inner`, which must hash to `expected`; `what` names it in the error.
     pub fn new(inner: R, expected: StreamDigest, what: impl Into<String>) -> Self {
+        let (inner, slot) = Tapped::new(inner);
         Checked {
-            inner: Some(Hashed::new(inner)),
+            inner,
+            slot,
             expected,
             what: what.into(),
         }
@@ -168,24 +171,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for Checked<R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut *inner).poll_read(cx, buf))?;
-        if buf.filled().len() == before && buf.remaining() > 0 {
-            let got = self.inner.take().expect("present").finish();
-            if got != self.expected {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{} does not match its manifest: sha256 {} over {} bytes, the manifest says {} over {} bytes",
-                        self.what, got.sha256, got.bytes, self.expected.sha256, self.expected.bytes
-                    ),
-                )));
-            }
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let got = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match got {
+            Some(got) if got != self.expected => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} does not match its manifest: sha256 {} over {} bytes, the manifest says {} over {} bytes",
+                    self.what, got.sha256, got.bytes, self.expected.sha256, self.expected.bytes
+                ),
+            ))),
+            _ => Poll::Ready(Ok(())),
         }
-        Poll::Ready(Ok(()))
     }
 }
 

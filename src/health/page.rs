@@ -207,25 +207,16 @@ fn db_card(job: &JobStatus, db: &DbStatus, state: State, now: DateTime<Utc>) -> 
             db.backups_total, db.failures_total, db.pruned_total
         ),
     );
-    match (db.last_drill_at, db.last_drill_passed) {
-        (Some(t), Some(passed)) => row(
-            "Restore drill",
-            format!(
-                "{} {} UTC{}",
-                if passed {
-                    "<span class=\"ok\">✔ passed</span>"
-                } else {
-                    "<span class=\"failing\">✖ FAILED</span>"
-                },
-                t.format("%Y-%m-%d %H:%M"),
-                db.last_drill_restore_secs
-                    .filter(|_| passed)
-                    .map(|s| format!(", restored in {s:.1} s (RTO)"))
-                    .unwrap_or_default()
-            ),
+    row(
+        "Restore drill",
+        drill_line(
+            db.last_drill_at,
+            db.last_drill_passed,
+            db.last_drill_restore_secs
+                .map(|s| format!(", restored in {s:.1} s (RTO)"))
+                .unwrap_or_default(),
         ),
-        _ => row("Restore drill", "none yet".to_string()),
-    }
+    );
     if db.destinations.len() > 1 {
         let list: Vec<String> = db
             .destinations
@@ -401,27 +392,17 @@ fn pitr_section(p: &PitrStatus, now: DateTime<Utc>) -> String {
             format!("<span class=\"error\">segment {} missing</span>", esc(gap)),
         );
     }
-    match (p.last_drill_at, p.last_drill_passed) {
-        (Some(t), Some(passed)) => row(
-            "PITR drill",
-            format!(
-                "{} {} UTC{}",
-                if passed {
-                    "<span class=\"ok\">✔ passed</span>"
-                } else {
-                    "<span class=\"failing\">✖ FAILED</span>"
-                },
-                t.format("%Y-%m-%d %H:%M"),
-                match (p.last_drill_rto_secs, p.last_drill_rpo_secs) {
-                    (Some(rto), Some(rpo)) if passed => {
-                        format!(", RTO {rto:.1} s, RPO {rpo:.1} s")
-                    }
-                    _ => String::new(),
-                }
-            ),
+    row(
+        "PITR drill",
+        drill_line(
+            p.last_drill_at,
+            p.last_drill_passed,
+            match (p.last_drill_rto_secs, p.last_drill_rpo_secs) {
+                (Some(rto), Some(rpo)) => format!(", RTO {rto:.1} s, RPO {rpo:.1} s"),
+                _ => String::new(),
+            },
         ),
-        _ => row("PITR drill", "none yet".into()),
-    }
+    );
     if let Some(e) = &p.last_error {
         row(
             "Last error",
@@ -433,6 +414,21 @@ fn pitr_section(p: &PitrStatus, now: DateTime<Utc>) -> String {
         class = state.class(),
         label = state.label(),
     )
+}
+
+/// "✔ passed <time> UTC<figures>" or "✖ FAILED <time> UTC"; "none yet" before the first.
+fn drill_line(at: Option<DateTime<Utc>>, passed: Option<bool>, figures: String) -> String {
+    match (at, passed) {
+        (Some(t), Some(true)) => format!(
+            "<span class=\"ok\">✔ passed</span> {} UTC{figures}",
+            t.format("%Y-%m-%d %H:%M")
+        ),
+        (Some(t), Some(false)) => format!(
+            "<span class=\"failing\">✖ FAILED</span> {} UTC",
+            t.format("%Y-%m-%d %H:%M")
+        ),
+        _ => "none yet".to_string(),
+    }
 }
 
 fn bytes(n: u64) -> String {

@@ -297,6 +297,18 @@ impl Leg<'_> {
         &self.target.place.destination
     }
 
+    /// This leg's destination with the storage error that left it without the backup.
+    fn missed(&self, database: &str, key: &str, source: StorageError) -> (String, BackupError) {
+        (
+            self.name().to_string(),
+            BackupError::Storage {
+                database: database.to_string(),
+                key: key.to_string(),
+                source,
+            },
+        )
+    }
+
     /// Removes what this leg stored (its dump pieces and globals): without a manifest they
     /// are no backup, and must not look like one.
     async fn remove(&self) {
@@ -547,14 +559,7 @@ async fn backup_attempt(
             Err(StorageError::Cancelled) => return Err(cancelled()),
             Err(e) => {
                 tracing::warn!(destination = leg.name(), "upload failed: {e}");
-                missed.push((
-                    leg.name().to_string(),
-                    BackupError::Storage {
-                        database: database.to_string(),
-                        key: leg.key.clone(),
-                        source: e,
-                    },
-                ));
+                missed.push(leg.missed(database, &leg.key, e));
             }
         }
     }
@@ -612,14 +617,7 @@ async fn backup_attempt(
                 }
                 Err(source) => {
                     leg.remove().await;
-                    missed.push((
-                        leg.name().to_string(),
-                        BackupError::Storage {
-                            database: database.to_string(),
-                            key,
-                            source,
-                        },
-                    ));
+                    missed.push(leg.missed(database, &key, source));
                 }
             }
         }
@@ -706,14 +704,7 @@ async fn backup_attempt(
             Err(source) => {
                 // Without its manifest the dump is no backup; do not leave it to look like one.
                 leg.remove().await;
-                missed.push((
-                    leg.name().to_string(),
-                    BackupError::Storage {
-                        database: database.to_string(),
-                        key: leg.key.clone(),
-                        source,
-                    },
-                ));
+                missed.push(leg.missed(database, &leg.key, source));
             }
         }
     }

@@ -104,6 +104,7 @@ compose_e2e() {
 # What Prometheus and a browser in the stack see: /metrics and the status page fetched by
 # another container on the stack's network; and the monitoring profile as compose reads it.
 in_stack() { docker run --rm --network pgsidecar_default --entrypoint curl pgsidecar-e2e/s3:local -fsS "$@"; }
+stack_metrics_have() { in_stack http://sidecar:9187/metrics 2>/dev/null | grep -q "$1"; }
 compose_monitoring() {
   local metrics page services
   metrics=$(in_stack http://sidecar:9187/metrics 2>&1)
@@ -111,8 +112,9 @@ compose_monitoring() {
     contains 'pgsidecar_last_success_timestamp_seconds{job="default",database="app"}' <<<"$metrics"
   check "/metrics from inside the stack: the copy's destination metrics" \
     contains 'destination="offsite"' <<<"$metrics"
+  # The sidecar was just recreated with the copy: its first lag reading takes a moment.
   check "/metrics from inside the stack: the PITR archive lag" \
-    contains 'pgsidecar_pitr_archive_lag_seconds' <<<"$metrics"
+    wait_for 120 stack_metrics_have '^pgsidecar_pitr_archive_lag_seconds'
   page=$(in_stack http://sidecar:9187/ 2>&1)
   check "the status page from inside the stack: its title" contains "<title>pgsidecar status</title>" <<<"$page"
   check "the status page from inside the stack: the database app" contains '<span class="name">app</span>' <<<"$page"
