@@ -225,19 +225,25 @@ async fn seed_from_storage(d: &Daemon) {
             }
         };
         for db in &databases {
+            // With `destinations.policy = "all"` a backup counts once every destination holds
+            // one: the last success is the oldest of their newest backups.
+            let mut oldest_newest: Option<Option<DateTime<Utc>>> = None;
             if !job.copies.is_empty() {
                 for place in job.placements() {
                     let Some(storage) = d.ctx.store(&place.destination) else {
                         continue;
                     };
                     match newest_backup(storage, &job.in_destination(&place), db).await {
-                        Ok(newest) => d.ctx.board.update_db(&job.name, db, |entry| {
-                            entry
-                                .destinations
-                                .entry(place.destination.clone())
-                                .or_default()
-                                .last_success_at = newest
-                        }),
+                        Ok(newest) => {
+                            d.ctx.board.update_db(&job.name, db, |entry| {
+                                entry
+                                    .destinations
+                                    .entry(place.destination.clone())
+                                    .or_default()
+                                    .last_success_at = newest
+                            });
+                            oldest_newest = Some(oldest_newest.map_or(newest, |o| o.min(newest)));
+                        }
                         Err(e) => {
                             tracing::warn!(job = %job.name, database = %db, destination = %place.destination, "cannot read existing backups: {e}")
                         }
@@ -246,9 +252,13 @@ async fn seed_from_storage(d: &Daemon) {
             }
             match newest_backup(&d.ctx.storage, job, db).await {
                 Ok(newest) => {
+                    let counted = match (job.delivery, oldest_newest) {
+                        (crate::pipeline::destinations::Delivery::All, Some(all)) => all,
+                        _ => newest,
+                    };
                     d.ctx
                         .board
-                        .update_db(&job.name, db, |entry| entry.last_success_at = newest);
+                        .update_db(&job.name, db, |entry| entry.last_success_at = counted);
                     seed_recent(d, job, db).await;
                 }
                 Err(e) => {

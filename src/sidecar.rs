@@ -16,7 +16,7 @@ pub struct Sidecar {
     pub config: Config,
     /// The primary destination (`[storage]`).
     pub storage: Storage,
-    /// The `[[copies]]` destinations, in the configured order.
+    /// The `[[copies]]` destinations, in the order of their names.
     pub copies: Vec<Destination>,
     pub notify: Dispatcher,
     pub clock: Clock,

@@ -1,7 +1,7 @@
 //! `pgsidecar prune`: applies each job's retention, in every destination by that
 //! destination's own, and prints what is kept and why.
 
-use super::{CliError, ExitCode};
+use super::{report_error, CliError, ExitCode};
 use crate::health::status::Status;
 use crate::pipeline::Job;
 use crate::retention::prune::{prune_job, render, PruneError};
@@ -38,7 +38,7 @@ pub async fn run(
             else {
                 continue;
             };
-            let reports = prune_job(
+            let pruned = prune_job(
                 storage,
                 job.prune_scope_in(&place),
                 db.as_deref(),
@@ -46,7 +46,18 @@ pub async fn run(
                 dry_run,
                 sidecar.clock.now(),
             )
-            .await?;
+            .await;
+            let reports = match pruned {
+                Ok(r) => r,
+                // Without copies this is the command's error, as it always was; with them,
+                // one destination that cannot be read must not keep the others unpruned.
+                Err(e) if job.copies.is_empty() => return Err(e.into()),
+                Err(e) => {
+                    report_error(&format!("{} in {}: {e}", job.name, place.destination));
+                    errors += 1;
+                    continue;
+                }
+            };
             errors += reports.iter().map(|r| r.errors.len()).sum::<usize>();
             let label = if job.copies.is_empty() {
                 job.name.clone()

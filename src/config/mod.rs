@@ -135,7 +135,7 @@ pub struct Config {
     /// Client-side encryption (one section for every job, and the WAL archive).
     pub encryption: crate::codec::encryption::Encryption,
     pub pitr: crate::pitr::PitrConfig,
-    /// Destinations beside `storage`, each fed by the same dump.
+    /// Destinations beside `storage`, each fed by the same dump, in the order of their names.
     pub copies: Vec<crate::pipeline::destinations::CopyConfig>,
 }
 

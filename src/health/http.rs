@@ -378,7 +378,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let health_status = status.clone();
     let page_status = status.clone();
-    let (page_auth, metrics_auth) = (auth.clone(), auth);
+    let (page_auth, health_auth, metrics_auth) = (auth.clone(), auth.clone(), auth);
     let app = Router::new()
         .route(
             "/",
@@ -400,13 +400,21 @@ pub async fn serve(
         )
         .route(
             "/healthz",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let problems = health_status().problems(clock.now());
+                // Probes need only the status; why it fails names databases, hosts and keys,
+                // which a guarded listener shows only to those who may see the page.
+                let detailed = allows(health_auth.as_ref(), &headers);
                 async move {
-                    if problems.is_empty() {
-                        (StatusCode::OK, "ok\n".to_string())
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+                    match (problems.is_empty(), detailed) {
+                        (true, _) => (StatusCode::OK, "ok\n".to_string()),
+                        (false, true) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+                        }
+                        (false, false) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unhealthy (credentials show why)\n".to_string(),
+                        ),
                     }
                 }
             }),

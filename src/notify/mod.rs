@@ -99,8 +99,11 @@ pub struct Event {
     pub summary: Option<String>,
     /// Backups deleted by prune after this backup.
     pub pruned: u64,
-    /// What shrank since the previous backup: a success with these is a warning.
+    /// Everything a success warns about: its size anomalies, the destinations it did not
+    /// reach (`destinations.policy = "any"`), a prune that failed.
     pub warnings: Vec<String>,
+    /// Of those, what shrank since the previous backup (kept until `pgsidecar ack`).
+    pub anomalies: Vec<String>,
 }
 
 /// One notification backend.
@@ -294,6 +297,7 @@ impl Dispatcher {
             .chain(event.summary.iter_mut())
             .chain(event.stderr_tail.iter_mut())
             .chain(event.warnings.iter_mut())
+            .chain(event.anomalies.iter_mut())
             .for_each(clean);
         let event = Arc::new(event);
         for index in 0..self.notifiers.len() {
@@ -378,6 +382,7 @@ mod tests {
             summary: None,
             pruned: 0,
             warnings: vec![],
+            anomalies: vec![],
         }
     }
 

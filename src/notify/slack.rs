@@ -39,6 +39,8 @@ pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
     };
     let (color, status) = if event.warnings.is_empty() {
         (color, status)
+    } else if event.anomalies.is_empty() {
+        ("warning", format!("{status} with a WARNING"))
     } else {
         (
             "warning",
@@ -84,11 +86,20 @@ pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
         ));
     }
     let mut text = String::new();
-    if !event.warnings.is_empty() {
+    if !event.anomalies.is_empty() {
         text.push_str(&format!(
             "*Size anomaly* (the backup before it is kept until `pgsidecar ack`):\n• {}\n",
-            event.warnings.join("\n• ")
+            event.anomalies.join("\n• ")
         ));
+    }
+    let others: Vec<&String> = event
+        .warnings
+        .iter()
+        .filter(|w| !event.anomalies.contains(w))
+        .collect();
+    if !others.is_empty() {
+        let list: Vec<&str> = others.iter().map(|w| w.as_str()).collect();
+        text.push_str(&format!("*Warning:*\n• {}\n", list.join("\n• ")));
     }
     if let Some(summary) = &event.summary {
         text.push_str(summary);
@@ -171,11 +182,30 @@ mod tests {
     #[test]
     fn an_anomaly_turns_success_into_a_warning_that_says_what_shrank() {
         let mut e = event(EventKind::Succeeded);
-        e.warnings = vec!["table public.orders is empty (it had 500 rows)".into()];
+        e.anomalies = vec!["table public.orders is empty (it had 500 rows)".into()];
+        e.warnings = e.anomalies.clone();
         let v = render(&e, now());
         assert_eq!(v["attachments"][0]["color"], "warning");
-        assert!(v["text"].as_str().unwrap().contains("WARNING"), "{v}");
+        assert!(v["text"].as_str().unwrap().contains("much smaller"), "{v}");
         assert!(v.to_string().contains("public.orders is empty"), "{v}");
+        assert!(v.to_string().contains("Size anomaly"), "{v}");
+    }
+
+    /// A destination the backup missed (`policy = "any"`) is a warning, not a size anomaly:
+    /// nothing shrank, and `ack` has nothing to do with it.
+    #[test]
+    fn a_missed_destination_is_a_warning_but_no_size_anomaly() {
+        let mut e = event(EventKind::Succeeded);
+        e.warnings = vec!["not stored in `offsite`: cannot reach the S3 endpoint".into()];
+        let v = render(&e, now());
+        let text = v.to_string();
+        assert_eq!(v["attachments"][0]["color"], "warning");
+        assert!(
+            v["text"].as_str().unwrap().ends_with("with a WARNING"),
+            "{v}"
+        );
+        assert!(text.contains("not stored in `offsite`"), "{text}");
+        assert!(!text.contains("smaller") && !text.contains("pgsidecar ack"), "{text}");
     }
 
     #[test]
@@ -229,10 +259,11 @@ mod tests {
         insta::assert_json_snapshot!("failure", render(&failed, now()));
 
         let mut anomaly = event(EventKind::Succeeded);
-        anomaly.warnings = vec![
+        anomaly.anomalies = vec![
             "the dump is 2.0 MiB, 90% smaller than the 20.0 MiB before it".into(),
             "table public.orders is empty (it had 500 rows)".into(),
         ];
+        anomaly.warnings = anomaly.anomalies.clone();
         anomaly.pruned = 2;
         anomaly.summary = Some("Pruned 2 old backup(s) by the retention policy.".into());
         insta::assert_json_snapshot!("anomaly_warning", render(&anomaly, now()));

@@ -53,7 +53,8 @@ mod tests {
         insta::assert_json_snapshot!("failure", render(&failed));
 
         let mut anomaly = event(EventKind::Succeeded);
-        anomaly.warnings = vec!["table public.orders is empty (it had 500 rows)".into()];
+        anomaly.anomalies = vec!["table public.orders is empty (it had 500 rows)".into()];
+        anomaly.warnings = anomaly.anomalies.clone();
         anomaly.pruned = 2;
         anomaly.summary = Some("Pruned 2 old backup(s) by the retention policy.".into());
         insta::assert_json_snapshot!("anomaly_warning", render(&anomaly));

@@ -22,7 +22,7 @@ pub struct Job {
     pub prefix: String,
     /// The job's own part of `prefix` (the same under every destination).
     pub sub_prefix: String,
-    /// Its place in each `[[copies]]` destination, in the configured order.
+    /// Its place in each `[[copies]]` destination, in the order of their names.
     pub copies: Vec<super::destinations::Placement>,
     /// Whether a backup stored in only some destinations counts.
     pub delivery: super::destinations::Delivery,

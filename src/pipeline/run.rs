@@ -27,7 +27,7 @@ use crate::storage::{Destination, Storage};
 pub struct Context {
     /// The primary destination (`[storage]`).
     pub storage: Storage,
-    /// The `[[copies]]` destinations, in the configured order.
+    /// The `[[copies]]` destinations, in the order of their names.
     pub copies: Vec<Destination>,
     pub notify: Dispatcher,
     pub board: Board,
@@ -137,6 +137,7 @@ impl Context {
             summary: None,
             pruned: 0,
             warnings: Vec::new(),
+            anomalies: Vec::new(),
         };
         fill(&mut e);
         e
@@ -318,6 +319,7 @@ pub async fn run_database(ctx: &Context, job: &Job, db: &str, trigger: Trigger) 
                     ));
                 }
                 e.pruned = pruned;
+                e.anomalies = m.anomalies.clone();
                 e.warnings = m.anomalies.clone();
                 e.warnings.extend(
                     done.failed

@@ -167,6 +167,7 @@ impl Reporter<'_> {
             summary: None,
             pruned: 0,
             warnings: Vec::new(),
+            anomalies: Vec::new(),
         }
     }
 }

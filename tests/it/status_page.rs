@@ -152,8 +152,8 @@ fn the_status_page_shows_each_database_as_a_person_sees_it() {
 }
 
 /// With `http.basic_auth_*` (the password from a file), `/` and `/metrics` answer 401 with a
-/// Basic challenge unless the right credentials come; `/healthz` stays open for probes. A
-/// bearer token works the same way.
+/// Basic challenge unless the right credentials come; `/healthz` stays open for probes but
+/// says why it fails only with them. A bearer token works the same way.
 #[test]
 fn the_status_page_and_metrics_require_the_configured_credentials() {
     use base64::Engine;
@@ -168,6 +168,7 @@ fn the_status_page_and_metrics_require_the_configured_credentials() {
         Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
             .env("PGSIDECAR_SCHEDULE", "0 3 * * *")
             .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PGSIDECAR_CATCH_UP", "false")
             .env("PGSIDECAR_HTTP__BASIC_AUTH_USER", "ops")
             .env("PGSIDECAR_HTTP__BASIC_AUTH_PASSWORD_FILE", &password_file),
     );
@@ -196,6 +197,12 @@ fn the_status_page_and_metrics_require_the_configured_credentials() {
         assert!(right.starts_with("HTTP/1.1 200"), "{path}: {right}");
     }
     assert!(!get_with(port, "/healthz", &[]).starts_with("HTTP/1.1 401"));
+    // Unhealthy (no backup yet): the reason only with the credentials.
+    let anonymous = get_with(port, "/healthz", &[]);
+    assert!(anonymous.starts_with("HTTP/1.1 503"), "{anonymous}");
+    assert!(!anonymous.contains(&db), "{anonymous}");
+    let told = get_with(port, "/healthz", &[&basic("ops:s3cret-page-pw")]);
+    assert!(told.contains(&db), "{told}");
     let shown = Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "p")
         .env("PGSIDECAR_HTTP__BASIC_AUTH_USER", "ops")
         .env("PGSIDECAR_HTTP__BASIC_AUTH_PASSWORD_FILE", &password_file)
