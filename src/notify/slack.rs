@@ -205,7 +205,10 @@ mod tests {
             "{v}"
         );
         assert!(text.contains("not stored in `offsite`"), "{text}");
-        assert!(!text.contains("smaller") && !text.contains("pgsidecar ack"), "{text}");
+        assert!(
+            !text.contains("smaller") && !text.contains("pgsidecar ack"),
+            "{text}"
+        );
     }
 
     #[test]
