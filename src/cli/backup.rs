@@ -20,15 +20,15 @@ pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<E
             Ok(done) => {
                 println!("{}", done.manifest.key);
                 for (name, m) in done.stored.iter().skip(1) {
-                    eprintln!("stored in {name}: {}", m.key);
+                    say(&format!("stored in {name}: {}", m.key));
                 }
                 // `destinations.policy = "any"`: the backup counts, and the gap is said.
                 for f in &done.failed {
-                    eprintln!(
+                    say(&format!(
                         "warning: not stored in `{}`: {}",
                         f.destination,
                         crate::secret::redact(&f.error)
-                    );
+                    ));
                 }
                 // The backup is stored, but a retention policy that is not applied fills the
                 // store: the run is not a clean success.
@@ -44,4 +44,11 @@ pub async fn run(sidecar: Sidecar, job: Option<String>, retry: bool) -> Result<E
         }
     }
     Ok(ExitCode::success_if(failed == 0))
+}
+
+/// One line on stderr in one write: stderr is unbuffered, and a line written in pieces can be
+/// split by the key printed on stdout where both reach one stream (`docker exec`).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }

@@ -107,9 +107,10 @@ in_stack() { docker run --rm --network pgsidecar_default --entrypoint curl pgsid
 stack_metrics_have() { in_stack http://sidecar:9187/metrics 2>/dev/null | grep -q "$1"; }
 compose_monitoring() {
   local metrics page services
-  metrics=$(in_stack http://sidecar:9187/metrics 2>&1)
+  # The backup by hand reaches the daemon's status at its next heartbeat (15 s).
   check "/metrics from inside the stack: the database's last success" \
-    contains 'pgsidecar_last_success_timestamp_seconds{job="default",database="app"}' <<<"$metrics"
+    wait_for 60 stack_metrics_have '^pgsidecar_last_success_timestamp_seconds{job="default",database="app"}'
+  metrics=$(in_stack http://sidecar:9187/metrics 2>&1)
   check "/metrics from inside the stack: the copy's destination metrics" \
     contains 'destination="offsite"' <<<"$metrics"
   # The sidecar was just recreated with the copy: its first lag reading takes a moment.
