@@ -33,6 +33,23 @@ fn with_s3_copy(sidecar: Sidecar, name: &str, bucket: &str, endpoint: &str) -> S
         .env(&var("ENDPOINT"), endpoint)
 }
 
+/// The sidecar backing up `db` to `s3://<primary>/p` on the shared S3 server and to the copy
+/// `offsite` at `s3://<copy>/off` on the server at `copy_endpoint`.
+fn to_primary_and_offsite(
+    pg: &Pg,
+    db: &str,
+    primary: &str,
+    copy: &str,
+    copy_endpoint: &str,
+) -> Sidecar {
+    with_s3_copy(
+        Sidecar::new(pg, db, &s3().endpoint(), primary, "p"),
+        "offsite",
+        copy,
+        copy_endpoint,
+    )
+}
+
 /// Manifest keys under `prefix` in `bucket`, sorted.
 fn manifests_in(store: &S3, bucket: &str, prefix: &str) -> Vec<String> {
     let mut keys: Vec<String> = store
@@ -371,17 +388,12 @@ fn copy_failing_mid_upload_leaves_the_primary_complete_and_the_copy_clean() {
     let copy = s3().bucket("dest-midcut-off");
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);
-    let child = with_s3_copy(
-        Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-        "offsite",
-        &copy,
-        &proxy.endpoint(),
-    )
-    .env("PGSIDECAR_COPIES__OFFSITE__PART_SIZE", "5MiB")
-    .env("PGSIDECAR_COPIES__OFFSITE__PARTS_IN_FLIGHT", "1")
-    .env("PGSIDECAR_COPIES__OFFSITE__PART_ATTEMPTS", "1")
-    .args(&["backup"])
-    .spawn();
+    let child = to_primary_and_offsite(pg, &db, &primary, &copy, &proxy.endpoint())
+        .env("PGSIDECAR_COPIES__OFFSITE__PART_SIZE", "5MiB")
+        .env("PGSIDECAR_COPIES__OFFSITE__PARTS_IN_FLIGHT", "1")
+        .env("PGSIDECAR_COPIES__OFFSITE__PART_ATTEMPTS", "1")
+        .args(&["backup"])
+        .spawn();
     assert!(
         harness::wait_until(60, || !s3().open_uploads(&copy).is_empty()),
         "the copy's upload never started"
@@ -433,14 +445,9 @@ fn slow_copy_completes_with_the_same_bytes_as_the_primary() {
     let proxy = Proxy::start(s3().port);
     proxy.throttle(2 * 1024 * 1024);
     let sidecar = || {
-        with_s3_copy(
-            Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-            "offsite",
-            &copy,
-            &proxy.endpoint(),
-        )
-        .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
-        .env("PGSIDECAR_COPIES__OFFSITE__PART_SIZE", "5MiB")
+        to_primary_and_offsite(pg, &db, &primary, &copy, &proxy.endpoint())
+            .env("PGSIDECAR_STORAGE__PART_SIZE", "5MiB")
+            .env("PGSIDECAR_COPIES__OFFSITE__PART_SIZE", "5MiB")
     };
     let run = sidecar().args(&["backup"]).run().expect_code(0);
     let key = run.stdout.trim().to_string();
@@ -476,15 +483,10 @@ fn retry_sends_only_to_the_destination_that_lacks_the_backup() {
     proxy.cut();
     // No schedule: the daemon backs up once (with its retries) and exits.
     let mut d = Daemon::start(
-        with_s3_copy(
-            Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-            "offsite",
-            &copy,
-            &proxy.endpoint(),
-        )
-        .env("PGSIDECAR_RETRY__ATTEMPTS", "5")
-        .env("PGSIDECAR_RETRY__INTERVAL", "2s")
-        .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
+        to_primary_and_offsite(pg, &db, &primary, &copy, &proxy.endpoint())
+            .env("PGSIDECAR_RETRY__ATTEMPTS", "5")
+            .env("PGSIDECAR_RETRY__INTERVAL", "2s")
+            .env("PGSIDECAR_NOTIFY__WEBHOOK__URL", hook.url()),
     );
     let retrying = "attempt failed, retrying";
     harness::wait_until(90, || {
@@ -529,14 +531,9 @@ fn each_destination_keeps_backups_by_its_own_retention() {
     let primary = s3().bucket("dest-keep");
     let copy = s3().bucket("dest-keep-off");
     let sidecar = || {
-        with_s3_copy(
-            Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-            "offsite",
-            &copy,
-            &s3().endpoint(),
-        )
-        .env("PGSIDECAR_RETENTION__KEEP_LAST", "3")
-        .env("PGSIDECAR_COPIES__OFFSITE__RETENTION__KEEP_LAST", "1")
+        to_primary_and_offsite(pg, &db, &primary, &copy, &s3().endpoint())
+            .env("PGSIDECAR_RETENTION__KEEP_LAST", "3")
+            .env("PGSIDECAR_COPIES__OFFSITE__RETENTION__KEEP_LAST", "1")
     };
     let mut keys = Vec::new();
     for i in 0..3 {
@@ -879,16 +876,11 @@ fn health_fails_when_a_copys_newest_backup_is_too_old() {
     let status = dir.path().join("status.json");
     let proxy = Proxy::start(s3().port);
     let sidecar = || {
-        with_s3_copy(
-            Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-            "offsite",
-            &copy,
-            &proxy.endpoint(),
-        )
-        .env("PGSIDECAR_SCHEDULE", "*/2 * * * * *")
-        .env("PGSIDECAR_RETRY__ATTEMPTS", "1")
-        .env("PGSIDECAR_HEALTH__GRACE", "2s")
-        .env("PGSIDECAR_HEALTH__STATUS_FILE", &status)
+        to_primary_and_offsite(pg, &db, &primary, &copy, &proxy.endpoint())
+            .env("PGSIDECAR_SCHEDULE", "*/2 * * * * *")
+            .env("PGSIDECAR_RETRY__ATTEMPTS", "1")
+            .env("PGSIDECAR_HEALTH__GRACE", "2s")
+            .env("PGSIDECAR_HEALTH__STATUS_FILE", &status)
     };
     let mut d = Daemon::start(sidecar());
     assert!(
@@ -930,18 +922,13 @@ fn metrics_show_each_destinations_last_success_and_failures() {
     let port = harness::free_port();
     let dead = format!("http://127.0.0.1:{}", harness::free_port());
     let mut d = Daemon::start(
-        with_s3_copy(
-            Sidecar::new(pg, &db, &s3().endpoint(), &primary, "p"),
-            "offsite",
-            &copy,
-            &s3().endpoint(),
-        )
-        .env("PGSIDECAR_COPIES__DEAD__URL", "s3://nobucket/off")
-        .env("PGSIDECAR_COPIES__DEAD__ENDPOINT", &dead)
-        .env("PGSIDECAR_DESTINATIONS__POLICY", "any")
-        // Daily: the catch-up at start is the one run.
-        .env("PGSIDECAR_SCHEDULE", "0 3 * * *")
-        .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        to_primary_and_offsite(pg, &db, &primary, &copy, &s3().endpoint())
+            .env("PGSIDECAR_COPIES__DEAD__URL", "s3://nobucket/off")
+            .env("PGSIDECAR_COPIES__DEAD__ENDPOINT", &dead)
+            .env("PGSIDECAR_DESTINATIONS__POLICY", "any")
+            // Daily: the catch-up at start is the one run.
+            .env("PGSIDECAR_SCHEDULE", "0 3 * * *")
+            .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
     );
     let last_success = "pgsidecar_destination_last_success_timestamp_seconds";
     let failures = "pgsidecar_destination_failures_total";
