@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.." || exit 1
 if [ -z "${PGSC_TEST_TRIXIE_ROOTFS:-}" ]; then
   eval "$(scripts/test-deps.sh)" || exit 1
 fi
+scripts/base-image.sh || exit 1
 # shellcheck source=tests/e2e/lib.sh
 source tests/e2e/lib.sh
 # shellcheck source=tests/e2e/compose.sh

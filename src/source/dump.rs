@@ -113,29 +113,40 @@ pub fn pg_config(db: &DatabaseConfig, dbname: &str) -> tokio_postgres::Config {
     if let Some(pw) = &db.password {
         cfg.password(pw.expose());
     }
+    cfg.options(STARTUP_OPTIONS);
     cfg
 }
+
+/// Turns off, from the first statement on, the timeouts pg_dump and pg_restore turn off for
+/// themselves (pg_dump.c `setup_connection`, pg_backup_archiver.c `_doSetFixedOutputState`)
+/// and a read-only default: what `ALTER ROLE … SET` or `ALTER DATABASE … SET`
+/// could impose on the sidecar's own sessions. Options in the startup packet are applied with
+/// the source `PGC_S_CLIENT`, which outranks the role's and database's settings
+/// (`PGC_S_DATABASE_USER` and below, guc.h), so even a 5 ms `statement_timeout` cannot cancel
+/// the session's first query. Only settings every supported major (13+) knows: an unknown one
+/// refuses the connection. The client tools get the same through `PGOPTIONS`: psql, which
+/// replays pre-17 restores and globals, sets none of them.
+const STARTUP_OPTIONS: &str = "-c statement_timeout=0 -c lock_timeout=0 \
+     -c idle_in_transaction_session_timeout=0 -c default_transaction_read_only=off";
+
+/// PostgreSQL 17's `transaction_timeout`, asked for at startup first; a server that does not
+/// know it refuses the connection, which is then made again without it.
+const TRANSACTION_TIMEOUT_OFF: &str = " -c transaction_timeout=0";
 
 /// Connects to `dbname`; the connection task ends when the client is dropped.
 pub async fn connect(
     db: &DatabaseConfig,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, DumpError> {
-    let config = pg_config(db, dbname);
-    // A Unix socket (a drill's scratch server) has no TLS, and the TLS connector refuses a
-    // path as a server name before the connection starts.
-    let connected = if db.host.starts_with('/') {
-        config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map(|(c, conn)| (c, futures::future::Either::Left(conn)))
-    } else {
-        config
-            .connect(db.tls.make())
-            .await
-            .map(|(c, conn)| (c, futures::future::Either::Right(conn)))
+    let mut config = pg_config(db, dbname);
+    config.options(format!("{STARTUP_OPTIONS}{TRANSACTION_TIMEOUT_OFF}"));
+    let client = match open(&config, db).await {
+        Err(e) if unknown_setting(&e, "transaction_timeout") => {
+            open(&pg_config(db, dbname), db).await
+        }
+        other => other,
     };
-    let (client, connection) = connected.map_err(|e| {
+    let client = client.map_err(|e| {
         let permanent = e.as_db_error().is_some_and(|d| {
             use tokio_postgres::error::SqlState;
             let c = d.code();
@@ -151,10 +162,6 @@ pub async fn connect(
             permanent,
         }
     })?;
-    tokio::spawn(async move {
-        // Errors surface on the client's next query; nothing to do with them here.
-        let _ = connection.await;
-    });
     client
         .simple_query(NEUTRAL_SESSION)
         .await
@@ -168,22 +175,44 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Resets, for this session, what a role or database setting could impose on the sidecar's
-/// own connections (`ALTER ROLE … SET statement_timeout`, a database's `transaction_timeout`):
-/// the timeouts pg_dump and pg_restore turn off for themselves (pg_dump.c `setup_connection`,
-/// pg_backup_archiver.c `_doSetFixedOutputState`), plus `idle_session_timeout` and a read-only
-/// default. Only the settings the server has (they differ by major) are touched.
-const NEUTRAL_SESSION: &str = "SELECT pg_catalog.set_config(name, \
-       CASE name WHEN 'default_transaction_read_only' THEN 'off' ELSE '0' END, false) \
-  FROM pg_catalog.pg_settings \
- WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', \
-                'idle_session_timeout', 'transaction_timeout', 'default_transaction_read_only')";
+/// Whether the server refused the connection for not knowing the setting `name`.
+fn unknown_setting(e: &tokio_postgres::Error, name: &str) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNDEFINED_OBJECT && d.message().contains(name)
+    })
+}
 
-/// The same for the client tools, through `PGOPTIONS`: only settings every supported server
-/// major (13+) knows, since an unknown one refuses the connection. pg_dump and pg_restore set
-/// these themselves; psql, which replays pre-17 restores and globals, does not.
-const NEUTRAL_PGOPTIONS: &str =
-    "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0";
+/// Opens one connection with `config`; its task ends when the client is dropped.
+async fn open(
+    config: &tokio_postgres::Config,
+    db: &DatabaseConfig,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    // A Unix socket (a drill's scratch server) has no TLS, and the TLS connector refuses a
+    // path as a server name before the connection starts.
+    let connected = if db.host.starts_with('/') {
+        config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map(|(c, conn)| (c, futures::future::Either::Left(conn)))
+    } else {
+        config
+            .connect(db.tls.make())
+            .await
+            .map(|(c, conn)| (c, futures::future::Either::Right(conn)))
+    };
+    let (client, connection) = connected?;
+    tokio::spawn(async move {
+        // Errors surface on the client's next query; nothing to do with them here.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `idle_session_timeout` (PostgreSQL 14+) cannot go in the startup options, which every
+/// supported major must know; it only matters between statements, so setting it after
+/// connecting is early enough.
+const NEUTRAL_SESSION: &str = "SELECT pg_catalog.set_config(name, '0', false) \
+  FROM pg_catalog.pg_settings WHERE name = 'idle_session_timeout'";
 
 /// tokio-postgres prints server errors as "db error"; the server's own message is the useful part.
 pub fn pg_error_text(e: &tokio_postgres::Error) -> String {
@@ -390,7 +419,7 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
         .env("PGDATABASE", dbname)
         .env("PGSSLMODE", db.sslmode.as_libpq())
         .env("PGAPPNAME", "pgsidecar")
-        .env("PGOPTIONS", NEUTRAL_PGOPTIONS)
+        .env("PGOPTIONS", STARTUP_OPTIONS)
         .env(
             "PGCONNECT_TIMEOUT",
             db.connect_timeout.as_secs().max(1).to_string(),

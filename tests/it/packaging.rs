@@ -55,6 +55,7 @@ fn shell_scripts_pass_shellcheck() {
     let scripts = [
         "scripts/test.sh",
         "scripts/test-deps.sh",
+        "scripts/base-image.sh",
         "scripts/e2e.sh",
         "tests/e2e/lib.sh",
         "tests/e2e/compose.sh",

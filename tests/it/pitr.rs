@@ -243,8 +243,10 @@ fn time_target_with(major: u32, env: &[(&str, &str)]) -> String {
         "postgres",
         "INSERT INTO marker(batch) SELECT 3 FROM generate_series(1, 100)",
     );
-    // The partial segment holding batch 3 is stored within a second or two.
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // Recovery stops at the target only on a commit after it: batch 3's segment, ended and
+    // stored. (Waiting a few seconds for its partial upload was not enough on a loaded machine.)
+    let batch_3 = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(wait_stored(&bucket, &batch_3, 60), "{}", daemon.stderr());
     pg.crash();
     let mut daemon = daemon;
     daemon.signal("TERM");

@@ -335,7 +335,7 @@ fn role_and_database_timeouts_never_break_the_sidecars_connections() {
         "postgres",
         &format!(
             "CREATE ROLE {svc} SUPERUSER LOGIN PASSWORD '{pw}'; \
-             ALTER ROLE {svc} SET statement_timeout = '5ms'; \
+             ALTER ROLE {svc} SET statement_timeout = '1ms'; \
              ALTER DATABASE {db} SET transaction_timeout = '5ms'",
             pw = harness::PG_PASSWORD
         ),
