@@ -211,6 +211,7 @@ INFO=(
   "pgsidecar: $PGSIDECAR_BIN ($SIDECAR_VERSION), repository at $GIT_REV"
   "database: $DB_SIZE_PRETTY ($DB_SIZE_BYTES bytes), ~$ORDER_ROWS rows in orders; BENCH_SIZE_GB=$BENCH_SIZE_GB; raw dump (-Fc -Z0) $(human "$RAW_SIZE"); stored in the primary $(human "${STORED[d1]:-${STORED[d2]:-}}")"
   "primary: s3://$BUCKET/bench on $BENCH_S3_SERVER at 127.0.0.1:$S3_PORT; copy \`offsite\` (d2 only): s3://$COPY_BUCKET/bench on $BENCH_COPY_S3_SERVER at 127.0.0.1:$COPY_PORT, a separate process"
+  "work directory (cluster, S3 servers' files, TMPDIR): $WORK, on $(stat -f -c %T "$WORK")${BENCH_S3S_FS:+; s3s-fs binary: $BENCH_S3S_FS}"
   "rounds: $BENCH_ROUNDS, alternating the order (d1 d2, d2 d1, ...); both buckets emptied before every run; after each run (untimed) the primary holds a manifest and, for d2, the copy's manifest has the same sha256"
   "peak RSS: pgsidecar's own VmHWM (sampled); with its children (pg_dump; /usr/bin/time %M): d1 $(mib "${TREE[d1]:-0}") MiB, d2 $(mib "${TREE[d2]:-0}") MiB"
 )

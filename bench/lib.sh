@@ -130,6 +130,12 @@ cleanup() {
     kill "$S3_PID" 2>/dev/null
     wait "$S3_PID" 2>/dev/null
   fi
+  if [ "$rc" -ne 0 ] && [ -n "$WORK" ] && [ -d "$WORK/logs" ]; then
+    # What each command printed outlives a failed run; the rest of the work directory does not.
+    local kept
+    kept=$(mktemp -d "$BENCH_TMP_PARENT/pgsidecar-bench-failed-logs.XXXXXX")
+    cp -r "$WORK/logs/." "$kept/" && log "the logs of the failed run are in $kept"
+  fi
   [ -z "$WORK" ] || rm -rf "$WORK"
   exit "$rc"
 }
@@ -375,8 +381,8 @@ rss_of() { # last line of a /usr/bin/time -f %M file, in KiB
 }
 files_bytes() { find "$1" -type f -printf '%s\n' 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-err_tail() { # short one-line summary of a stderr file
-  tail -n 3 "$1" 2>/dev/null | tr '\n' ' ' | cut -c1-300
+err_tail() { # short one-line summary of a stderr file, its warnings left out
+  grep -v '^[0-9T:.-]*Z  WARN ' "$1" 2>/dev/null | tail -n 3 | tr '\n' ' ' | cut -c1-600
 }
 reset_r() { R_RC=0; R_WALL=0; R_RSS=0; R_WHO=""; R_DISK=0; R_BYTES=""; R_NOTE=""; }
 # Keeps the largest RSS among (kib, name) pairs.

@@ -15,7 +15,12 @@
 #   cargo build --release && bench/pitr.sh
 #
 # Knobs (environment): BENCH_SIZE_GB, BENCH_ROUNDS, BENCH_PITR_SECONDS (write load, 60),
+# BENCH_PITR_ONLY (`base`: the base backup rows alone), BENCH_S3_SERVER, BENCH_S3S_FS,
 # BENCH_DATA_DIR, BENCH_RESULTS_DIR, BENCH_TMP_PARENT, BENCH_PG_BIN, PGSIDECAR_BIN.
+#
+# s3s-fs serves the base backup rows only (BENCH_PITR_ONLY=base): it names a multipart
+# upload's metadata file after the whole key in base64, and a WAL segment's key (about 130
+# characters with this bucket) makes that longer than a file name may be, so it answers 500.
 set -euo pipefail
 export LC_ALL=C
 
@@ -25,6 +30,13 @@ REPO_DIR=$(dirname "$BENCH_DIR")
 . "$BENCH_DIR/lib.sh"
 
 BENCH_PITR_SECONDS=${BENCH_PITR_SECONDS:-60}
+BENCH_PITR_ONLY=${BENCH_PITR_ONLY:-}
+case $BENCH_PITR_ONLY in
+  ""|base) ;;
+  *) die "BENCH_PITR_ONLY must be empty or base, not '$BENCH_PITR_ONLY'" ;;
+esac
+[ "$BENCH_S3_SERVER" != s3s-fs ] || [ "$BENCH_PITR_ONLY" = base ] \
+  || die "with BENCH_S3_SERVER=s3s-fs set BENCH_PITR_ONLY=base: s3s-fs refuses multipart uploads of WAL segments' keys (see the top of bench/pitr.sh)"
 [[ $BENCH_PITR_SECONDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_PITR_SECONDS must be a positive integer"
 bench_check_knobs
 [ -x "$PGSIDECAR_BIN" ] || die "binary not found: $PGSIDECAR_BIN (cargo build --release)"
@@ -87,6 +99,32 @@ done
 BASE_KEY=$(aws_ s3api list-objects-v2 --bucket "$BUCKET" --prefix bench/~pitr/ --query 'Contents[].Key' --output text | tr '\t' '\n' | grep '\.tar\.zst$' | sort | tail -n 1)
 BASE_BYTES=$(aws_ s3api head-object --bucket "$BUCKET" --key "$BASE_KEY" --query ContentLength --output text)
 CLUSTER_BYTES=$(sql -d postgres -c "SELECT sum(pg_database_size(oid)) FROM pg_database")
+
+# The report's head: the setup and the base backup rows (sets MD, the report's path).
+base_report() {
+  M1=$(median "${P1[@]}") M2=$(median "${P2[@]}") M3=$(median "${P3[@]}")
+  bench_describe
+  echo "# PITR benchmark, $STAMP"
+  echo
+  echo "Cluster: $(human "$CLUSTER_BYTES"); base backup stored: $(human "$BASE_BYTES"); rounds: $BENCH_ROUNDS; S3: $BENCH_S3_SERVER${BENCH_S3S_FS:+ ($BENCH_S3S_FS)}; work directory (cluster, S3 server's files, spool): $WORK, on $(stat -f -c %T "$WORK"); pgsidecar at $GIT_REV"
+  echo
+  echo "| command | median s | vs (p1) | MiB/s of cluster | peak RSS |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "| (p1) \`pg_basebackup -D - -Ft -X none \\| zstd -3 > /dev/null\` | $M1 | 1.00x | $(mibps "$CLUSTER_BYTES" "$M1") | $(mib "$P1_RSS") MiB |"
+  echo "| (p2) \`pgsidecar pitr base-backup\` (zstd 3, to S3) | $M2 | $(ratio "$M2" "$M1") | $(mibps "$CLUSTER_BYTES" "$M2") | $(mib "$P2_RSS") MiB |"
+  echo "| (p3) \`pg_basebackup … \| zstd -3 \| aws s3 cp -\` | $M3 | $(ratio "$M3" "$M1") | $(mibps "$CLUSTER_BYTES" "$M3") | $(mib "$P3_RSS") MiB |"
+  echo
+  echo "Runs: p1 ${P1[*]} s; p2 ${P2[*]} s; p3 ${P3[*]} s"
+  echo
+}
+STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
+MD=$BENCH_RESULTS_DIR/pitr-$STAMP.md
+mkdir -p "$BENCH_RESULTS_DIR"
+if [ "$BENCH_PITR_ONLY" = base ]; then
+  base_report | tee "$MD"
+  echo "results written to $MD"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------
 # Archive lag under a write load
@@ -211,23 +249,8 @@ DRILL_RTO=$(grep -o 'checked in [0-9.]*s' "$LOGS/drill.1.out" | grep -o '[0-9.]*
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-M1=$(median "${P1[@]}") M2=$(median "${P2[@]}") M3=$(median "${P3[@]}")
-STAMP=$(date -u +%Y-%m-%dT%H%M%SZ)
-MD=$BENCH_RESULTS_DIR/pitr-$STAMP.md
-mkdir -p "$BENCH_RESULTS_DIR"
 {
-  echo "# PITR benchmark, $STAMP"
-  echo
-  echo "Cluster: $(human "$CLUSTER_BYTES"); base backup stored: $(human "$BASE_BYTES"); rounds: $BENCH_ROUNDS; S3: $BENCH_S3_SERVER"
-  echo
-  echo "| command | median s | vs (p1) | MiB/s of cluster | peak RSS |"
-  echo "| --- | ---: | ---: | ---: | ---: |"
-  echo "| (p1) \`pg_basebackup -D - -Ft -X none \\| zstd -3 > /dev/null\` | $M1 | 1.00x | $(mibps "$CLUSTER_BYTES" "$M1") | $(mib "$P1_RSS") MiB |"
-  echo "| (p2) \`pgsidecar pitr base-backup\` (zstd 3, to S3) | $M2 | $(ratio "$M2" "$M1") | $(mibps "$CLUSTER_BYTES" "$M2") | $(mib "$P2_RSS") MiB |"
-  echo "| (p3) \`pg_basebackup … \| zstd -3 \| aws s3 cp -\` | $M3 | $(ratio "$M3" "$M1") | $(mibps "$CLUSTER_BYTES" "$M3") | $(mib "$P3_RSS") MiB |"
-  echo
-  echo "Runs: p1 ${P1[*]} s; p2 ${P2[*]} s; p3 ${P3[*]} s"
-  echo
+  base_report
   echo "Archive under \`pgbench -c 4 -T $BENCH_PITR_SECONDS\`: WAL $(human "$WAL_BYTES") ($(mibps "$WAL_BYTES" "$BENCH_PITR_SECONDS") MiB/s); segment end to stored: median $LAG_MED s, max $LAG_MAX s over $LAG_N segments; daemon peak RSS $(mib "${HWM:-0}") MiB; one stored partial segment (idle): ${PARTIAL:-?} bytes"
   echo
   echo "WAL stored: $WAL_OBJECTS complete segments in $(human "$WAL_STORED"), $(python3 -c "print(f'{$WAL_STORED / ($WAL_OBJECTS * 16777216):.3f}')") of their 16 MiB each; a day at this rate: $(python3 -c "print(f'{$WAL_STORED / ($WAL_OBJECTS * 16777216) * $WAL_BYTES / $BENCH_PITR_SECONDS * 86400 / 2**30:.1f}')") GiB stored"
