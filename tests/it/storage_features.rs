@@ -3,6 +3,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, ExpirationStatus, LifecycleExpiration, LifecycleRule,
     LifecycleRuleFilter, ObjectLockMode, ServerSideEncryption,
@@ -83,6 +84,34 @@ impl Api {
         (config, storage)
     }
 
+    /// HEAD of `key` in `bucket`.
+    fn head(&self, bucket: &str, key: &str) -> HeadObjectOutput {
+        self.rt
+            .block_on(self.client.head_object().bucket(bucket).key(key).send())
+            .unwrap()
+    }
+
+    /// The tags of `key` in `bucket`, sorted.
+    fn tags(&self, bucket: &str, key: &str) -> Vec<(String, String)> {
+        let tagging = self
+            .rt
+            .block_on(
+                self.client
+                    .get_object_tagging()
+                    .bucket(bucket)
+                    .key(key)
+                    .send(),
+            )
+            .unwrap();
+        let mut tags: Vec<(String, String)> = tagging
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        tags.sort();
+        tags
+    }
+
     fn lifecycle_rules(&self, bucket: &str) -> Vec<LifecycleRule> {
         self.rt
             .block_on(
@@ -134,10 +163,7 @@ fn dump_globals_and_manifest_are_encrypted_and_tagged() {
         .expect_code(0);
     let api = api();
     for key in backup_objects(&bucket, "prod/") {
-        let head = api
-            .rt
-            .block_on(api.client.head_object().bucket(&bucket).key(&key).send())
-            .unwrap();
+        let head = api.head(&bucket, &key);
         assert_eq!(
             head.server_side_encryption(),
             Some(&ServerSideEncryption::Aes256),
@@ -150,25 +176,12 @@ fn dump_globals_and_manifest_are_encrypted_and_tagged() {
         } else {
             assert_ne!(class, Some("STANDARD_IA"), "{key}");
         }
-        let tagging = api
-            .rt
-            .block_on(
-                api.client
-                    .get_object_tagging()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .send(),
-            )
-            .unwrap();
-        let mut tags: Vec<(&str, &str)> = tagging
-            .tag_set()
-            .iter()
-            .map(|t| (t.key(), t.value()))
-            .collect();
-        tags.sort();
         assert_eq!(
-            tags,
-            [("env", "prod"), ("owner", "data ops/team+1")],
+            api.tags(&bucket, &key),
+            [
+                ("env".to_string(), "prod".to_string()),
+                ("owner".to_string(), "data ops/team+1".to_string())
+            ],
             "{key}"
         );
     }
@@ -188,16 +201,7 @@ fn kms_encryption_names_the_key() {
     api.rt
         .block_on(storage.put_bytes("prod/x.manifest.json", bytes::Bytes::from_static(b"{}")))
         .unwrap();
-    let head = api
-        .rt
-        .block_on(
-            api.client
-                .head_object()
-                .bucket(&bucket)
-                .key("prod/x.manifest.json")
-                .send(),
-        )
-        .unwrap();
+    let head = api.head(&bucket, "prod/x.manifest.json");
     assert_eq!(
         head.server_side_encryption(),
         Some(&ServerSideEncryption::AwsKms)
@@ -218,23 +222,10 @@ fn unconfigured_features_send_no_headers() {
         .expect_code(0);
     let api = api();
     for key in &backup_objects(&bucket, "prod/") {
-        let head = api
-            .rt
-            .block_on(api.client.head_object().bucket(&bucket).key(key).send())
-            .unwrap();
+        let head = api.head(&bucket, key);
         assert_eq!(head.server_side_encryption(), None, "{key}");
         assert_eq!(head.object_lock_mode(), None, "{key}");
-        let tagging = api
-            .rt
-            .block_on(
-                api.client
-                    .get_object_tagging()
-                    .bucket(&bucket)
-                    .key(key)
-                    .send(),
-            )
-            .unwrap();
-        assert!(tagging.tag_set().is_empty(), "{key}");
+        assert_eq!(api.tags(&bucket, key), Vec::new(), "{key}");
     }
 }
 
@@ -346,10 +337,7 @@ fn object_lock_retains_every_object_and_locked_until_reports_it() {
     single.retain(|k| *k != dump_key);
     assert_eq!(single.len(), 2, "{single:?}");
     for key in &single {
-        let head = api
-            .rt
-            .block_on(api.client.head_object().bucket(&bucket).key(key).send())
-            .unwrap();
+        let head = api.head(&bucket, key);
         assert_eq!(
             head.object_lock_mode(),
             Some(&ObjectLockMode::Governance),
@@ -535,36 +523,16 @@ fn a_copy_has_its_own_encryption_tags_class_and_object_lock() {
         .args(&["backup"])
         .run()
         .expect_code(0);
-    let head = |bucket: &str, key: &str| {
-        api.rt
-            .block_on(api.client.head_object().bucket(bucket).key(key).send())
-            .unwrap()
-    };
-    let tags = |bucket: &str, key: &str| -> Vec<(String, String)> {
-        api.rt
-            .block_on(
-                api.client
-                    .get_object_tagging()
-                    .bucket(bucket)
-                    .key(key)
-                    .send(),
-            )
-            .unwrap()
-            .tag_set()
-            .iter()
-            .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect()
-    };
     let in_copy = backup_objects(&copy, "prod/");
     for key in &in_copy {
-        let h = head(&copy, key);
+        let h = api.head(&copy, key);
         assert_eq!(
             h.server_side_encryption(),
             Some(&ServerSideEncryption::Aes256),
             "{key}"
         );
         assert_eq!(
-            tags(&copy, key),
+            api.tags(&copy, key),
             [("site".to_string(), "offsite".to_string())],
             "{key}"
         );
@@ -594,7 +562,7 @@ fn a_copy_has_its_own_encryption_tags_class_and_object_lock() {
         "{in_primary:?} {in_copy:?}"
     );
     for key in &in_primary {
-        let h = head(&primary, key);
+        let h = api.head(&primary, key);
         assert_eq!(h.server_side_encryption(), None, "{key}");
         assert_eq!(h.object_lock_mode(), None, "{key}");
         assert_ne!(
@@ -602,6 +570,6 @@ fn a_copy_has_its_own_encryption_tags_class_and_object_lock() {
             Some("STANDARD_IA"),
             "{key}"
         );
-        assert_eq!(tags(&primary, key), Vec::new(), "{key}");
+        assert_eq!(api.tags(&primary, key), Vec::new(), "{key}");
     }
 }
