@@ -126,6 +126,20 @@ impl Api {
     }
 }
 
+/// The retain-until date of an object HEAD shows under GOVERNANCE retention; panics naming
+/// `key` when it has none.
+fn governance_until(head: &HeadObjectOutput, key: &str) -> chrono::DateTime<Utc> {
+    assert_eq!(
+        head.object_lock_mode(),
+        Some(&ObjectLockMode::Governance),
+        "{key}"
+    );
+    let until = head
+        .object_lock_retain_until_date()
+        .unwrap_or_else(|| panic!("{key}: no retain-until date"));
+    chrono::DateTime::<Utc>::from_timestamp(until.secs(), 0).unwrap()
+}
+
 fn rule<'a>(rules: &'a [LifecycleRule], id: &str) -> &'a LifecycleRule {
     rules
         .iter()
@@ -337,16 +351,7 @@ fn object_lock_retains_every_object_and_locked_until_reports_it() {
     single.retain(|k| *k != dump_key);
     assert_eq!(single.len(), 2, "{single:?}");
     for key in &single {
-        let head = api.head(&bucket, key);
-        assert_eq!(
-            head.object_lock_mode(),
-            Some(&ObjectLockMode::Governance),
-            "{key}"
-        );
-        let until = head
-            .object_lock_retain_until_date()
-            .expect("a retain-until date");
-        let until = chrono::DateTime::<Utc>::from_timestamp(until.secs(), 0).unwrap();
+        let until = governance_until(&api.head(&bucket, key), key);
         assert!(within(until), "{key}: {until} is not a day after {before}");
     }
 
@@ -541,17 +546,10 @@ fn a_copy_has_its_own_encryption_tags_class_and_object_lock() {
         } else {
             // Single writes carry their retention (a multipart dump's is asked for at its
             // start, which this server does not carry over; see the object lock test).
-            assert_eq!(
-                h.object_lock_mode(),
-                Some(&ObjectLockMode::Governance),
-                "{key}"
-            );
-            let until = h
-                .object_lock_retain_until_date()
-                .expect("a retain-until date");
+            let until = governance_until(&h, key);
             assert!(
-                until.secs() >= (before + chrono::Duration::hours(23)).timestamp(),
-                "{key}: {until:?}"
+                until >= before + chrono::Duration::hours(23),
+                "{key}: {until}"
             );
         }
     }
