@@ -46,7 +46,7 @@ pub async fn run(
     let previous = Status::read(&config.health.status_file).ok();
     let board = Board::for_daemon(status, config.health.status_file.clone(), clock);
     if let Some(previous) = &previous {
-        board.update(|s| s.carry_failures(previous));
+        board.update(|s| s.carry_over(previous));
     }
     let abort = CancellationToken::new();
     let ctx = pipeline::Context::new(
@@ -75,7 +75,7 @@ pub async fn run(
     let writer = tokio::spawn(heartbeat(d.clone()));
     seed_from_storage(&d).await;
     if let Some(previous) = &previous {
-        d.ctx.board.update(|s| s.carry_failures(previous));
+        d.ctx.board.update(|s| s.carry_over(previous));
     }
     // Now, not at the next heartbeat: `health` reads this file, and must tell what /healthz
     // and /metrics tell from the moment they serve.

@@ -221,16 +221,21 @@ impl Status {
             .any(|d| d.database == database && d.attempt_failed())
     }
 
-    /// Takes over each database's failed newest attempt from `previous`, an earlier daemon's
-    /// status, for the databases this one backs up (those already listed). A restart must not
-    /// forget a failure: prune holds a database whose newest attempt failed, and `health` says
-    /// why, until a backup succeeds. A database no longer backed up is not brought back.
-    pub fn carry_failures(&mut self, previous: &Status) {
+    /// Takes over from `previous`, an earlier daemon's status, what storage cannot tell a
+    /// restarted one, for the databases this one backs up (those already listed):
+    /// - each database's failed newest attempt: prune holds a database whose newest attempt
+    ///   failed, and `health` says why, until a backup succeeds;
+    /// - the last restore drill of each database, and the last PITR drill: without them the
+    ///   drill metrics, and the alert on an overdue drill, would wait for the next drill.
+    ///
+    /// A database no longer backed up is not brought back. Counters start again at zero, as
+    /// Prometheus expects of a restarted process.
+    pub fn carry_over(&mut self, previous: &Status) {
         for old_job in &previous.jobs {
             let Some(job) = self.jobs.iter_mut().find(|j| j.name == old_job.name) else {
                 continue;
             };
-            for old in old_job.databases.iter().filter(|d| d.attempt_failed()) {
+            for old in &old_job.databases {
                 let Some(entry) = job
                     .databases
                     .iter_mut()
@@ -238,10 +243,23 @@ impl Status {
                 else {
                     continue;
                 };
-                if old.last_attempt_at > entry.last_success_at {
+                if old.attempt_failed() && old.last_attempt_at > entry.last_success_at {
                     entry.last_attempt_at = old.last_attempt_at;
                     entry.last_error = old.last_error.clone();
                 }
+                if old.last_drill_at > entry.last_drill_at {
+                    entry.last_drill_at = old.last_drill_at;
+                    entry.last_drill_passed = old.last_drill_passed;
+                    entry.last_drill_restore_secs = old.last_drill_restore_secs;
+                }
+            }
+        }
+        if let (Some(ours), Some(old)) = (self.pitr.as_mut(), previous.pitr.as_ref()) {
+            if old.last_drill_at > ours.last_drill_at {
+                ours.last_drill_at = old.last_drill_at;
+                ours.last_drill_passed = old.last_drill_passed;
+                ours.last_drill_rto_secs = old.last_drill_rto_secs;
+                ours.last_drill_rpo_secs = old.last_drill_rpo_secs;
             }
         }
     }
@@ -542,7 +560,7 @@ mod tests {
             s
         };
         let mut fresh = restarted();
-        fresh.carry_failures(&previous);
+        fresh.carry_over(&previous);
         assert!(fresh.last_attempt_failed("prod", "app"));
         assert_eq!(
             fresh.jobs[0].databases[0].last_error.as_deref(),
@@ -558,13 +576,59 @@ mod tests {
         // A success after the failure (found in storage at start) ends the hold.
         let mut fresh = restarted();
         fresh.jobs[0].databases[0].last_success_at = Some(t("2026-11-25T03:00:00Z"));
-        fresh.carry_failures(&previous);
+        fresh.carry_over(&previous);
         assert!(!fresh.last_attempt_failed("prod", "app"));
 
         // Nothing is carried from a success.
         let mut fresh = restarted();
-        fresh.carry_failures(&status(Some("2026-11-24T02:00:00Z")));
+        fresh.carry_over(&status(Some("2026-11-24T02:00:00Z")));
         assert!(!fresh.last_attempt_failed("prod", "app"));
+    }
+
+    #[test]
+    fn the_last_drills_outlive_a_restart() {
+        let mut previous = status(Some("2026-11-24T02:00:00Z"));
+        let app = &mut previous.jobs[0].databases[0];
+        app.last_drill_at = Some(t("2026-11-24T04:00:00Z"));
+        app.last_drill_passed = Some(false);
+        app.last_drill_restore_secs = Some(12.5);
+        app.drill_failures_total = 3;
+        previous.pitr = Some(PitrStatus {
+            last_drill_at: Some(t("2026-11-24T05:00:00Z")),
+            last_drill_passed: Some(true),
+            last_drill_rto_secs: Some(4.0),
+            last_drill_rpo_secs: Some(1.5),
+            ..PitrStatus::default()
+        });
+        let restarted = || {
+            let mut s = status(Some("2026-11-24T02:00:00Z"));
+            s.pitr = Some(PitrStatus::default());
+            s
+        };
+        let mut fresh = restarted();
+        fresh.carry_over(&previous);
+        let app = &fresh.jobs[0].databases[0];
+        assert_eq!(app.last_drill_at, Some(t("2026-11-24T04:00:00Z")));
+        assert_eq!(app.last_drill_passed, Some(false));
+        assert_eq!(app.last_drill_restore_secs, Some(12.5));
+        assert_eq!(app.drill_failures_total, 0, "counters start again");
+        let pitr = fresh.pitr.as_ref().unwrap();
+        assert_eq!(pitr.last_drill_at, Some(t("2026-11-24T05:00:00Z")));
+        assert_eq!(pitr.last_drill_passed, Some(true));
+        assert_eq!(pitr.last_drill_rto_secs, Some(4.0));
+        assert_eq!(pitr.last_drill_rpo_secs, Some(1.5));
+
+        // A newer drill (adopted from a drill run by hand meanwhile) is kept.
+        let mut fresh = restarted();
+        fresh.jobs[0].databases[0].last_drill_at = Some(t("2026-11-25T04:00:00Z"));
+        fresh.jobs[0].databases[0].last_drill_passed = Some(true);
+        fresh.carry_over(&previous);
+        assert_eq!(fresh.jobs[0].databases[0].last_drill_passed, Some(true));
+
+        // With PITR turned off since, nothing of it comes back.
+        let mut fresh = status(Some("2026-11-24T02:00:00Z"));
+        fresh.carry_over(&previous);
+        assert!(fresh.pitr.is_none());
     }
 
     #[test]

@@ -1467,6 +1467,45 @@ fn a_pitr_drill_runs_on_schedule_and_its_metrics_appear() {
         0,
         "the drill left files"
     );
+
+    // Restarted without drills, the daemon still reports the last one (from its status
+    // file), so an alert on an overdue drill does not wait for the next. That is the one the
+    // stopped daemon recorded: another may have run after `rto` was read.
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(spool.path().join("status.json")).unwrap()).unwrap();
+    let recorded = recorded["pitr"]["last_drill_rto_secs"].as_f64();
+    assert!(
+        recorded.is_some_and(|r| r > 0.0),
+        "no drill in the status file"
+    );
+    let port = harness::free_port();
+    let restarted = Daemon::start(
+        sidecar(&pg, &bucket, spool.path())
+            .env("PGSIDECAR_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "PGSIDECAR_HEALTH__STATUS_FILE",
+                spool.path().join("status.json"),
+            ),
+    );
+    let carried = || {
+        metric(
+            &harness::http_get(port, "/metrics"),
+            "pgsidecar_pitr_drill_rto_seconds",
+        )
+    };
+    assert!(
+        wait_until(60, || carried().is_some()),
+        "{}",
+        restarted.stderr()
+    );
+    assert_eq!(carried(), recorded);
+    let metrics = harness::http_get(port, "/metrics");
+    assert_eq!(
+        metric(&metrics, "pgsidecar_pitr_drill_last_passed"),
+        Some(1.0),
+        "{metrics}"
+    );
+    stop(restarted);
 }
 
 /// A drill by hand: a random time in the window passes; a check that fails makes it fail
