@@ -179,6 +179,15 @@ impl DbStatus {
         self.last_attempt_at.is_some() && self.last_attempt_at > self.last_success_at
     }
 
+    /// Takes `other`'s last restore drill when it is newer than this entry's.
+    fn adopt_drill(&mut self, other: &DbStatus) {
+        if other.last_drill_at > self.last_drill_at {
+            self.last_drill_at = other.last_drill_at;
+            self.last_drill_passed = other.last_drill_passed;
+            self.last_drill_restore_secs = other.last_drill_restore_secs;
+        }
+    }
+
     /// Takes `other`'s outcomes where they are newer than this entry's (the newest attempt
     /// with its error, the newest success with its facts, the newest drill); counters stay.
     pub fn adopt(&mut self, other: &DbStatus) {
@@ -197,11 +206,7 @@ impl DbStatus {
         for b in &other.recent {
             self.remember(b.clone());
         }
-        if other.last_drill_at > self.last_drill_at {
-            self.last_drill_at = other.last_drill_at;
-            self.last_drill_passed = other.last_drill_passed;
-            self.last_drill_restore_secs = other.last_drill_restore_secs;
-        }
+        self.adopt_drill(other);
         for (name, theirs) in &other.destinations {
             let ours = self.destinations.entry(name.clone()).or_default();
             if theirs.last_success_at > ours.last_success_at {
@@ -247,11 +252,7 @@ impl Status {
                     entry.last_attempt_at = old.last_attempt_at;
                     entry.last_error = old.last_error.clone();
                 }
-                if old.last_drill_at > entry.last_drill_at {
-                    entry.last_drill_at = old.last_drill_at;
-                    entry.last_drill_passed = old.last_drill_passed;
-                    entry.last_drill_restore_secs = old.last_drill_restore_secs;
-                }
+                entry.adopt_drill(old);
             }
         }
         if let (Some(ours), Some(old)) = (self.pitr.as_mut(), previous.pitr.as_ref()) {
