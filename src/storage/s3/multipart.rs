@@ -242,10 +242,20 @@ impl S3Storage {
             &self.object
         )
         .send();
-        // An upload created just before cancellation is aborted by the next backup.
+        let mut create = std::pin::pin!(create);
         let created = tokio::select! {
-            r = create => r.map_err(|e| self.map_err("start an upload of", key, e))?,
-            _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+            r = &mut create => r.map_err(|e| self.map_err("start an upload of", key, e))?,
+            _ = cancel.cancelled() => {
+                // The request may have created the upload already, its answer still on the
+                // way: wait for it (bounded) and abort what it created, so that no upload
+                // outlives the command that started it.
+                if let Ok(Ok(created)) = tokio::time::timeout(ABORT_TIMEOUT, create).await {
+                    if let Some(upload_id) = created.upload_id() {
+                        self.abort(key, upload_id).await;
+                    }
+                }
+                return Err(StorageError::Cancelled);
+            }
         };
         let upload_id = created
             .upload_id()
