@@ -92,14 +92,14 @@ pub fn render(event: &Event, now: DateTime<Utc>) -> Value {
             event.anomalies.join("\n• ")
         ));
     }
-    let others: Vec<&String> = event
+    let others: Vec<&str> = event
         .warnings
         .iter()
         .filter(|w| !event.anomalies.contains(w))
+        .map(String::as_str)
         .collect();
     if !others.is_empty() {
-        let list: Vec<&str> = others.iter().map(|w| w.as_str()).collect();
-        text.push_str(&format!("*Warning:*\n• {}\n", list.join("\n• ")));
+        text.push_str(&format!("*Warning:*\n• {}\n", others.join("\n• ")));
     }
     if let Some(summary) = &event.summary {
         text.push_str(summary);

@@ -147,6 +147,13 @@ fn rule<'a>(rules: &'a [LifecycleRule], id: &str) -> &'a LifecycleRule {
         .unwrap_or_else(|| panic!("no rule `{id}` in {rules:?}"))
 }
 
+/// A new database of `pg` whose name starts with `hint`, with one table of one row.
+fn one_row_db(pg: &crate::harness::Pg, hint: &str) -> String {
+    let db = pg.create_db(hint);
+    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    db
+}
+
 /// Every object a backup with globals wrote under `prefix`: dump, globals and manifest.
 fn backup_objects(bucket: &str, prefix: &str) -> Vec<String> {
     let keys = s3().keys(bucket, prefix);
@@ -162,8 +169,7 @@ fn backup_objects(bucket: &str, prefix: &str) -> Vec<String> {
 #[test]
 fn dump_globals_and_manifest_are_encrypted_and_tagged() {
     let pg = pg(15);
-    let db = pg.create_db("sse");
-    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let db = one_row_db(pg, "sse");
     let bucket = s3().bucket("sse");
     Sidecar::new(pg, &db, &s3().endpoint(), &bucket, "prod")
         .env("PGSIDECAR_GLOBALS", "true")
@@ -313,8 +319,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn object_lock_retains_every_object_and_locked_until_reports_it() {
     let pg = pg(15);
-    let db = pg.create_db("lock");
-    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let db = one_row_db(pg, "lock");
     let api = api();
     let bucket = api.locked_bucket("lock");
     let relay = RecordingRelay::start(s3().port);
@@ -507,8 +512,7 @@ fn local_storage_has_no_lock_and_no_lifecycle() {
 #[test]
 fn a_copy_has_its_own_encryption_tags_class_and_object_lock() {
     let pg = pg(15);
-    let db = pg.create_db("copyfeatures");
-    pg.psql(&db, "CREATE TABLE t(x int); INSERT INTO t VALUES (1)");
+    let db = one_row_db(pg, "copyfeatures");
     let api = api();
     let primary = s3().bucket("copyfeatures");
     let copy = api.locked_bucket("copyfeatures-locked");
