@@ -144,7 +144,12 @@ pub async fn connect(
         Err(e) if unknown_setting(&e, "transaction_timeout") => {
             open(&pg_config(db, dbname), db).await
         }
-        other => other,
+        other => {
+            if other.is_ok() {
+                knows_transaction_timeout(db, true);
+            }
+            other
+        }
     };
     let client = client.map_err(|e| {
         let permanent = e.as_db_error().is_some_and(|d| {
@@ -173,6 +178,21 @@ pub async fn connect(
             permanent: false,
         })?;
     Ok(client)
+}
+
+/// Whether the server at `db`'s endpoint took `transaction_timeout=0` at startup, as this
+/// process last learned by connecting there; `learned` records that it did. The client tools
+/// get it in `PGOPTIONS` only then, since an older server refuses the name: pg_dump and
+/// pg_restore turn it off themselves, but only after their first query, which a database's
+/// tiny `transaction_timeout` can already end.
+fn knows_transaction_timeout(db: &DatabaseConfig, learned: bool) -> bool {
+    static KNOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let here = endpoint(db);
+    if learned && !known.contains(&here) {
+        known.push(here.clone());
+    }
+    known.contains(&here)
 }
 
 /// Whether the server refused the connection for not knowing the setting `name`.
@@ -419,7 +439,14 @@ pub fn client_command(tool: &ClientTool, db: &DatabaseConfig, dbname: &str) -> C
         .env("PGDATABASE", dbname)
         .env("PGSSLMODE", db.sslmode.as_libpq())
         .env("PGAPPNAME", "pgsidecar")
-        .env("PGOPTIONS", STARTUP_OPTIONS)
+        .env(
+            "PGOPTIONS",
+            if knows_transaction_timeout(db, false) {
+                format!("{STARTUP_OPTIONS}{TRANSACTION_TIMEOUT_OFF}")
+            } else {
+                STARTUP_OPTIONS.to_string()
+            },
+        )
         .env(
             "PGCONNECT_TIMEOUT",
             db.connect_timeout.as_secs().max(1).to_string(),
